@@ -1,0 +1,145 @@
+"""Records of the audio preparation stage: its config, its reject codes and what it did to a clip.
+
+The stage itself lives in ``tasks/audio_prep.py``. These models are what crosses the stage
+boundary: the config that fixes every threshold (so a rerun is reproducible and hashable), the
+short reason codes that land in ``rejects.parquet``, and per-clip records that go into the
+sample's ``.json`` provenance.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class RejectReason(StrEnum):
+    """Why an input clip was refused. Short, stable codes: they are a rejects.parquet column."""
+
+    EMPTY = "empty"
+    """Zero bytes, or a valid header that declares (or a decode that yields) zero frames."""
+    UNREADABLE = "unreadable"
+    """A path that the OS cannot open or stat (missing file, permissions)."""
+    UNDECODABLE = "undecodable"
+    """libsndfile does not recognise the header: garbage, unsupported or mangled container."""
+    TRUNCATED = "truncated"
+    """The header is valid but the data is shorter than it declares (see ``decode``)."""
+    NONFINITE = "nonfinite"
+    """NaN or inf samples (float WAV/AIFF), or a render that produced them."""
+    SILENT = "silent"
+    """Peak below the absolute silence floor (e.g. all zeros)."""
+    TOO_SHORT = "too_short"
+    """Shorter than ``min_duration_s``, from the header or after trimming silence."""
+    TOO_LONG = "too_long"
+    """Longer than ``max_duration_s`` according to the header; never decoded."""
+    TOO_MANY_CHANNELS = "too_many_channels"
+    """More channels than ``max_channels`` (e.g. a 5.1 file is not a mono source)."""
+    SAMPLE_RATE_TOO_LOW = "sample_rate_too_low"
+    """Below ``min_sr``: upsampling it to 48 kHz would ship a band-limited clip as full-band."""
+    SAMPLE_RATE_TOO_HIGH = "sample_rate_too_high"
+    """Above ``max_sr``: almost always a mislabelled header; also bounds decode memory."""
+
+
+FlacSubtype = Literal["PCM_16", "PCM_24"]
+
+
+class AudioPrepConfig(BaseModel):
+    """Every threshold of decode → resample → trim → loop → convolve → level → FLAC.
+
+    Frozen so that it can be hashed into the dataset version; the defaults follow the design
+    (48 kHz, 16-bit FLAC, clips trimmed and looped to at least 4 s).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    target_sr: int = Field(48000, gt=0, description="Sample rate of everything we write.")
+    min_sr: int = Field(16000, gt=0, description="Reject sources below this rate.")
+    max_sr: int = Field(384000, gt=0, description="Reject sources above this rate.")
+    max_channels: int = Field(2, ge=1, description="Sources are mono or stereo; more is refused.")
+    min_duration_s: float = Field(0.1, gt=0, description="Shortest usable clip (header and trim).")
+    max_duration_s: float = Field(
+        600.0, gt=0, description="Longest clip, checked from the header before any decoding."
+    )
+    silence_threshold_db: float = Field(
+        -50.0, lt=0, description="Frame RMS below peak + this (dB) counts as silence when trimming."
+    )
+    silence_floor_dbfs: float = Field(
+        -80.0, lt=0, description="A clip whose peak is below this (dBFS) is silent as a whole."
+    )
+    trim_frame_s: float = Field(0.01, gt=0, description="Frame length of the trim RMS detector.")
+    min_loop_s: float = Field(4.0, ge=0, description="Loop clips to at least this length.")
+    loop_crossfade_s: float = Field(
+        0.01, ge=0, description="Equal-power crossfade at each loop join (avoids clicks)."
+    )
+    headroom_db: float = Field(
+        -1.0, le=0, description="Peak ceiling (dBFS) over all output channels after levelling."
+    )
+    target_rms_dbfs: float = Field(
+        -23.0, lt=0, description="RMS target of the rendered W channel (channel 0)."
+    )
+    flac_subtype: FlacSubtype = "PCM_16"
+    flac_compression_level: float | None = Field(
+        None, ge=0, le=1, description="libsndfile FLAC level 0..1; None keeps its default."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.min_sr > self.max_sr:
+            raise ValueError("min_sr must not exceed max_sr")
+        if self.min_duration_s >= self.max_duration_s:
+            raise ValueError("min_duration_s must be below max_duration_s")
+        if self.target_rms_dbfs >= self.headroom_db:
+            raise ValueError("target_rms_dbfs must be below the peak ceiling headroom_db")
+        return self
+
+
+class SourceInfo(BaseModel):
+    """What the source file's header said, read before decoding a single sample."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: str
+    subtype: str
+    sample_rate: int
+    channels: int
+    frames: int
+    duration_s: float
+
+
+class PreparedClip(BaseModel):
+    """What prepare_clip did to one source: decode, mix to mono, resample, trim, loop."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: SourceInfo
+    sample_rate: int = Field(description="Rate of the prepared clip (the target rate).")
+    resampled: bool
+    trim_start_samples: int = Field(ge=0, description="Leading silence removed, at sample_rate.")
+    trim_end_samples: int = Field(ge=0, description="Trailing silence removed, at sample_rate.")
+    trimmed_samples: int = Field(gt=0, description="Length of the sound after trimming.")
+    loop_count: int = Field(ge=1, description="Copies of the trimmed clip; 1 means not looped.")
+    crossfade_samples: int = Field(ge=0)
+    num_samples: int = Field(gt=0, description="Length of the prepared (looped) clip.")
+    duration_s: float
+    peak_dbfs: float = Field(description="Peak of the prepared mono clip.")
+
+
+class RenderedInfo(BaseModel):
+    """What render_clip did: convolve with the RIR, one gain for all channels, FLAC encode."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sample_rate: int
+    channels: int
+    num_samples: int
+    duration_s: float
+    rir_samples: int
+    block_size: int
+    fft_size: int
+    gain_db: float = Field(description="The single gain applied to every channel.")
+    peak_limited: bool = Field(description="True when the peak ceiling, not the RMS target, won.")
+    peak_dbfs: float = Field(description="Peak over all channels after the gain.")
+    rms_dbfs_w: float = Field(description="RMS of channel 0 (W) after the gain.")
+    flac_subtype: FlacSubtype
+    flac_bytes: int

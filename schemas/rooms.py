@@ -1,0 +1,139 @@
+"""Room, placement and RIR records: what the sampler writes and the RIR bank measures."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
+
+# Octave-band centres used by pyroomacoustics at 48 kHz (125 Hz base, up to fs/2).
+OCTAVE_BANDS_HZ: tuple[float, ...] = (125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0)
+# pyroomacoustics' shoebox wall order: x walls, y walls, z walls.
+SURFACES: tuple[str, ...] = ("west", "east", "south", "north", "floor", "ceiling")
+
+Split = Literal["train", "val", "test"]
+
+
+class Surface(BaseModel):
+    """One wall's octave-band energy absorption and scattering (one value per OCTAVE_BANDS_HZ)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    material: str
+    absorption: list[float] = Field(min_length=len(OCTAVE_BANDS_HZ), max_length=len(OCTAVE_BANDS_HZ))
+    scattering: list[float] = Field(min_length=len(OCTAVE_BANDS_HZ), max_length=len(OCTAVE_BANDS_HZ))
+
+    @field_validator("absorption", "scattering")
+    @classmethod
+    def _unit_interval(cls, v: list[float]) -> list[float]:
+        bad = [a for a in v if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"coefficients must lie in [0, 1], got {bad}")
+        return v
+
+
+class RoomSpec(BaseModel):
+    """A shoebox room: geometry, surfaces and the full-band T30 it should be calibrated to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    room_id: str
+    dims_m: tuple[float, float, float]
+    surfaces: dict[str, Surface]
+    target_t30_s: float = Field(gt=0.0)
+
+    @field_validator("dims_m")
+    @classmethod
+    def _positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(d <= 0 for d in v):
+            raise ValueError(f"room dimensions must be positive, got {v}")
+        return v
+
+    @field_validator("surfaces")
+    @classmethod
+    def _all_surfaces(cls, v: dict[str, Surface]) -> dict[str, Surface]:
+        if set(v) != set(SURFACES):
+            raise ValueError(f"surfaces must be exactly {SURFACES}, got {sorted(v)}")
+        return v
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def floor_area_m2(self) -> float:
+        return self.dims_m[0] * self.dims_m[1]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def volume_m3(self) -> float:
+        return self.dims_m[0] * self.dims_m[1] * self.dims_m[2]
+
+
+class Placement(BaseModel):
+    """Source and receiver in one room, with the labels in our convention (+azimuth = left)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    placement_id: str
+    room_id: str
+    split: Split
+    receiver_m: tuple[float, float, float]
+    receiver_yaw_deg: float = Field(ge=-180.0, le=180.0)
+    source_m: tuple[float, float, float]
+    azimuth_deg: float = Field(gt=-180.0, le=180.0)
+    elevation_deg: float = Field(ge=-90.0, le=90.0)
+    distance_m: float = Field(gt=0.0)
+    room_set_hash: str
+
+
+class RirRecord(BaseModel):
+    """What the RIR bank measured on one rendered RIR: labels stored are measured values."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    placement_id: str
+    room_id: str
+    room_set_hash: str
+    fs: int
+    order: int
+    n_samples: int
+    ism_max_order: int
+    absorption_scale: float = Field(description="calibration factor applied to every surface")
+    calibration_iterations: int
+    target_t30_s: float
+    t30_s: float | None = Field(description="W channel, Schroeder, fitted -5..-35 dB; None if anechoic")
+    edt_s: float | None
+    drr_db: float
+    c50_db: float
+    azimuth_deg: float
+    elevation_deg: float
+    distance_m: float
+    direct_azimuth_deg: float = Field(description="direct-path intensity DOA of the rendered RIR")
+    direct_elevation_deg: float
+    direct_doa_error_deg: float
+    engine_version: str
+
+    @model_validator(mode="after")
+    def _finite(self) -> RirRecord:
+        for name in ("t30_s", "edt_s", "drr_db", "c50_db"):
+            v = getattr(self, name)
+            if v is not None and v != v:  # NaN
+                raise ValueError(f"{name} is NaN")
+        return self
+
+
+class RirSettings(BaseModel):
+    """How the RIR bank renders: ambisonic order, image-order cap, late tail, calibration."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fs: int = Field(default=48000, ge=8000)
+    order: int = Field(default=1, ge=0, le=3)
+    max_ism_order: int = Field(default=18, ge=0, le=60)
+    late_tail: bool = True
+    air_absorption: bool = True
+    calibrate: bool = True
+    calibration_max_iter: int = Field(default=5, ge=1)
+    calibration_rel_tol: float = Field(default=0.02, gt=0.0)
+    length_factor: float = Field(default=1.5, ge=1.0, description="RIR length in target T30s")
+    crossfade_s: float = Field(default=0.005, ge=0.0)
+    max_t30_s: float = Field(default=10.0, gt=0.0, description="bounded time and memory")
+    seed: int = 0

@@ -1,0 +1,3 @@
+"""spatial-audiocaps: spatial audio-caption data engine (ELSA-style)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The pipeline stages: pure domain functions, each stage with a thin Prefect wrapper."""

@@ -1,0 +1,72 @@
+"""Room-acoustic parameters measured on an impulse response (ISO 3382 style).
+
+Labels are measured, not assumed: every T30/EDT/DRR/C50 in a record comes from here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.doa import first_arrival_index
+from tasks.errors import SpatialAudioCapsError
+
+DIRECT_HALF_WINDOW_S = 0.0025  # +-2.5 ms around the direct peak counts as direct sound
+
+
+def direct_index(ir: np.ndarray) -> int:
+    """Sample index of the direct sound (first sample within 6 dB of the peak)."""
+    return first_arrival_index(ir, threshold=0.5)
+
+
+def schroeder_db(ir: np.ndarray, start: int = 0) -> np.ndarray:
+    """Energy decay curve (backward-integrated energy) in dB relative to its start."""
+    e = np.asarray(ir[start:], dtype=np.float64) ** 2
+    edc = np.cumsum(e[::-1])[::-1]
+    if edc[0] <= 0:
+        raise SpatialAudioCapsError("impulse response has no energy after the onset")
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(edc / edc[0])
+
+
+def decay_time(ir: np.ndarray, fs: int, hi_db: float, lo_db: float) -> float:
+    """Time for 60 dB of decay, from a least-squares line over the EDC between hi_db and lo_db."""
+    onset = direct_index(ir)
+    edc = schroeder_db(ir, onset)
+    idx = np.flatnonzero((edc <= hi_db) & (edc >= lo_db))
+    if edc.min() > lo_db or idx.size < 2:
+        raise SpatialAudioCapsError(
+            f"decay does not reach {lo_db} dB: the response is too short for this fit"
+        )
+    t = idx / fs
+    slope, _ = np.polyfit(t, edc[idx], 1)
+    if slope >= 0:
+        raise SpatialAudioCapsError("energy decay curve does not decay")
+    return float(-60.0 / slope)
+
+
+def t30(ir: np.ndarray, fs: int) -> float:
+    """Reverberation time from the -5..-35 dB part of the Schroeder curve."""
+    return decay_time(ir, fs, -5.0, -35.0)
+
+
+def edt(ir: np.ndarray, fs: int) -> float:
+    """Early decay time from the 0..-10 dB part of the Schroeder curve."""
+    return decay_time(ir, fs, 0.0, -10.0)
+
+
+def drr_db(ir: np.ndarray, fs: int) -> float:
+    """Direct-to-reverberant ratio: +-2.5 ms around the direct peak against everything after."""
+    e = np.asarray(ir, dtype=np.float64) ** 2
+    d = direct_index(ir)
+    half = round(DIRECT_HALF_WINDOW_S * fs)
+    direct = e[max(0, d - half) : d + half + 1].sum()
+    reverb = e[d + half + 1 :].sum()
+    return float(10.0 * np.log10(direct / max(reverb, 1e-30)))
+
+
+def clarity_db(ir: np.ndarray, fs: int, early_s: float = 0.050) -> float:
+    """C50 (by default): early (onset..onset+50 ms) to late energy ratio."""
+    e = np.asarray(ir, dtype=np.float64) ** 2
+    d = direct_index(ir)
+    split = d + round(early_s * fs)
+    return float(10.0 * np.log10(e[d:split].sum() / max(e[split:].sum(), 1e-30)))
