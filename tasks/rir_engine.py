@@ -104,10 +104,22 @@ def air_absorption(fs: int = 48000) -> np.ndarray:
     return coeffs
 
 
+SCALE_RANGE = (1e-3, 1e3)
+
+
+def scaled_absorption(alpha: np.ndarray, scale: float) -> np.ndarray:
+    """Absorption after calibration: the reflected energy 1 - alpha is raised to ``scale``.
+
+    Scaling -ln(1 - alpha) rather than alpha moves every surface together, keeps alpha inside
+    (0, 1) for any scale, and makes the Millington-Sette decay rate linear in the scale.
+    """
+    base = np.clip(np.asarray(alpha, dtype=np.float64), MIN_ABSORPTION, MAX_ABSORPTION)
+    return np.clip(1.0 - (1.0 - base) ** scale, MIN_ABSORPTION, MAX_ABSORPTION)
+
+
 def _absorption(spec: RoomSpec, scale: float) -> np.ndarray:
-    """(6 surfaces, n_bands) absorption after calibration scaling, kept physical."""
-    base = np.array([spec.surfaces[s].absorption for s in SURFACES])
-    return np.clip(base * scale, MIN_ABSORPTION, MAX_ABSORPTION)
+    """(6 surfaces, n_bands) absorption of the room at a calibration scale."""
+    return scaled_absorption(np.array([spec.surfaces[s].absorption for s in SURFACES]), scale)
 
 
 def _surface_areas(dims: tuple[float, float, float]) -> np.ndarray:
@@ -312,11 +324,8 @@ def check_reachable(spec: RoomSpec, settings: RirSettings, air: np.ndarray, c: f
         raise UnreachableT30Error(
             f"target T30 {target:.3f} s exceeds the render limit {settings.max_t30_s} s"
         )
-    base = np.array([spec.surfaces[s].absorption for s in SURFACES])
-    if base.max() <= 0:
-        raise UnreachableT30Error("all surfaces have zero absorption: T30 is unbounded")
-    t_min = predicted_t30(spec, MAX_ABSORPTION / base.max() * 1e3, air, c)
-    t_max = predicted_t30(spec, MIN_ABSORPTION / base.max(), air, c)
+    t_min = predicted_t30(spec, SCALE_RANGE[1], air, c)
+    t_max = predicted_t30(spec, SCALE_RANGE[0], air, c)
     if not 0.8 * t_min <= target <= 1.25 * t_max:
         raise UnreachableT30Error(
             f"target T30 {target:.3f} s is outside what this room can reach "
@@ -376,15 +385,15 @@ def _calibrate(
 ) -> tuple[float, int, np.ndarray]:
     """Scale absorption until the W channel's measured T30 is within tolerance of the target.
 
-    Each step measures, keeps the ratio measured/predicted, and solves the prediction for the
-    target divided by that ratio: the Millington-Sette model absorbs the nonlinearity, the
-    ratio absorbs what the model misses (the ISM/tail crossover, air, band weighting).
+    The first step trusts the Millington-Sette model up to the measured/predicted ratio; later
+    steps are secants on log T30 against log scale, which also handle rooms whose image-source
+    decay departs from the model (strongly uneven absorption, grazing axial paths).
     """
     target = spec.target_t30_s
-    base_max = max(max(spec.surfaces[s].absorption) for s in SURFACES)
-    lo, hi = MIN_ABSORPTION / base_max, MAX_ABSORPTION / base_max * 1e3
-    scale = 1.0
+    lo, hi = SCALE_RANGE
+    history: list[tuple[float, float]] = []
     best: tuple[float, float, np.ndarray] | None = None
+    scale = 1.0
     for it in range(1, settings.calibration_max_iter + 1):
         w, _ = _render_channels(spec, receiver, yaw_deg, source, settings, scale, [0], False)
         measured = room_acoustics.t30(w[0], settings.fs)
@@ -393,19 +402,43 @@ def _calibrate(
             best = (err, scale, w)
         if err <= settings.calibration_rel_tol:
             return scale, it, w
-        wanted = target * predicted_t30(spec, scale, air, c) / measured
-
-        def f(s: float, wanted: float = wanted) -> float:
-            return predicted_t30(spec, s, air, c) - wanted
-
-        if f(lo) * f(hi) > 0:
+        history.append((math.log(scale), math.log(measured)))
+        slope = None
+        if len(history) >= 2:
+            (s0, t0), (s1, t1) = history[-2], history[-1]
+            slope = (t1 - t0) / (s1 - s0) if s1 != s0 else None
+        if slope is not None and slope < -0.05:
+            new = math.exp(history[-1][0] + (math.log(target) - history[-1][1]) / slope)
+        else:
+            new = _model_step(spec, scale, measured, target, air, c)
+        if (new <= lo and measured < target) or (new >= hi and measured > target):
             raise UnreachableT30Error(
-                f"target T30 {target:.3f} s cannot be reached (measured {measured:.3f} s "
-                f"at absorption scale {scale:.3g})"
+                f"target T30 {target:.3f} s cannot be reached (measured {measured:.3f} s at the "
+                f"absorption limit)"
             )
-        scale = float(brentq(f, lo, hi, xtol=1e-6))
+        scale = min(max(new, lo), hi)
     assert best is not None
     return best[1], settings.calibration_max_iter, best[2]
+
+
+def _model_step(
+    spec: RoomSpec, scale: float, measured: float, target: float, air: np.ndarray, c: float
+) -> float:
+    """Next scale from the model, corrected by the measured/predicted ratio.
+
+    Where the corrected model cannot reach the target (all surfaces near the absorption limit
+    while the measured decay is still slower), step as if T30 were inversely proportional to
+    the scale, which the Millington-Sette rate is without air absorption.
+    """
+    wanted = target * predicted_t30(spec, scale, air, c) / measured
+    lo, hi = SCALE_RANGE
+
+    def f(x: float) -> float:
+        return predicted_t30(spec, x, air, c) - wanted
+
+    if f(lo) * f(hi) > 0:
+        return scale * measured / target
+    return float(brentq(f, lo, hi, xtol=1e-9))
 
 
 def measure(rendered: RenderedRir, *, placement_id: str, room_id: str, room_set_hash: str,

@@ -26,7 +26,7 @@ from scipy.optimize import brentq
 from schemas.room_set import RoomSetConfig, SplitPlacement
 from schemas.rooms import OCTAVE_BANDS_HZ, SURFACES, Placement, RoomSpec, Surface
 from tasks.errors import InvalidRoomError, UnreachableT30Error
-from tasks.rir_engine import air_absorption, predicted_t30
+from tasks.rir_engine import SCALE_RANGE, air_absorption, predicted_t30, scaled_absorption
 
 SPEED_OF_SOUND = pra.constants.get("c")
 _MAX_TRIES = 200
@@ -85,8 +85,12 @@ def sample_room(cfg: RoomSetConfig, seed: int, index: int) -> RoomSpec:
     }
     draft = RoomSpec(room_id="", dims_m=dims, surfaces=base, target_t30_s=1.0)
     air = air_absorption()
-    mean_alpha = float(np.mean([np.mean(base[s].absorption) for s in SURFACES]))
-    lo_scale, hi_scale = cfg.mean_absorption[0] / mean_alpha, cfg.mean_absorption[1] / mean_alpha
+    base_alpha = np.array([base[s].absorption for s in SURFACES])
+
+    def mean_alpha(scale: float, bound: float) -> float:
+        return float(scaled_absorption(base_alpha, scale).mean()) - bound
+
+    lo_scale, hi_scale = (brentq(mean_alpha, *SCALE_RANGE, args=(b,)) for b in cfg.mean_absorption)
     t_hi = predicted_t30(draft, lo_scale, air, SPEED_OF_SOUND)
     t_lo = predicted_t30(draft, hi_scale, air, SPEED_OF_SOUND)
     lo, hi = max(cfg.t30_s[0], t_lo), min(cfg.t30_s[1], t_hi)
@@ -99,11 +103,10 @@ def sample_room(cfg: RoomSetConfig, seed: int, index: int) -> RoomSpec:
         lambda s: predicted_t30(draft, s, air, SPEED_OF_SOUND) - target, lo_scale, hi_scale,
         xtol=1e-9,
     )
+    fitted = scaled_absorption(base_alpha, scale).round(6)
     surfaces = {
-        s: base[s].model_copy(
-            update={"absorption": [round(min(a * scale, 0.99), 6) for a in base[s].absorption]}
-        )
-        for s in SURFACES
+        s: base[s].model_copy(update={"absorption": fitted[i].tolist()})
+        for i, s in enumerate(SURFACES)
     }
     return RoomSpec(
         room_id=f"{cfg.name}-{seed}-{index:05d}", dims_m=dims, surfaces=surfaces,
