@@ -1,0 +1,42 @@
+"""Resolve a clip's audio URI to bytes: local files, s3://, tar members, the demo corpus."""
+
+from __future__ import annotations
+
+import tarfile
+from functools import lru_cache
+from pathlib import Path
+
+from tasks.errors import AudioRejected
+
+
+@lru_cache(maxsize=8)
+def _demo(seed: int, count: int) -> tuple:
+    from tasks.demo_corpus import demo_clips
+
+    return tuple(demo_clips(count, seed))
+
+
+def read_audio(uri: str) -> bytes:
+    """Bytes of the audio at ``uri``; a missing or unreadable one is an AudioRejected."""
+    try:
+        if uri.startswith("demo://"):
+            seed, index = (int(v) for v in uri.removeprefix("demo://").split("/"))
+            return _demo(seed, index + 1)[index].audio
+        if uri.startswith("s3://"):
+            from tasks.storage import open_storage  # the object-storage layer
+
+            return open_storage(uri.rsplit("/", 1)[0]).read_bytes(uri.rsplit("/", 1)[1])
+        if uri.startswith("tar://"):
+            tar_path, member = uri.removeprefix("tar://").split("#", 1)
+            with tarfile.open(tar_path) as tar:
+                f = tar.extractfile(member)
+                if f is None:
+                    raise AudioRejected("unreadable", f"{member} is not a file in {tar_path}")
+                return f.read()
+        return Path(uri).read_bytes()
+    except AudioRejected:
+        raise
+    except FileNotFoundError as exc:
+        raise AudioRejected("audio_missing", f"{uri}: {exc.strerror or exc}") from exc
+    except (OSError, KeyError, ValueError, tarfile.TarError) as exc:
+        raise AudioRejected("unreadable", f"{uri}: {exc}") from exc
