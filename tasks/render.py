@@ -1,0 +1,84 @@
+"""Render the samples of one shard: decode each clip once, convolve with its placements' RIRs.
+
+Work per shard is grouped so that a clip used by several augmentations is decoded and prepared
+once, and a RIR used by several clips has its spectrum computed once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas.audio import AudioPrepConfig, PreparedClip, RenderedInfo
+from schemas.rooms import RirRecord
+from tasks.audio_prep import RirSpectrum, encode_flac, normalise_level, prepare_clip, render_clip
+from tasks.errors import AudioRejected
+from tasks.plan import PlanItem
+from tasks.sources import read_audio
+
+
+@dataclass(frozen=True)
+class RenderedSample:
+    """One finished sample's audio and what made it."""
+
+    item: PlanItem
+    flac: bytes
+    prepared: PreparedClip
+    rendered: RenderedInfo | None  # None for the non-spatial original
+    rir: RirRecord | None
+    gain_db: float
+
+
+@dataclass(frozen=True)
+class RenderReject:
+    key: str
+    dataset: str
+    clip_id: str
+    reason: str
+    detail: str
+
+
+def render_items(
+    items: list[PlanItem],
+    rirs: dict[str, np.ndarray],
+    records: dict[str, RirRecord],
+    cfg: AudioPrepConfig,
+) -> tuple[list[RenderedSample], list[RenderReject]]:
+    """Render ``items`` in order; a bad clip or a missing RIR rejects its samples, nothing else."""
+    prepared: dict[str, tuple[np.ndarray, PreparedClip] | AudioRejected] = {}
+    spectra: dict[str, RirSpectrum] = {}
+    done: list[RenderedSample] = []
+    rejects: list[RenderReject] = []
+    for item in items:
+        uri = item.audio_uri
+        if uri not in prepared:
+            try:
+                prepared[uri] = prepare_clip(read_audio(uri), cfg)
+            except AudioRejected as exc:
+                prepared[uri] = exc
+        got = prepared[uri]
+        if isinstance(got, AudioRejected):
+            rejects.append(RenderReject(item.key, item.dataset, item.clip_id, got.reason, got.detail))
+            continue
+        mono, clip_info = got
+        if item.placement_id is None:
+            y, gain_db = normalise_level(mono[None, :], cfg)
+            flac = encode_flac(
+                y, cfg.target_sr, cfg.flac_subtype, compression_level=cfg.flac_compression_level
+            )
+            done.append(RenderedSample(item, flac, clip_info, None, None, gain_db))
+            continue
+        if item.placement_id not in rirs:
+            rejects.append(RenderReject(item.key, item.dataset, item.clip_id, "rir_failed",
+                                        f"no RIR for placement {item.placement_id}"))
+            continue
+        if item.placement_id not in spectra:
+            spectra[item.placement_id] = RirSpectrum.from_rir(rirs[item.placement_id], cfg.target_sr)
+        try:
+            flac, info = render_clip(mono, spectra[item.placement_id], cfg)
+        except AudioRejected as exc:
+            rejects.append(RenderReject(item.key, item.dataset, item.clip_id, exc.reason, exc.detail))
+            continue
+        done.append(RenderedSample(item, flac, clip_info, info, records[item.placement_id], info.gain_db))
+    return done, rejects
