@@ -131,9 +131,13 @@ class RirSettings(BaseModel):
     late_tail: bool = True
     air_absorption: bool = True
     calibrate: bool = True
-    calibration_max_iter: int = Field(default=5, ge=1)
+    calibration_max_iter: int = Field(default=8, ge=1)
     calibration_rel_tol: float = Field(default=0.02, gt=0.0)
     length_factor: float = Field(default=1.5, ge=1.0, description="RIR length in target T30s")
     crossfade_s: float = Field(default=0.005, ge=0.0)
+    mixing_ms_per_sqrt_m3: float = Field(
+        default=2.0, gt=0.0, description="tail starts by 2*sqrt(V) ms after the direct sound"
+    )
+    min_mixing_time_s: float = Field(default=0.02, ge=0.0)
     max_t30_s: float = Field(default=10.0, gt=0.0, description="bounded time and memory")
     seed: int = 0

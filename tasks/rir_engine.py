@@ -30,7 +30,7 @@ from tasks.ambisonics import angular_distance_deg, n_channels, real_sh_sn3d, vec
 from tasks.doa import direct_sound_doa
 from tasks.errors import InvalidRoomError, UnreachableT30Error
 
-ENGINE_VERSION = "ism-sh-tail/1"
+ENGINE_VERSION = "ism-sh-tail/2"
 MAX_ABSORPTION = 0.99
 MIN_ABSORPTION = 1e-3
 _TAIL_NFFT = 1024
@@ -194,8 +194,8 @@ def _lay_down(
 ) -> np.ndarray:
     """Channels (C, n_samples) from images: sinc fractional delays per band, then band filters.
 
-    Mirrors pyroomacoustics' own omni path (same delays, same float32 rounding), so W equals
-    the library's RIR.
+    Mirrors pyroomacoustics' own omni path (same delays, same float32 rounding, same buffer
+    length, the high-pass applied to this part alone), so W equals the library's RIR.
     """
     fs = room.fs
     fdl = constants.get("frac_delay_length")
@@ -208,6 +208,7 @@ def _lay_down(
     # Same buffer length as the library: the band filters see the same signal, so W matches.
     n_build = math.ceil(float(t.max()) * fs + fdl // 2 + 1) + 1
     n_bands = amp.shape[0]
+    ism = np.zeros((gains.shape[0], n_build), dtype=np.float32)
     for b in range(n_bands):
         band = np.zeros((gains.shape[0], n_build), dtype=np.float32)
         for ch in range(gains.shape[0]):
@@ -216,9 +217,24 @@ def _lay_down(
             )
         if n_bands > 1:
             band = room.octave_bands.analysis(band, band=b)
-        n = min(n_build, n_samples)
-        out[:, :n] += band[:, :n]
+        ism[:] += band
+    ism = _highpass(ism, fs)
+    n = min(n_build, n_samples)
+    out[:, :n] = ism[:, :n]
     return out
+
+
+def _highpass(x: np.ndarray, fs: int) -> np.ndarray:
+    """pyroomacoustics' RIR high-pass (zero-phase), when the library has it enabled.
+
+    Applied to the image-source part and to the tail separately: the image-source part carries
+    a DC offset that the zero-mean tail does not continue, and filtering the sum would smear
+    that step backwards into the early reflections.
+    """
+    if not constants.get("rir_hpf_enable"):
+        return x
+    sos = design_highpass_filter_sos(fs, constants.get("rir_hpf_fc"), **constants.get("rir_hpf_kwargs"))
+    return sosfiltfilt(sos, x, axis=-1).astype(np.float32)
 
 
 def _late_tail(
@@ -283,9 +299,15 @@ def _render_channels(
     weight = np.ones(img.times_s.size)
     tail_from: float | None = None
     if settings.late_tail and not anechoic and max_order > 0:
-        # Images are complete up to the nearest image of the highest order computed.
+        # Images are complete up to the nearest image of the highest order computed; past the
+        # mixing time the field is treated as diffuse anyway, so the tail takes over at the
+        # earlier of the two. Without that, large damped rooms keep a few strong axial
+        # reflections whose stepped decay no T30 fit can describe.
         top = img.orders == img.orders.max()
-        t_complete = float(img.times_s[top].min())
+        mixing = max(
+            settings.min_mixing_time_s, settings.mixing_ms_per_sqrt_m3 * 1e-3 * math.sqrt(spec.volume_m3)
+        )
+        t_complete = min(float(img.times_s[top].min()), direct_s + mixing)
         if t_complete < length_s:
             tail_from = t_complete
             keep = img.times_s < t_complete
@@ -300,20 +322,15 @@ def _render_channels(
     if tail_from is not None:
         air = np.asarray(room.air_absorption) if room.air_absorption is not None else 0.0
         k = decay_rates(spec, scale, np.broadcast_to(air, (len(OCTAVE_BANDS_HZ),)), room.c)
-        window = max(0.2 * (tail_from - direct_s), 0.005)
-        sel = (img.times_s >= tail_from - window) & (img.times_s < tail_from)
-        # Energy rate at tail_from that explains the images in the window under decay k.
+        # Energy rate at tail_from that explains every reflection before it under decay k.
+        window = tail_from - direct_s - 0.001
+        sel = (img.times_s > direct_s + 0.001) & (img.times_s < tail_from)
         integral = (np.exp(k * window) - 1.0) / k
         level = (img.amp[:, sel] ** 2).sum(axis=1) / integral
-        rir += _late_tail(
-            k, level, tail_from, n_samples, fs, settings.crossfade_s, settings.seed, channels
+        rir += _highpass(
+            _late_tail(k, level, tail_from, n_samples, fs, settings.crossfade_s, settings.seed, channels), fs
         )
 
-    if constants.get("rir_hpf_enable"):
-        sos = design_highpass_filter_sos(
-            fs, constants.get("rir_hpf_fc"), **constants.get("rir_hpf_kwargs")
-        )
-        rir = sosfiltfilt(sos, rir, axis=-1).astype(np.float32)
     return np.ascontiguousarray(rir, dtype=np.float32), int(img.orders.max())
 
 
@@ -386,7 +403,7 @@ def _calibrate(
     """Scale absorption until the W channel's measured T30 is within tolerance of the target.
 
     The first step trusts the Millington-Sette model up to the measured/predicted ratio; later
-    steps are secants on log T30 against log scale, which also handle rooms whose image-source
+    steps use the measurements (see _next_scale), which also handles rooms whose image-source
     decay departs from the model (strongly uneven absorption, grazing axial paths).
     """
     target = spec.target_t30_s
@@ -403,13 +420,8 @@ def _calibrate(
         if err <= settings.calibration_rel_tol:
             return scale, it, w
         history.append((math.log(scale), math.log(measured)))
-        slope = None
-        if len(history) >= 2:
-            (s0, t0), (s1, t1) = history[-2], history[-1]
-            slope = (t1 - t0) / (s1 - s0) if s1 != s0 else None
-        if slope is not None and slope < -0.05:
-            new = math.exp(history[-1][0] + (math.log(target) - history[-1][1]) / slope)
-        else:
+        new = _next_scale(history, math.log(target))
+        if new is None:
             new = _model_step(spec, scale, measured, target, air, c)
         if (new <= lo and measured < target) or (new >= hi and measured > target):
             raise UnreachableT30Error(
@@ -419,6 +431,30 @@ def _calibrate(
         scale = min(max(new, lo), hi)
     assert best is not None
     return best[1], settings.calibration_max_iter, best[2]
+
+
+def _next_scale(history: list[tuple[float, float]], log_target: float) -> float | None:
+    """Next scale from the measurements so far, or None when they say too little.
+
+    Once one measurement lies on each side of the target, interpolate inside the tightest
+    bracket (kept at least 10% away from its ends, so the bracket always shrinks): T30 against
+    scale can fall steeply where the direct sound starts to dominate the decay curve, and a
+    bracket cannot overshoot that cliff the way a secant can. Before that, a secant on the last
+    two points when T30 falls with scale as it should.
+    """
+    above = [h for h in history if h[1] > log_target]
+    below = [h for h in history if h[1] <= log_target]
+    if above and below:
+        (sa, ta) = min(above, key=lambda h: h[1])
+        (sb, tb) = max(below, key=lambda h: h[1])
+        frac = min(max((log_target - ta) / (tb - ta), 0.1), 0.9) if tb != ta else 0.5
+        return math.exp(sa + frac * (sb - sa))
+    if len(history) >= 2:
+        (s0, t0), (s1, t1) = history[-2], history[-1]
+        slope = (t1 - t0) / (s1 - s0) if s1 != s0 else 0.0
+        if slope < -0.05:
+            return math.exp(s1 + (log_target - t1) / slope)
+    return None
 
 
 def _model_step(

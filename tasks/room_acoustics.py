@@ -29,16 +29,23 @@ def schroeder_db(ir: np.ndarray, start: int = 0) -> np.ndarray:
 
 
 def decay_time(ir: np.ndarray, fs: int, hi_db: float, lo_db: float) -> float:
-    """Time for 60 dB of decay, from a least-squares line over the EDC between hi_db and lo_db."""
+    """Time for 60 dB of decay, from a least-squares line over the EDC between hi_db and lo_db.
+
+    When the curve falls through the range within a sample or two (a direct sound carrying
+    most of the energy, as in EDT of a dry room), the two crossing times are used instead.
+    """
     onset = direct_index(ir)
     edc = schroeder_db(ir, onset)
-    idx = np.flatnonzero((edc <= hi_db) & (edc >= lo_db))
-    if edc.min() > lo_db or idx.size < 2:
+    if edc.min() > lo_db:
         raise SpatialAudioCapsError(
             f"decay does not reach {lo_db} dB: the response is too short for this fit"
         )
-    t = idx / fs
-    slope, _ = np.polyfit(t, edc[idx], 1)
+    idx = np.flatnonzero((edc <= hi_db) & (edc >= lo_db))
+    if idx.size < 3:
+        t_hi = int(np.argmax(edc <= hi_db))
+        t_lo = int(np.argmax(edc <= lo_db))
+        return float(60.0 / (hi_db - lo_db) * max(t_lo - t_hi, 1) / fs)
+    slope, _ = np.polyfit(idx / fs, edc[idx], 1)
     if slope >= 0:
         raise SpatialAudioCapsError("energy decay curve does not decay")
     return float(-60.0 / slope)

@@ -85,7 +85,8 @@ def test_free_field_order3_matches_reference(az, el):
     np.testing.assert_allclose(r.rir[:, peak] / r.rir[0, peak], _sn3d_reference(az, el), atol=1e-3)
 
 
-def test_w_equals_pyroomacoustics_omni():
+@pytest.mark.parametrize("highpass", [False, True])
+def test_w_equals_pyroomacoustics_omni(highpass):
     spec = _room(dims=(7.0, 5.5, 3.1), alpha=0.25)
     uneven = {
         s: Surface(material="m", absorption=[0.1 + 0.03 * i + 0.01 * b for b in range(8)],
@@ -96,7 +97,7 @@ def test_w_equals_pyroomacoustics_omni():
     receiver, source = (2.1, 3.3, 1.4), (5.2, 1.7, 1.9)
     settings = RirSettings(calibrate=False, late_tail=False, max_ism_order=12, order=1)
     hpf = pra.constants.get("rir_hpf_enable")
-    pra.constants.set("rir_hpf_enable", False)
+    pra.constants.set("rir_hpf_enable", highpass)
     try:
         ours = render_rir(spec, receiver, source, settings=settings).rir[0]
         room = _shoebox(spec, 1.0, settings, 12)
