@@ -12,8 +12,10 @@ from collections import defaultdict
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.rooms import Placement, Split
+from schemas.shards import make_key
 from schemas.sources import SourceClip
 from tasks.errors import SpatialAudioCapsError
+from tasks.shard_writer import safe_clip_id
 
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
@@ -37,8 +39,11 @@ class PlanConfig(BaseModel):
         return self
 
 
+ORIGINAL_AUG = 0  # aug 0 is the clip itself (48 kHz mono); spatial augmentations are 1..n
+
+
 class PlanItem(BaseModel):
-    """One sample to produce. ``aug`` None is the non-spatial original (48 kHz mono)."""
+    """One sample to produce: a spatial augmentation (aug >= 1) or the mono original (aug 0)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -46,8 +51,8 @@ class PlanItem(BaseModel):
     dataset: str
     split: Split
     clip_id: str
-    aug: int | None
-    placement_id: str | None
+    aug: int = Field(ge=0)
+    placement_id: str | None = Field(description="None exactly for the original (aug 0)")
     captions: tuple[str, ...]
     audio_uri: str
     small_eval: bool = Field(description="in the small val/test set: exactly one sample per clip")
@@ -73,11 +78,6 @@ def clip_split(clip: SourceClip, cfg: PlanConfig, seed: int) -> Split:
     return "train"
 
 
-def safe_id(clip_id: str) -> str:
-    """Clip ids made safe for tar member names and keys (no dots, slashes or spaces)."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in clip_id)
-
-
 def build_plan(
     clips: list[SourceClip], placements: list[Placement], cfg: PlanConfig, seed: int
 ) -> list[PlanItem]:
@@ -91,18 +91,19 @@ def build_plan(
         pool = by_split.get(split) or []
         if not pool:
             raise SpatialAudioCapsError(f"the room set has no {split} placements")
-        key_base = f"{safe_id(clip.dataset)}-{split}-{safe_id(clip.clip_id)}"
+        clip_key = safe_clip_id(clip.clip_id)
         common = {"dataset": clip.dataset, "split": split, "clip_id": clip.clip_id,
                   "captions": clip.captions, "audio_uri": clip.audio_uri, "seed": seed}
-        for aug in range(cfg.augmentations[split]):
+        for aug in range(1, cfg.augmentations[split] + 1):
             placement = pool[int(_unit("placement", clip.dataset, clip.clip_id, aug, seed) * len(pool))]
-            items.append(PlanItem(key=f"{key_base}-{aug}", aug=aug, placement_id=placement.placement_id,
-                                  small_eval=split != "train" and aug == 0, **common))
+            items.append(PlanItem(key=make_key(clip.dataset, split, clip_key, aug), aug=aug,
+                                  placement_id=placement.placement_id,
+                                  small_eval=split != "train" and aug == 1, **common))
         if cfg.keep_originals:
-            items.append(PlanItem(key=f"{key_base}-orig", aug=None, placement_id=None,
-                                  small_eval=False, **common))
+            items.append(PlanItem(key=make_key(clip.dataset, split, clip_key, ORIGINAL_AUG),
+                                  aug=ORIGINAL_AUG, placement_id=None, small_eval=False, **common))
     keys = [i.key for i in items]
     if len(set(keys)) != len(keys):
         dupes = sorted({k for k in keys if keys.count(k) > 1})[:5]
-        raise SpatialAudioCapsError(f"duplicate sample keys (clip ids collide after cleaning): {dupes}")
+        raise SpatialAudioCapsError(f"duplicate sample keys (the source repeats clip ids): {dupes}")
     return sorted(items, key=lambda i: i.key)

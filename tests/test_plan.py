@@ -23,7 +23,7 @@ def test_plan_counts_per_split(placements):
     cfg = PlanConfig(augmentations={"train": 3, "val": 2, "test": 2})
     items = build_plan(clips, placements, cfg, seed=0)
     by_placement = {p.placement_id: p for p in placements}
-    per_clip = Counter((i.clip_id, i.split) for i in items if i.aug is not None)
+    per_clip = Counter((i.clip_id, i.split) for i in items if i.aug > 0)
     splits = Counter(split for _, split in per_clip)
     assert set(splits) == {"train", "val", "test"}  # demo clips have no split: shares apply
     for (clip, split), n in per_clip.items():
@@ -31,8 +31,9 @@ def test_plan_counts_per_split(placements):
     small = Counter(i.clip_id for i in items if i.small_eval)
     assert set(small.values()) == {1}
     assert sum(small.values()) == splits["val"] + splits["test"]
-    originals = [i for i in items if i.aug is None]
-    assert len(originals) == 40 and all(i.placement_id is None and i.key.endswith("-orig") for i in originals)
+    originals = [i for i in items if i.aug == 0]
+    assert len(originals) == 40 and all(i.placement_id is None and i.key.endswith("-0") for i in originals)
+    assert all(i.key == f"{i.dataset}-{i.split}-{i.clip_id}-{i.aug}" for i in items)
     for i in items:
         if i.placement_id is not None:
             assert by_placement[i.placement_id].split == i.split

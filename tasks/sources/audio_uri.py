@@ -25,7 +25,7 @@ def read_audio(uri: str) -> bytes:
         if uri.startswith("s3://"):
             from tasks.storage import open_storage  # the object-storage layer
 
-            return open_storage(uri.rsplit("/", 1)[0]).read_bytes(uri.rsplit("/", 1)[1])
+            return open_storage(uri).read_bytes(uri)
         if uri.startswith("tar://"):
             tar_path, member = uri.removeprefix("tar://").split("#", 1)
             with tarfile.open(tar_path) as tar:

@@ -1,0 +1,352 @@
+"""Records of the shard stage: the sample json inside a shard, manifest and reject rows, the card.
+
+``SampleRecord`` is the ``.json`` member beside each ``.flac`` in a WebDataset shard. Its ``text``
+field is the list of spatial captions, which is what the LAION-CLAP and open_clip audio loaders
+read; everything else (original captions, every label, the descriptors, the caption validation
+flags and the provenance) rides along so that a single shard is self-describing.
+
+``ManifestRow`` is one row of ``manifest.parquet``: flat columns, so that pandas/pyarrow filters
+work without unnesting. ``RejectRow`` is one row of ``rejects.parquet``. ``DatasetCard`` is
+``card.json``. None of these models holds a credential or a signed URL (see tasks/storage.py).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.audio import FlacSubtype, PreparedClip, RejectReason, RenderedInfo
+from schemas.captions import Descriptors
+from schemas.rooms import Split
+
+SCHEMA_VERSION = "shards/1"
+SHARD_SAMPLE_RATE = 48000
+# Key parts: webdataset splits a member name at its first dot, and "-" separates the key parts.
+DATASET_RE = re.compile(r"^[a-z0-9_]{1,32}$")
+CLIP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+DESCRIPTOR_ATTRIBUTES: tuple[str, ...] = ("distance", "direction", "elevation", "reverb", "size")
+
+
+class ShardRejectReason(StrEnum):
+    """Why a sample did not make it into a shard. Audio decoding problems reuse RejectReason."""
+
+    DUPLICATE_KEY = "duplicate_key"
+    """A second sample with a key already taken; the first one seen is kept."""
+    CORRUPT_MEMBER = "corrupt_member"
+    """Tar bytes that do not parse as a member header (skipped up to the next valid header)."""
+    MISSING_MEMBER = "missing_member"
+    """A sample without both its .flac and its .json member."""
+    UNEXPECTED_MEMBER = "unexpected_member"
+    """A member whose extension is neither flac nor json."""
+    INVALID_JSON = "invalid_json"
+    """The .json member is not UTF-8 JSON."""
+    INVALID_RECORD = "invalid_record"
+    """The .json member does not validate as a SampleRecord."""
+    KEY_MISMATCH = "key_mismatch"
+    """The record's key differs from the member name's key."""
+    AUDIO_MISMATCH = "audio_mismatch"
+    """The FLAC disagrees with the record: sample rate, channels, length or sha256."""
+
+
+REJECT_CODES: frozenset[str] = frozenset(r.value for r in RejectReason) | frozenset(
+    r.value for r in ShardRejectReason
+)
+
+
+class SpatialLabels(BaseModel):
+    """Measured labels of one spatial sample (DESIGN.md conventions: +azimuth = left, metres, s)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    azimuth_deg: float = Field(gt=-180.0, le=180.0)
+    elevation_deg: float = Field(ge=-90.0, le=90.0)
+    distance_m: float = Field(gt=0.0)
+    t30_s: float | None = Field(description="full-band Schroeder T30 of the rendered W; None if anechoic")
+    target_t30_s: float | None = None
+    edt_s: float | None = None
+    drr_db: float
+    c50_db: float | None = None
+    floor_area_m2: float = Field(gt=0.0)
+    volume_m3: float = Field(gt=0.0)
+    room_dims_m: tuple[float, float, float]
+    direct_doa_error_deg: float = Field(
+        ge=0.0, description="direct-path intensity DOA of the rendered RIR against the label"
+    )
+    room_id: str
+    placement_id: str
+
+
+class CaptionInfo(BaseModel):
+    """One spatial caption, where it came from and whether it passed validation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    original: str
+    spatial: str = Field(min_length=1)
+    backend: str = Field(description="rephraser backend: vllm, openai, transformers, template, none")
+    model: str | None = None
+    attempts: int = Field(ge=0, description="LLM calls made; 0 when nothing was rephrased")
+    validated: bool = Field(description="every descriptor present, none contradicted, meaning kept")
+    fallback: bool = Field(description="the LLM output failed k times and the template was used")
+    failed_checks: list[str] = Field(default_factory=list)
+
+
+class AudioInfo(BaseModel):
+    """The .flac member: 48 kHz FLAC, ambiX (N+1)^2 channels, or mono for a non-spatial original."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sample_rate: Literal[48000] = SHARD_SAMPLE_RATE
+    channels: int = Field(ge=1)
+    ambisonic_order: int | None = Field(ge=0, le=7, description="None for a mono original")
+    format: Literal["ambix", "mono"]
+    num_samples: int = Field(gt=0)
+    duration_s: float = Field(gt=0.0)
+    flac_subtype: FlacSubtype = "PCM_16"
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the .flac member's bytes")
+    n_bytes: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _layout(self) -> Self:
+        if self.format == "mono":
+            if self.channels != 1 or self.ambisonic_order is not None:
+                raise ValueError("a mono original has 1 channel and no ambisonic order")
+        elif self.ambisonic_order is None or self.channels != (self.ambisonic_order + 1) ** 2:
+            raise ValueError(
+                f"ambiX order {self.ambisonic_order} needs (N+1)^2 channels, got {self.channels}"
+            )
+        return self
+
+
+class Provenance(BaseModel):
+    """Everything needed to say where a sample came from and to regenerate it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source_dataset: str
+    source_id: str = Field(description="the clip id in the source dataset, unsanitised")
+    room_set_hash: str | None = None
+    config_hash: str | None = None
+    pipeline_version: str
+    engine_version: str | None = None
+    seed: int
+    rephraser_backend: str | None = None
+    rephraser_model: str | None = None
+    prepared: PreparedClip | None = None
+    rendered: RenderedInfo | None = None
+
+
+def make_key(dataset: str, split: str, clip_id: str, aug: int) -> str:
+    """``{dataset}-{split}-{clip}-{aug}``: the WebDataset ``__key__`` of a sample."""
+    return f"{dataset}-{split}-{clip_id}-{aug}"
+
+
+class SampleRecord(BaseModel):
+    """The .json member of a shard sample (``text`` first: it is what CLAP loaders read)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text: list[str] = Field(min_length=1, description="spatial captions (originals for mono samples)")
+    original_text: list[str] = Field(min_length=1)
+    schema_version: Literal["shards/1"] = SCHEMA_VERSION
+    key: str
+    dataset: str
+    split: Split
+    clip_id: str
+    aug: int = Field(ge=0)
+    spatial: bool
+    captions: list[CaptionInfo]
+    labels: SpatialLabels | None
+    descriptors: Descriptors | None
+    audio: AudioInfo
+    provenance: Provenance
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if not DATASET_RE.match(v):
+            raise ValueError(f"dataset must match {DATASET_RE.pattern} (no '-' or '.'), got {v!r}")
+        return v
+
+    @field_validator("clip_id")
+    @classmethod
+    def _clip(cls, v: str) -> str:
+        if not CLIP_RE.match(v):
+            raise ValueError(
+                f"clip_id must match {CLIP_RE.pattern}; use shard_writer.safe_clip_id, got {v!r}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        want = make_key(self.dataset, self.split, self.clip_id, self.aug)
+        if self.key != want:
+            raise ValueError(f"key {self.key!r} must be {want!r}")
+        if self.captions and [c.spatial for c in self.captions] != self.text:
+            raise ValueError("text must list captions[*].spatial in order")
+        if self.spatial:
+            if self.labels is None or self.descriptors is None or self.audio.format != "ambix":
+                raise ValueError("a spatial sample needs labels, descriptors and ambiX audio")
+        elif self.audio.format != "mono":
+            raise ValueError("a non-spatial sample is a mono original")
+        return self
+
+
+class ManifestRow(BaseModel):
+    """One row of manifest.parquet: a sample in a verified shard (flat, query-friendly)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str
+    dataset: str
+    split: str
+    clip_id: str
+    aug: int
+    shard: str = Field(description="shard path relative to the dataset version root")
+    shard_index: int
+    shard_sha256: str
+    shard_size: int
+    shard_checksum: str | None = Field(description="the object store's SHA256 checksum (base64)")
+    flac_offset: int = Field(description="byte offset of the .flac data in the tar (range reads)")
+    flac_size: int
+    json_offset: int
+    json_size: int
+    audio_sha256: str
+    sample_rate: int
+    channels: int
+    num_samples: int
+    duration_s: float
+    spatial: bool
+    azimuth_deg: float | None
+    elevation_deg: float | None
+    distance_m: float | None
+    t30_s: float | None
+    target_t30_s: float | None
+    drr_db: float | None
+    floor_area_m2: float | None
+    volume_m3: float | None
+    direct_doa_error_deg: float | None
+    room_id: str | None
+    placement_id: str | None
+    desc_distance: str | None
+    desc_direction: str | None
+    desc_elevation: str | None
+    desc_reverb: str | None
+    desc_size: str | None
+    text: list[str]
+    original_text: list[str]
+    n_captions: int
+    n_validated: int
+    n_fallback: int
+    caption_attempts: int
+    source_dataset: str
+    source_id: str
+    room_set_hash: str | None
+    config_hash: str | None
+    pipeline_version: str
+    seed: int
+    rephraser_backend: str | None
+    rephraser_model: str | None
+    committed_at: str = Field(description="UTC ISO time the shard was verified; the only timestamp")
+
+
+class RejectRow(BaseModel):
+    """One row of rejects.parquet: an input that did not make it, and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stage: str = Field(description="the stage that refused it: shard, render, caption, source ...")
+    reason: str
+    detail: str
+    key: str | None = None
+    source: str | None = Field(default=None, description="input file / tar member / source id")
+    dataset: str | None = None
+    split: str | None = None
+
+    @field_validator("reason")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if not re.match(r"^[a-z0-9_]{1,48}$", v):
+            raise ValueError(f"reject reason must be a short snake_case code, got {v!r}")
+        return v
+
+
+class SplitStats(BaseModel):
+    """Counts of one split (or all): the paper's Table A.T.1 columns."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    samples: int
+    spatial_samples: int
+    mono_samples: int
+    hours: float
+    clips: int
+    rooms: int
+    shards: int
+    bytes: int
+
+
+class LabelRange(BaseModel):
+    """min/max of a label (None when no sample has it): the paper's Table A.T.2 cells."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min: float | None
+    max: float | None
+    count: int
+
+
+class CaptionStats(BaseModel):
+    """Caption validation and fallback rates over every spatial caption."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    captions: int
+    validated: int
+    fallback: int
+    validated_rate: float | None
+    fallback_rate: float | None
+    mean_attempts: float | None
+    by_backend: dict[str, int]
+
+
+class LabelQA(BaseModel):
+    """How far the labels are from what the rendered RIRs measure."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    direct_doa_error_deg_median: float | None
+    direct_doa_error_deg_p95: float | None
+    direct_doa_error_deg_max: float | None
+    direct_doa_error_over_5deg: int
+    t30_rel_error_median: float | None = Field(description="|measured/target - 1| of the room T30")
+    t30_rel_error_max: float | None
+
+
+class DatasetCard(BaseModel):
+    """card.json: what a user needs to trust a dataset version at a glance."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal["shards/1"] = SCHEMA_VERSION
+    dataset: str
+    version: str
+    generated_at: str
+    pipeline_versions: list[str]
+    room_set_hashes: list[str]
+    source_datasets: list[str]
+    totals: SplitStats
+    splits: dict[str, SplitStats]
+    ranges: dict[str, dict[str, LabelRange]] = Field(
+        description="per split group (train_val, test, and each split): label -> range"
+    )
+    group_rooms: dict[str, int] = Field(description="distinct rooms with spatial samples per split group")
+    descriptor_frequencies: dict[str, dict[str, int]] = Field(description="attribute -> word -> count")
+    captions: CaptionStats
+    label_qa: LabelQA
+    rejects: dict[str, int]
+    plots: list[str]

@@ -1,0 +1,483 @@
+"""The dataset card: card.json, README.md and plots/*.png, computed from the manifest alone.
+
+Every number is recomputed from ``manifest.parquet`` (and ``rejects.parquet``), so the card can
+be rebuilt at any time (``spatial-audiocaps report URI``) and always agrees with what is listed.
+The statistics follow the ELSA paper's Tables A.T.1 (samples and hours per split) and A.T.2
+(ranges of azimuth, elevation, distance, floor area and T30 for train & val and for test),
+plus descriptor frequencies, caption validation/fallback rates and label QA figures.
+
+Plots use matplotlib's Agg backend (no display): one histogram per label with its descriptor
+bands shaded, and a room-size scatter (floor area against T30, one point per room).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.captions import DescriptorConfig
+from schemas.shards import (
+    DESCRIPTOR_ATTRIBUTES,
+    CaptionStats,
+    DatasetCard,
+    LabelQA,
+    LabelRange,
+    ManifestRow,
+    RejectRow,
+    SplitStats,
+)
+from tasks.commit import MANIFEST, read_manifest, read_rejects
+from tasks.errors import SpatialAudioCapsError
+from tasks.storage import Storage, join_uri, open_storage, safe_uri
+
+CARD_JSON = "card.json"
+CARD_README = "README.md"
+PLOTS_DIR = "plots"
+LABELS: tuple[tuple[str, str, str], ...] = (  # manifest column, title, unit
+    ("azimuth_deg", "Source azimuth", "deg (+90 = left)"),
+    ("elevation_deg", "Source elevation", "deg (+90 = up)"),
+    ("distance_m", "Source distance", "m"),
+    ("floor_area_m2", "Room floor area", "m²"),
+    ("t30_s", "Full-band T30", "s"),
+)
+SPLIT_GROUPS: dict[str, tuple[str, ...]] = {"train_val": ("train", "val"), "test": ("test",)}
+
+
+def descriptor_bands(cfg: DescriptorConfig | None = None) -> dict[str, list[tuple[str, float, float]]]:
+    """The descriptor table's bands per label, from the same config the captions use (for shading)."""
+    cfg = cfg or DescriptorConfig()
+    return {
+        "azimuth_deg": [
+            ("front", -cfg.front_max_deg, cfg.front_max_deg),
+            ("left", cfg.side_min_deg, cfg.side_max_deg),
+            ("right", -cfg.side_max_deg, -cfg.side_min_deg),
+            ("back", cfg.back_above_deg, 180),
+            ("back", -180, -cfg.back_above_deg),
+        ],
+        "elevation_deg": [("up", cfg.up_above_deg, 90), ("down", -90, cfg.down_below_deg)],
+        "distance_m": [("near", 0, cfg.near_below_m), ("far", cfg.far_above_m, math.inf)],
+        "floor_area_m2": [("small", 0, cfg.small_below_m2), ("large", cfg.large_above_m2, math.inf)],
+        "t30_s": [("acoustically dampened", 0, cfg.dampened_below_s),
+                  ("highly reverberant", cfg.reverberant_above_s, math.inf)],
+    }
+
+
+DESCRIPTOR_BANDS = descriptor_bands()
+_BAND_COLOURS = {
+    "front": "#1b9e77",
+    "left": "#d95f02",
+    "right": "#7570b3",
+    "back": "#e7298a",
+    "up": "#66a61e",
+    "down": "#e6ab02",
+    "near": "#1b9e77",
+    "far": "#d95f02",
+    "small": "#1b9e77",
+    "large": "#d95f02",
+    "acoustically dampened": "#1b9e77",
+    "highly reverberant": "#d95f02",
+}
+_SPLIT_COLOURS = {"train": "#4c72b0", "val": "#dd8452", "test": "#55a868"}
+
+
+# --------------------------------------------------------------------------------------------
+# numbers
+
+
+def _round(x: float | None, nd: int = 6) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), nd)
+
+
+def split_stats(rows: Sequence[ManifestRow]) -> SplitStats:
+    shards: dict[str, int] = {}
+    for r in rows:
+        shards[r.shard] = r.shard_size
+    return SplitStats(
+        samples=len(rows),
+        spatial_samples=sum(r.spatial for r in rows),
+        mono_samples=sum(not r.spatial for r in rows),
+        hours=round(sum(r.duration_s for r in rows) / 3600.0, 6),
+        clips=len({(r.source_dataset, r.source_id) for r in rows}),
+        rooms=len({r.room_id for r in rows if r.room_id}),
+        shards=len(shards),
+        bytes=sum(shards.values()),
+    )
+
+
+def label_range(rows: Sequence[ManifestRow], column: str) -> LabelRange:
+    vals = [v for r in rows if (v := getattr(r, column)) is not None and math.isfinite(v)]
+    return LabelRange(
+        min=_round(min(vals)) if vals else None, max=_round(max(vals)) if vals else None, count=len(vals)
+    )
+
+
+def descriptor_frequencies(rows: Sequence[ManifestRow]) -> dict[str, dict[str, int]]:
+    """attribute -> word -> spatial samples; "none" counts samples between bands (no word)."""
+    spatial = [r for r in rows if r.spatial]
+    out = {}
+    for attr in DESCRIPTOR_ATTRIBUTES:
+        c = Counter(getattr(r, f"desc_{attr}") or "none" for r in spatial)
+        out[attr] = dict(sorted(c.items()))
+    return out
+
+
+def caption_stats(rows: Sequence[ManifestRow]) -> CaptionStats:
+    spatial = [r for r in rows if r.spatial]
+    n = sum(r.n_captions for r in spatial)
+    val = sum(r.n_validated for r in spatial)
+    fb = sum(r.n_fallback for r in spatial)
+    att = sum(r.caption_attempts for r in spatial)
+    by_backend = Counter()
+    for r in spatial:
+        by_backend[r.rephraser_backend or "none"] += r.n_captions
+    return CaptionStats(
+        captions=n,
+        validated=val,
+        fallback=fb,
+        validated_rate=_round(val / n) if n else None,
+        fallback_rate=_round(fb / n) if n else None,
+        mean_attempts=_round(att / n) if n else None,
+        by_backend=dict(sorted(by_backend.items())),
+    )
+
+
+def label_qa(rows: Sequence[ManifestRow]) -> LabelQA:
+    errs = np.array([r.direct_doa_error_deg for r in rows if r.direct_doa_error_deg is not None], dtype=float)
+    rel = np.array(
+        [abs(r.t30_s / r.target_t30_s - 1.0) for r in rows if r.t30_s is not None and r.target_t30_s],
+        dtype=float,
+    )
+    return LabelQA(
+        direct_doa_error_deg_median=_round(float(np.median(errs))) if errs.size else None,
+        direct_doa_error_deg_p95=_round(float(np.percentile(errs, 95))) if errs.size else None,
+        direct_doa_error_deg_max=_round(float(errs.max())) if errs.size else None,
+        direct_doa_error_over_5deg=int((errs > 5.0).sum()),
+        t30_rel_error_median=_round(float(np.median(rel))) if rel.size else None,
+        t30_rel_error_max=_round(float(rel.max())) if rel.size else None,
+    )
+
+
+def compute_card(
+    rows: Sequence[ManifestRow],
+    rejects: Sequence[RejectRow],
+    *,
+    dataset: str,
+    version: str,
+    generated_at: str | None = None,
+    plots: Sequence[str] = (),
+) -> DatasetCard:
+    """All card numbers from manifest rows and reject rows (pure)."""
+    splits = sorted({r.split for r in rows})
+    ranges: dict[str, dict[str, LabelRange]] = {}
+    rooms: dict[str, int] = {}
+    groups = {**SPLIT_GROUPS, **{s: (s,) for s in splits}}
+    for g, members in groups.items():
+        rs = [r for r in rows if r.split in members and r.spatial]
+        ranges[g] = {col: label_range(rs, col) for col, _, _ in LABELS}
+        rooms[g] = len({r.room_id for r in rs if r.room_id})
+    return DatasetCard(
+        dataset=dataset,
+        version=version,
+        generated_at=generated_at
+        or datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        pipeline_versions=sorted({r.pipeline_version for r in rows}),
+        room_set_hashes=sorted({r.room_set_hash for r in rows if r.room_set_hash}),
+        source_datasets=sorted({r.source_dataset for r in rows}),
+        totals=split_stats(rows),
+        splits={s: split_stats([r for r in rows if r.split == s]) for s in splits},
+        ranges=ranges,
+        group_rooms=rooms,
+        descriptor_frequencies=descriptor_frequencies(rows),
+        captions=caption_stats(rows),
+        label_qa=label_qa(rows),
+        rejects=dict(sorted(Counter(r.reason for r in rejects).items())),
+        plots=list(plots),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def label_histogram(rows: Sequence[ManifestRow], column: str, title: str, unit: str) -> bytes:
+    """Histogram of one label, stacked by split, with its descriptor bands shaded and named."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.0, 3.6))
+    data = {
+        s: [getattr(r, column) for r in rows if r.split == s and getattr(r, column) is not None]
+        for s in ("train", "val", "test")
+    }
+    data = {s: v for s, v in data.items() if v}
+    allv = [v for vs in data.values() for v in vs]
+    lo, hi = (min(allv), max(allv)) if allv else (0.0, 1.0)
+    if column == "azimuth_deg":
+        lo, hi = -180.0, 180.0
+    elif column == "elevation_deg":
+        lo, hi = min(lo, -50.0), max(hi, 50.0)
+    pad = 0.02 * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
+    seen = set()
+    for word, a, b in DESCRIPTOR_BANDS.get(column, []):
+        a, b = max(a, lo), min(b, hi)
+        if a >= b:
+            continue
+        ax.axvspan(
+            a,
+            b,
+            color=_BAND_COLOURS.get(word, "#999999"),
+            alpha=0.18,
+            lw=0,
+            label=None if word in seen else f'"{word}"',
+        )
+        seen.add(word)
+    if data:
+        bins = np.linspace(lo, hi, 37)
+        ax.hist(
+            list(data.values()),
+            bins=bins,
+            stacked=True,
+            label=list(data),
+            color=[_SPLIT_COLOURS[s] for s in data],
+            edgecolor="white",
+            linewidth=0.4,
+        )
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel(f"{title} ({unit})")
+    ax.set_ylabel("samples")
+    ax.set_title(f"{title}: {len(allv)} samples; shaded: descriptor bands")
+    ax.legend(fontsize=7, ncol=2, loc="upper right", framealpha=0.8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def room_scatter(rows: Sequence[ManifestRow]) -> bytes:
+    """One point per room: floor area against T30, by split, with size/reverb bands marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    rooms: dict[tuple[str, str], ManifestRow] = {}
+    for r in rows:
+        if r.room_id and r.floor_area_m2 is not None and r.t30_s is not None:
+            rooms.setdefault((r.split, r.room_id), r)
+    for split in ("train", "val", "test"):
+        pts = [r for (s, _), r in rooms.items() if s == split]
+        if pts:
+            ax.scatter(
+                [p.floor_area_m2 for p in pts],
+                [p.t30_s for p in pts],
+                s=[8 + 0.08 * (p.volume_m3 or 0) for p in pts],
+                alpha=0.7,
+                color=_SPLIT_COLOURS[split],
+                label=f"{split} ({len(pts)} rooms)",
+                edgecolor="k",
+                lw=0.3,
+            )
+    for x, word, ha in ((50, "small ← ", "right"), (100, " → large", "left")):
+        ax.axvline(x, color="#777777", ls="--", lw=0.8)
+        ax.text(x, 1.0, word, transform=ax.get_xaxis_transform(), ha=ha, va="bottom", fontsize=7)
+    for y, word in ((0.2, "dampened <"), (1.0, "> highly reverberant")):
+        ax.axhline(y, color="#777777", ls=":", lw=0.8)
+        ax.text(1.0, y, f" {word}", transform=ax.get_yaxis_transform(), va="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("floor area (m²)")
+    ax.set_ylabel("measured full-band T30 (s)")
+    ax.set_title("Rooms: size against reverberation (marker area ~ volume)")
+    if rooms:
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def render_plots(rows: Sequence[ManifestRow]) -> dict[str, bytes]:
+    """{relative path: PNG bytes} of every card plot."""
+    out = {
+        f"{PLOTS_DIR}/{col}.png": label_histogram([r for r in rows if r.spatial], col, title, unit)
+        for col, title, unit in LABELS
+    }
+    out[f"{PLOTS_DIR}/room_size.png"] = room_scatter([r for r in rows if r.spatial])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# README
+
+
+def _fmt(x: float | None, scale: float = 1.0, nd: int = 1) -> str:
+    return "–" if x is None else f"{x * scale:.{nd}f}"
+
+
+def _hours(h: float) -> str:
+    return f"{h:.2f}" if h >= 10 else f"{h:.4f}"
+
+
+def _range(r: LabelRange | None, scale: float = 1.0, nd: int = 1, unit: str = "") -> str:
+    if r is None or r.min is None:
+        return "–"
+    return f"[{_fmt(r.min, scale, nd)}, {_fmt(r.max, scale, nd)}]{unit}"
+
+
+def render_readme(card: DatasetCard, *, uri: str = "") -> str:
+    """README.md of a dataset version: the card as tables (paper A.T.1/A.T.2 style) and plots."""
+    lines = [f"# {card.dataset} · {card.version}", ""]
+    lines += [
+        f"Generated {card.generated_at} from `manifest.parquet`"
+        f"{f' at `{uri}`' if uri else ''} by spatial-audiocaps "
+        f"{', '.join(card.pipeline_versions) or '?'}. Room sets: {', '.join(card.room_set_hashes) or '–'}; "
+        f"sources: {', '.join(card.source_datasets) or '–'}.",
+        "",
+    ]
+    lines += [
+        "## Samples (Table A.T.1)",
+        "",
+        "| split | samples | spatial | mono | hours | clips | rooms | shards | GB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in [*card.splits.items(), ("all", card.totals)]:
+        lines.append(
+            f"| {name} | {s.samples} | {s.spatial_samples} | {s.mono_samples} | {_hours(s.hours)} | "
+            f"{s.clips} | {s.rooms} | {s.shards} | {s.bytes / 1e9:.3f} |"
+        )
+    tv, te = card.ranges.get("train_val", {}), card.ranges.get("test", {})
+    lines += ["", "## Spatial attributes (Table A.T.2)", "", "| | train & val | test |", "|---|---|---|"]
+    lines.append(
+        f"| simulated rooms | {card.group_rooms.get('train_val', 0)} | {card.group_rooms.get('test', 0)} |"
+    )
+    for col, label, scale, nd, unit in (
+        ("azimuth_deg", "source azimuth", 1, 1, "°"),
+        ("elevation_deg", "source elevation", 1, 1, "°"),
+        ("distance_m", "source distance", 1, 2, " m"),
+        ("floor_area_m2", "room floor area", 1, 1, " m²"),
+        ("t30_s", "full-band T30", 1000, 1, " ms"),
+    ):
+        lines.append(
+            f"| {label} | {_range(tv.get(col), scale, nd, unit)} | {_range(te.get(col), scale, nd, unit)} |"
+        )
+    lines += [
+        "",
+        "## Descriptor frequencies (spatial samples; none = between bands, no word)",
+        "",
+        "| attribute | words |",
+        "|---|---|",
+    ]
+    for attr, freq in card.descriptor_frequencies.items():
+        lines.append(f"| {attr} | " + ", ".join(f"{w}: {n}" for w, n in freq.items()) + " |")
+    c = card.captions
+    lines += [
+        "",
+        "## Captions",
+        "",
+        f"{c.captions} spatial captions; validated {_fmt(c.validated_rate, 100)} %, template fallback "
+        f"{_fmt(c.fallback_rate, 100)} %, mean LLM attempts {_fmt(c.mean_attempts, 1, 2)}; by backend: "
+        + (", ".join(f"{k}: {v}" for k, v in c.by_backend.items()) or "–")
+        + ".",
+    ]
+    q = card.label_qa
+    lines += [
+        "",
+        "## Label QA",
+        "",
+        f"- Direct-path intensity DOA of each rendered RIR against its label: median "
+        f"{_fmt(q.direct_doa_error_deg_median, 1, 3)}°, p95 {_fmt(q.direct_doa_error_deg_p95, 1, 3)}°, "
+        f"max {_fmt(q.direct_doa_error_deg_max, 1, 3)}°; {q.direct_doa_error_over_5deg} over 5°.",
+        f"- Measured T30 against the room's target: median |error| {_fmt(q.t30_rel_error_median, 100)} %, "
+        f"max {_fmt(q.t30_rel_error_max, 100)} %.",
+        "- `spatial-audiocaps inspect URI` re-checks directions on the audio itself.",
+    ]
+    lines += ["", "## Rejects", ""]
+    lines += [f"- {k}: {v}" for k, v in card.rejects.items()] or ["None."]
+    lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in card.plots]
+    lines += [
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "import webdataset as wds",
+        "# shards: {split}/{split}-NNNNNN.tar; sizes.json beside them (LAION-CLAP's convention)",
+        "ds = wds.WebDataset(urls, shardshuffle=False)  # members: .flac (48 kHz ambiX) and .json",
+        "# json['text'] is the list of spatial captions; labels, descriptors, provenance ride along",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+
+
+def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | None = None) -> DatasetCard:
+    """Rebuild card.json, README.md and plots/*.png of a dataset version from its manifest."""
+    st = storage or open_storage(uri)
+    base = uri.rstrip("/")
+    if not st.exists(join_uri(base, MANIFEST)):
+        raise SpatialAudioCapsError(f"no {MANIFEST} under {safe_uri(base)}: not a dataset version root")
+    rows = read_manifest(st, base)
+    rejects = read_rejects(st, base)
+    parts = base.rstrip("/").split("/")
+    dataset, version = (parts[-2], parts[-1]) if len(parts) >= 2 else ("dataset", parts[-1])
+    plots = render_plots(rows)
+    card = compute_card(
+        rows, rejects, dataset=dataset, version=version, generated_at=generated_at, plots=sorted(plots)
+    )
+    for rel, png in sorted(plots.items()):
+        st.put_bytes(join_uri(base, rel), png, content_type="image/png")
+    st.put_bytes(
+        join_uri(base, CARD_README),
+        render_readme(card, uri=safe_uri(base)).encode(),
+        content_type="text/markdown",
+    )
+    st.put_bytes(
+        join_uri(base, CARD_JSON),
+        (card.model_dump_json(indent=2) + "\n").encode(),
+        content_type="application/json",
+    )
+    return card
+
+
+__all__ = [
+    "CARD_JSON",
+    "CARD_README",
+    "DESCRIPTOR_BANDS",
+    "LABELS",
+    "caption_stats",
+    "compute_card",
+    "descriptor_frequencies",
+    "label_histogram",
+    "label_qa",
+    "label_range",
+    "render_plots",
+    "render_readme",
+    "room_scatter",
+    "split_stats",
+    "write_card",
+]

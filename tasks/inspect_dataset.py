@@ -1,0 +1,310 @@
+"""Readers that summarise a dataset version or a single shard, and check labels against audio.
+
+The DOA check decodes a sample's FOA and asks the repo's intensity estimator (tasks.doa) where
+the sound comes from, then compares that with the json labels. Two estimates are made: the
+direct sound (a 2.5 ms broadband window at the first arrival on W, which for a rendered clip
+holds no reflection yet) and the whole clip (300–3000 Hz); the smaller error counts, and a
+sample is flagged when even that exceeds the tolerance. A left/right or front/back swap, a
+FuMa/ambiX mix-up or labels from another sample give errors far beyond it.
+
+A dataset summary needs nothing but the manifest and HEADs; the DOA check reads only the FLAC
+bytes of the chosen samples (ranged GETs at the manifest's offsets).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+from pydantic import BaseModel, ConfigDict
+
+from schemas.shards import ManifestRow, RejectRow
+from tasks.ambisonics import angular_distance_deg
+from tasks.commit import MANIFEST, SIZES, read_manifest, read_rejects, sizes_json, verify_shards
+from tasks.doa import DoaError, first_arrival_index, intensity_doa
+from tasks.errors import SpatialAudioCapsError
+from tasks.shard_writer import ShardSample, iter_tar_samples, shard_order
+from tasks.storage import ObjectMissing, Storage, StorageError, join_uri, open_storage, safe_uri
+
+DEFAULT_TOLERANCE_DEG = 30.0
+DEFAULT_DOA_SAMPLES = 64
+_MAX_LISTED = 20
+
+
+class DoaCheck(BaseModel):
+    """Audio-estimated direction of one sample against its labels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: str
+    label_azimuth_deg: float
+    label_elevation_deg: float
+    direct_azimuth_deg: float | None
+    direct_elevation_deg: float | None
+    direct_error_deg: float | None
+    clip_azimuth_deg: float | None
+    clip_elevation_deg: float | None
+    clip_error_deg: float | None
+    error_deg: float | None
+    flagged: bool
+    note: str | None = None
+
+
+def doa_check(
+    key: str,
+    flac: bytes,
+    azimuth_deg: float,
+    elevation_deg: float,
+    *,
+    tolerance_deg: float = DEFAULT_TOLERANCE_DEG,
+) -> DoaCheck:
+    """Direct-sound and whole-clip intensity DOA of FOA FLAC bytes against the labelled direction."""
+    try:
+        y, fs = sf.read(io.BytesIO(flac), dtype="float64", always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as e:
+        return _failed(key, azimuth_deg, elevation_deg, f"undecodable FLAC: {e}")
+    sig = np.ascontiguousarray(y.T)
+    if sig.shape[0] < 4:
+        return _failed(key, azimuth_deg, elevation_deg, f"{sig.shape[0]} channel(s): not FOA")
+    estimates: dict[str, tuple[float, float, float] | None] = {}
+    notes = []
+    try:
+        onset = first_arrival_index(sig[0], 0.2)
+        i0 = max(0, onset - round(0.0005 * fs))
+        i1 = min(sig.shape[1], onset + round(0.002 * fs))
+        est = intensity_doa(sig, fs, band_hz=None, start_s=i0 / fs, end_s=i1 / fs)
+        estimates["direct"] = (est.azimuth_deg, est.elevation_deg, _err(est, azimuth_deg, elevation_deg))
+    except DoaError as e:
+        estimates["direct"] = None
+        notes.append(f"direct: {e}")
+    try:
+        est = intensity_doa(sig, fs)
+        estimates["clip"] = (est.azimuth_deg, est.elevation_deg, _err(est, azimuth_deg, elevation_deg))
+    except DoaError as e:
+        estimates["clip"] = None
+        notes.append(f"clip: {e}")
+    errors = [e[2] for e in estimates.values() if e is not None]
+    error = min(errors) if errors else None
+    d, c = estimates["direct"], estimates["clip"]
+    return DoaCheck(
+        key=key,
+        label_azimuth_deg=azimuth_deg,
+        label_elevation_deg=elevation_deg,
+        direct_azimuth_deg=d[0] if d else None,
+        direct_elevation_deg=d[1] if d else None,
+        direct_error_deg=d[2] if d else None,
+        clip_azimuth_deg=c[0] if c else None,
+        clip_elevation_deg=c[1] if c else None,
+        clip_error_deg=c[2] if c else None,
+        error_deg=error,
+        flagged=error is None or error > tolerance_deg,
+        note="; ".join(notes) or None,
+    )
+
+
+def _err(est: Any, az: float, el: float) -> float:
+    return round(float(angular_distance_deg(est.azimuth_deg, est.elevation_deg, az, el)), 3)
+
+
+def _failed(key: str, az: float, el: float, note: str) -> DoaCheck:
+    return DoaCheck(
+        key=key,
+        label_azimuth_deg=az,
+        label_elevation_deg=el,
+        direct_azimuth_deg=None,
+        direct_elevation_deg=None,
+        direct_error_deg=None,
+        clip_azimuth_deg=None,
+        clip_elevation_deg=None,
+        clip_error_deg=None,
+        error_deg=None,
+        flagged=True,
+        note=note,
+    )
+
+
+def summarise_checks(checks: Sequence[DoaCheck], tolerance_deg: float) -> dict[str, Any]:
+    """Counts and error statistics of DOA checks, with the flagged ones listed (up to 20)."""
+    errs = [c.error_deg for c in checks if c.error_deg is not None]
+    flagged = [c for c in checks if c.flagged]
+    return {
+        "checked": len(checks),
+        "flagged": len(flagged),
+        "tolerance_deg": tolerance_deg,
+        "median_error_deg": _r(float(np.median(errs))) if errs else None,
+        "max_error_deg": _r(max(errs)) if errs else None,
+        "mismatches": [c.model_dump(mode="json") for c in flagged[:_MAX_LISTED]],
+    }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# a single shard
+
+
+def inspect_shard(
+    uri: str,
+    *,
+    storage: Storage | None = None,
+    doa: bool = True,
+    tolerance_deg: float = DEFAULT_TOLERANCE_DEG,
+    max_samples: int | None = None,
+) -> dict[str, Any]:
+    """Stream one tar: samples per split, hours, problems found, and the DOA check per sample."""
+    st = storage or open_storage(uri)
+    splits: Counter[str] = Counter()
+    seconds = 0.0
+    keys: Counter[str] = Counter()
+    rejects: list[RejectRow] = []
+    checks: list[DoaCheck] = []
+    samples = 0
+    try:
+        fh = st.open_read(uri)
+    except ObjectMissing as e:
+        raise SpatialAudioCapsError(str(e)) from None
+    with fh:
+        for item in iter_tar_samples(fh, safe_uri(uri)):
+            if isinstance(item, RejectRow):
+                rejects.append(item)
+                continue
+            samples += 1
+            keys[item.key] += 1
+            splits[item.split] += 1
+            seconds += item.record.audio.duration_s
+            if doa and item.record.labels is not None and (max_samples is None or len(checks) < max_samples):
+                checks.append(_check_sample(item, tolerance_deg))
+    dup = sorted(k for k, n in keys.items() if n > 1)
+    out: dict[str, Any] = {
+        "uri": safe_uri(uri),
+        "kind": "shard",
+        "samples": samples,
+        "splits": dict(sorted(splits.items())),
+        "hours": round(seconds / 3600.0, 6),
+        "duplicate_keys": dup[:_MAX_LISTED],
+        "problems": len(rejects),
+        "problem_reasons": dict(sorted(Counter(r.reason for r in rejects).items())),
+        "problem_list": [r.model_dump(mode="json") for r in rejects[:_MAX_LISTED]],
+    }
+    if doa:
+        out["doa_check"] = summarise_checks(checks, tolerance_deg)
+    out["ok"] = not rejects and not dup and not (doa and out["doa_check"]["flagged"])
+    return out
+
+
+def _check_sample(s: ShardSample, tolerance_deg: float) -> DoaCheck:
+    lab = s.record.labels
+    assert lab is not None
+    return doa_check(s.key, s.flac, lab.azimuth_deg, lab.elevation_deg, tolerance_deg=tolerance_deg)
+
+
+# --------------------------------------------------------------------------------------------
+# a dataset version
+
+
+def pick_for_check(rows: Iterable[ManifestRow], n: int | None) -> list[ManifestRow]:
+    """Deterministic sample of spatial rows (ordered by sha256 of the key)."""
+    spatial = sorted(
+        (r for r in rows if r.spatial and r.azimuth_deg is not None), key=lambda r: shard_order(r.key)
+    )
+    return spatial if n is None else spatial[:n]
+
+
+def check_rows(
+    storage: Storage, base: str, rows: Sequence[ManifestRow], *, tolerance_deg: float = DEFAULT_TOLERANCE_DEG
+) -> list[DoaCheck]:
+    """DOA checks of manifest rows, reading only their FLAC bytes (ranged reads)."""
+    out = []
+    for r in rows:
+        flac = storage.read_range(join_uri(base, r.shard), r.flac_offset, r.flac_size)
+        assert r.azimuth_deg is not None and r.elevation_deg is not None
+        out.append(doa_check(r.key, flac, r.azimuth_deg, r.elevation_deg, tolerance_deg=tolerance_deg))
+    return out
+
+
+def inspect_dataset(
+    uri: str,
+    *,
+    doa_samples: int | None = DEFAULT_DOA_SAMPLES,
+    tolerance_deg: float = DEFAULT_TOLERANCE_DEG,
+    deep: bool = False,
+) -> dict[str, Any]:
+    """Summary of a dataset version from its manifest, with shard verification and the DOA check."""
+    st = open_storage(uri)
+    base = uri.rstrip("/")
+    if not st.exists(join_uri(base, MANIFEST)):
+        raise SpatialAudioCapsError(f"no {MANIFEST} under {safe_uri(base)}: not a dataset version root")
+    rows = read_manifest(st, base)
+    checks = verify_shards(st, base, rows, deep=deep)
+    listed = {c.shard for c in checks}
+    on_store = {o.uri[len(base) + 1 :] for o in st.list(base + "/") if o.uri.endswith(".tar")}
+    orphans = sorted(on_store - listed)
+    splits: dict[str, dict[str, Any]] = {}
+    for split in sorted({r.split for r in rows}):
+        rs = [r for r in rows if r.split == split]
+        splits[split] = {
+            "samples": len(rs),
+            "hours": round(sum(r.duration_s for r in rs) / 3600.0, 6),
+            "shards": len({r.shard for r in rs}),
+        }
+    keys = Counter(r.key for r in rows)
+    sizes_ok = None
+    if st.exists(join_uri(base, SIZES)):
+        import json
+
+        sizes_ok = json.loads(st.read_bytes(join_uri(base, SIZES))) == sizes_json(rows)
+    rejects = read_rejects(st, base)
+    bad = [c for c in checks if not c.ok]
+    out: dict[str, Any] = {
+        "uri": safe_uri(base),
+        "kind": "dataset",
+        "samples": len(rows),
+        "hours": round(sum(r.duration_s for r in rows) / 3600.0, 6),
+        "shards": len(listed),
+        "splits": splits,
+        "shards_failing_verification": {c.shard: c.reason for c in bad},
+        "orphan_shards": orphans[:_MAX_LISTED],
+        "duplicate_keys": sorted(k for k, n in keys.items() if n > 1)[:_MAX_LISTED],
+        "sizes_json_matches_manifest": sizes_ok,
+        "rejects": dict(sorted(Counter(r.reason for r in rejects).items())),
+    }
+    doa_ok = True
+    if doa_samples != 0:
+        good = {c.shard for c in checks if c.ok}
+        chosen = pick_for_check((r for r in rows if r.shard in good), doa_samples)
+        try:
+            res = check_rows(st, base, chosen, tolerance_deg=tolerance_deg)
+        except StorageError as e:
+            raise SpatialAudioCapsError(f"DOA check could not read the audio: {e}") from None
+        out["doa_check"] = summarise_checks(res, tolerance_deg)
+        doa_ok = out["doa_check"]["flagged"] == 0
+    out["ok"] = not bad and not out["duplicate_keys"] and sizes_ok is not False and doa_ok
+    return out
+
+
+def inspect_uri(uri: str, **kw: Any) -> dict[str, Any]:
+    """A shard (``*.tar``) or a dataset version root, local or s3://."""
+    if uri.rstrip("/").endswith(".tar"):
+        kw.pop("deep", None)
+        n = kw.pop("doa_samples", None)
+        return inspect_shard(uri, doa=n != 0, max_samples=n, **kw)
+    return inspect_dataset(uri, **kw)
+
+
+__all__ = [
+    "DoaCheck",
+    "check_rows",
+    "doa_check",
+    "inspect_dataset",
+    "inspect_shard",
+    "inspect_uri",
+    "pick_for_check",
+    "summarise_checks",
+]

@@ -1,0 +1,522 @@
+"""WebDataset shards: deterministic sample→shard plans, byte-identical tars, and a tolerant reader.
+
+A shard is an uncompressed tar written by webdataset's TarWriter. Each sample's two members,
+``{key}.flac`` then ``{key}.json``, sit next to each other; every header has a fixed mtime,
+uid/gid 0, fixed user/group names and mode 0444, so the same samples give the same bytes.
+
+The plan orders each split's samples by sha256(key), not by input order: shards mix clips and
+augmentations, and the same set of samples gives the same shards however it arrives. A shard
+closes at ``max_samples`` samples or before it would pass ``max_bytes``.
+
+``iter_tar_samples`` reads any tar of such samples and never gives up on the rest of a file
+because of one bad member: damaged headers are skipped (and reported) up to the next valid one,
+and every sample that cannot be used comes out as a RejectRow with a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import tarfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import soundfile as sf
+from pydantic import BaseModel, ConfigDict, ValidationError
+from webdataset import TarWriter
+
+from schemas.audio import RejectReason
+from schemas.rooms import RirRecord, RoomSpec
+from schemas.shards import (
+    CLIP_RE,
+    SHARD_SAMPLE_RATE,
+    AudioInfo,
+    CaptionInfo,
+    Descriptors,
+    Provenance,
+    RejectRow,
+    SampleRecord,
+    ShardRejectReason,
+    SpatialLabels,
+    make_key,
+)
+from tasks.errors import AudioRejected
+
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: any fixed value makes the headers reproducible
+TAR_USER = "spatial"
+TAR_MODE = 0o444
+_BLOCK = tarfile.BLOCKSIZE
+_MEMBER_EXTS = ("flac", "json")
+DEFAULT_MAX_SAMPLES = 512
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+class SampleRejected(AudioRejected):
+    """A sample that cannot go into a shard; ``reason`` is a RejectReason/ShardRejectReason code."""
+
+
+# --------------------------------------------------------------------------------------------
+# keys
+
+
+def safe_clip_id(raw: str) -> str:
+    """A clip id fit for a key: [A-Za-z0-9_-], at most 64 characters, unique per raw id.
+
+    Dots would split the webdataset key, slashes make directories; when anything is replaced or
+    cut, 8 hex digits of sha256(raw) keep two different raw ids apart. The raw id stays in the
+    record's provenance.
+    """
+    if CLIP_RE.match(raw):
+        return raw
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "_", raw).strip("_") or "clip"
+    return f"{clean[:55]}_{hashlib.sha256(raw.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """webdataset's rule: the key is the name up to the first dot of its last path component."""
+    m = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
+    if not m:
+        return name, ""
+    return m.group(1), m.group(2)
+
+
+# --------------------------------------------------------------------------------------------
+# samples
+
+
+def canonical_json(record: SampleRecord) -> bytes:
+    """The .json member: sorted keys, compact, UTF-8. Same record, same bytes."""
+    return json.dumps(
+        record.model_dump(mode="json"),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode("utf-8")
+
+
+@dataclass(frozen=True, eq=False)
+class ShardSample:
+    """A validated sample ready for a shard: its key, FLAC bytes and record."""
+
+    key: str
+    flac: bytes
+    record: SampleRecord
+
+    @property
+    def json_bytes(self) -> bytes:
+        return canonical_json(self.record)
+
+    @property
+    def split(self) -> str:
+        return self.record.split
+
+    @property
+    def tar_bytes(self) -> int:
+        """Bytes this sample takes in a tar (two headers, two padded members)."""
+        return _member_bytes(len(self.flac)) + _member_bytes(len(self.json_bytes))
+
+
+def _member_bytes(n: int) -> int:
+    return _BLOCK + -(-n // _BLOCK) * _BLOCK
+
+
+def audio_info(flac: bytes, *, ambisonic: bool = True) -> AudioInfo:
+    """AudioInfo of FLAC bytes (header only) for building a SampleRecord."""
+    try:
+        info = sf.info(io.BytesIO(flac))
+    except (sf.SoundFileError, RuntimeError) as e:
+        raise SampleRejected(RejectReason.UNDECODABLE, f"FLAC header: {e}") from e
+    order = None
+    if ambisonic:
+        order = round(info.channels**0.5) - 1
+    return AudioInfo(
+        sample_rate=int(info.samplerate),  # type: ignore[arg-type]
+        channels=int(info.channels),
+        ambisonic_order=order,
+        format="ambix" if ambisonic else "mono",
+        num_samples=int(info.frames),
+        duration_s=info.frames / info.samplerate,
+        flac_subtype="PCM_24" if info.subtype == "PCM_24" else "PCM_16",
+        sha256=hashlib.sha256(flac).hexdigest(),
+        n_bytes=len(flac),
+    )
+
+
+def labels_from_rir(rir: RirRecord, room: RoomSpec) -> SpatialLabels:
+    """The labels of a sample rendered with this (measured) RIR in this room."""
+    return SpatialLabels(
+        azimuth_deg=rir.azimuth_deg,
+        elevation_deg=rir.elevation_deg,
+        distance_m=rir.distance_m,
+        t30_s=rir.t30_s,
+        target_t30_s=rir.target_t30_s,
+        edt_s=rir.edt_s,
+        drr_db=rir.drr_db,
+        c50_db=rir.c50_db,
+        floor_area_m2=room.floor_area_m2,
+        volume_m3=room.volume_m3,
+        room_dims_m=room.dims_m,
+        direct_doa_error_deg=rir.direct_doa_error_deg,
+        room_id=rir.room_id,
+        placement_id=rir.placement_id,
+    )
+
+
+def build_sample(
+    flac: bytes,
+    *,
+    dataset: str,
+    split: str,
+    clip_id: str,
+    aug: int,
+    captions: Sequence[CaptionInfo],
+    provenance: Provenance,
+    labels: SpatialLabels | None = None,
+    descriptors: Descriptors | None = None,
+) -> ShardSample:
+    """A ShardSample from rendered FLAC bytes and what the earlier stages produced.
+
+    Spatial when labels are given (ambiX audio), else a mono original. ``clip_id`` is passed
+    through ``safe_clip_id``; the raw id belongs in ``provenance.source_id``.
+    """
+    cid = safe_clip_id(clip_id)
+    key = make_key(dataset, split, cid, aug)
+    try:
+        record = SampleRecord(
+            text=[c.spatial for c in captions],
+            original_text=[c.original for c in captions],
+            key=key,
+            dataset=dataset,
+            split=split,
+            clip_id=cid,
+            aug=aug,  # type: ignore[arg-type]
+            spatial=labels is not None,
+            captions=list(captions),
+            labels=labels,
+            descriptors=descriptors,
+            audio=audio_info(flac, ambisonic=labels is not None),
+            provenance=provenance,
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise SampleRejected(ShardRejectReason.INVALID_RECORD, f"{where}: {first.get('msg')}"[:200]) from e
+    return ShardSample(key=key, flac=flac, record=record)
+
+
+def check_audio(flac: bytes, record: SampleRecord) -> None:
+    """The FLAC decodes completely and agrees with the record (rate, channels, length, sha256)."""
+    if len(flac) != record.audio.n_bytes or hashlib.sha256(flac).hexdigest() != record.audio.sha256:
+        raise SampleRejected(ShardRejectReason.AUDIO_MISMATCH, "FLAC bytes differ from the record's sha256")
+    try:
+        info = sf.info(io.BytesIO(flac))
+    except (sf.SoundFileError, RuntimeError) as e:
+        raise SampleRejected(RejectReason.UNDECODABLE, f"FLAC header: {e}") from e
+    want = (SHARD_SAMPLE_RATE, record.audio.channels, record.audio.num_samples)
+    got = (int(info.samplerate), int(info.channels), int(info.frames))
+    if got != want:
+        raise SampleRejected(
+            ShardRejectReason.AUDIO_MISMATCH, f"FLAC is (rate, channels, frames) {got}, record says {want}"
+        )
+    try:
+        n = sf.read(io.BytesIO(flac), dtype="int16", always_2d=True)[0].shape[0]
+    except (sf.SoundFileError, RuntimeError) as e:
+        raise SampleRejected(RejectReason.TRUNCATED, f"FLAC decoding failed: {e}") from e
+    if n != info.frames:
+        raise SampleRejected(RejectReason.TRUNCATED, f"decoded {n} of {info.frames} frames")
+
+
+def sample_from_members(key: str, members: dict[str, bytes], *, decode: bool = True) -> ShardSample:
+    """Validate one sample's tar members; raises SampleRejected with the reason."""
+    dups = sorted(k[len("__dup__") :] for k in members if k.startswith("__dup__"))
+    if dups:
+        raise SampleRejected(
+            ShardRejectReason.DUPLICATE_KEY, f"key {key} has more than one .{dups[0]} member"
+        )
+    extra = sorted(set(members) - set(_MEMBER_EXTS))
+    if extra:
+        raise SampleRejected(ShardRejectReason.UNEXPECTED_MEMBER, f"members {extra} are not flac/json")
+    missing = [e for e in _MEMBER_EXTS if e not in members]
+    if missing:
+        raise SampleRejected(ShardRejectReason.MISSING_MEMBER, f"no .{' .'.join(missing)} member")
+    try:
+        raw = json.loads(members["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SampleRejected(ShardRejectReason.INVALID_JSON, str(e)[:200]) from e
+    try:
+        record = SampleRecord.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise SampleRejected(ShardRejectReason.INVALID_RECORD, f"{where}: {first.get('msg')}"[:200]) from e
+    if record.key != key:
+        raise SampleRejected(ShardRejectReason.KEY_MISMATCH, f"member key {key!r}, record key {record.key!r}")
+    if decode:
+        check_audio(members["flac"], record)
+    elif hashlib.sha256(members["flac"]).hexdigest() != record.audio.sha256:
+        raise SampleRejected(ShardRejectReason.AUDIO_MISMATCH, "FLAC bytes differ from the record's sha256")
+    return ShardSample(key=key, flac=members["flac"], record=record)
+
+
+def reject_row(e: AudioRejected, *, key: str | None, source: str, stage: str = "shard") -> RejectRow:
+    ds = split = None
+    if key:
+        parts = key.split("-")
+        if len(parts) >= 4:
+            ds, split = parts[0], parts[1]
+    return RejectRow(
+        stage=stage,
+        reason=str(e.reason),
+        detail=e.detail[:500],
+        key=key,
+        source=source,
+        dataset=ds,
+        split=split,
+    )
+
+
+def dedupe(
+    samples: Iterable[ShardSample], *, source: str = "input"
+) -> tuple[list[ShardSample], list[RejectRow]]:
+    """Keep the first sample of each key; later ones become duplicate_key rejects."""
+    seen: set[str] = set()
+    kept: list[ShardSample] = []
+    rejects: list[RejectRow] = []
+    for s in samples:
+        if s.key in seen:
+            rejects.append(
+                reject_row(
+                    SampleRejected(
+                        ShardRejectReason.DUPLICATE_KEY, f"key {s.key} already taken by an earlier sample"
+                    ),
+                    key=s.key,
+                    source=source,
+                )
+            )
+            continue
+        seen.add(s.key)
+        kept.append(s)
+    return kept, rejects
+
+
+# --------------------------------------------------------------------------------------------
+# plans
+
+
+class ShardPlan(BaseModel):
+    """One shard: its split, index and the keys it holds, in tar order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    split: str
+    index: int
+    keys: tuple[str, ...]
+    est_bytes: int = 0
+
+    @property
+    def name(self) -> str:
+        """Path relative to the dataset version root: ``{split}/{split}-{index:06d}.tar``."""
+        return f"{self.split}/{self.split}-{self.index:06d}.tar"
+
+
+def shard_order(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def plan_shards(
+    entries: Iterable[tuple[str, str, int]],
+    *,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> list[ShardPlan]:
+    """Shards from (key, split, tar bytes) triples; bytes may be 0 when unknown (count-only plans).
+
+    Keys must be unique (see ``dedupe``). Splits come out in sorted order, shards numbered from 0
+    within each split.
+    """
+    if max_samples < 1 or max_bytes < 1:
+        raise ValueError("max_samples and max_bytes must be positive")
+    by_split: dict[str, list[tuple[str, str, int]]] = {}
+    seen: set[str] = set()
+    for key, split, nbytes in entries:
+        if key in seen:
+            raise ValueError(f"duplicate key {key}: dedupe the samples before planning")
+        seen.add(key)
+        by_split.setdefault(split, []).append((shard_order(key), key, int(nbytes)))
+    plans: list[ShardPlan] = []
+    for split in sorted(by_split):
+        rows = sorted(by_split[split])
+        keys: list[str] = []
+        total = 0
+        for _, key, nbytes in rows:
+            if keys and (len(keys) >= max_samples or total + nbytes > max_bytes):
+                plans.append(
+                    ShardPlan(split=split, index=_count(plans, split), keys=tuple(keys), est_bytes=total)
+                )
+                keys, total = [], 0
+            keys.append(key)
+            total += nbytes
+        if keys:
+            plans.append(
+                ShardPlan(split=split, index=_count(plans, split), keys=tuple(keys), est_bytes=total)
+            )
+    return plans
+
+
+def _count(plans: list[ShardPlan], split: str) -> int:
+    return sum(1 for p in plans if p.split == split)
+
+
+def plan_samples(
+    samples: Sequence[ShardSample],
+    *,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> list[ShardPlan]:
+    return plan_shards(
+        ((s.key, s.split, s.tar_bytes) for s in samples), max_samples=max_samples, max_bytes=max_bytes
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+@dataclass(frozen=True)
+class MemberOffsets:
+    """Where a sample's members sit in its tar (for ranged reads of a single sample)."""
+
+    key: str
+    flac_offset: int
+    flac_size: int
+    json_offset: int
+    json_size: int
+
+
+def write_tar(samples: Iterable[ShardSample], fh: BinaryIO) -> list[MemberOffsets]:
+    """Write samples in order as one uncompressed tar with reproducible headers."""
+    offsets: list[MemberOffsets] = []
+    writer = TarWriter(
+        fh, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, compress=False, encoder=False, mtime=TAR_MTIME
+    )
+    try:
+        for s in samples:
+            start = writer.tarstream.offset
+            js = s.json_bytes
+            writer.write({"__key__": s.key, "flac": s.flac, "json": js})
+            flac_off = start + _BLOCK
+            json_off = flac_off + -(-len(s.flac) // _BLOCK) * _BLOCK + _BLOCK
+            if writer.tarstream.offset != json_off + -(-len(js) // _BLOCK) * _BLOCK:
+                raise RuntimeError(f"unexpected tar layout for {s.key} (long name?)")
+            offsets.append(MemberOffsets(s.key, flac_off, len(s.flac), json_off, len(js)))
+    finally:
+        writer.close()
+    return offsets
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def iter_tar_samples(fh: BinaryIO, source: str, *, decode: bool = True) -> Iterator[ShardSample | RejectRow]:
+    """Samples of a tar stream in order, or RejectRows saying why one could not be used.
+
+    A member header that does not parse is skipped block by block up to the next valid header
+    (tarfile's ignore_zeros), and the skipped byte range is reported as ``corrupt_member``; the
+    sample it belonged to then lacks a member and is rejected too. A stream that ends inside a
+    member rejects that sample as ``truncated``. Reading goes on wherever it can.
+    """
+    expected = 0
+    key: str | None = None
+    members: dict[str, bytes] = {}
+
+    def finish() -> Iterator[ShardSample | RejectRow]:
+        if key is None:
+            return
+        try:
+            yield sample_from_members(key, members, decode=decode)
+        except SampleRejected as e:
+            yield reject_row(e, key=key, source=source)
+
+    try:
+        tf = tarfile.open(fileobj=fh, mode="r|", ignore_zeros=True)  # noqa: SIM115 (read in the loop below)
+    except tarfile.TarError as e:
+        yield RejectRow(
+            stage="shard", reason=ShardRejectReason.CORRUPT_MEMBER, detail=f"not a tar: {e}", source=source
+        )
+        return
+    try:
+        for ti in tf:
+            if ti.offset != expected:
+                yield RejectRow(
+                    stage="shard",
+                    reason=ShardRejectReason.CORRUPT_MEMBER,
+                    source=f"{source}@{expected}",
+                    detail=f"{ti.offset - expected} bytes at {expected} are not a valid tar header; skipped",
+                )
+            expected = ti.offset_data + -(-ti.size // _BLOCK) * _BLOCK
+            if not ti.isfile():
+                continue
+            k, ext = split_member_name(ti.name)
+            if k != key:
+                yield from finish()
+                key, members = k, {}
+            stream = tf.extractfile(ti)
+            data = stream.read() if stream is not None else b""
+            if len(data) != ti.size:
+                raise tarfile.ReadError(f"{ti.name}: read {len(data)} of {ti.size} bytes")
+            if ext in members:
+                members["__dup__" + ext] = data
+            else:
+                members[ext] = data
+    except (tarfile.TarError, EOFError, OSError) as e:
+        if key is not None:
+            yield reject_row(
+                SampleRejected(RejectReason.TRUNCATED, f"tar stream broke: {e}"), key=key, source=source
+            )
+            key = None
+        yield RejectRow(
+            stage="shard",
+            reason=ShardRejectReason.CORRUPT_MEMBER,
+            source=f"{source}@{expected}",
+            detail=f"tar stream unreadable after offset {expected}: {e}",
+        )
+        return
+    yield from finish()
+
+
+def tar_bytes_of(samples: Sequence[ShardSample]) -> bytes:
+    """A whole tar in memory (tests, small staging files)."""
+    bio = io.BytesIO()
+    write_tar(samples, bio)
+    return bio.getvalue()
+
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_SAMPLES",
+    "MemberOffsets",
+    "SampleRejected",
+    "ShardPlan",
+    "ShardSample",
+    "audio_info",
+    "build_sample",
+    "canonical_json",
+    "check_audio",
+    "dedupe",
+    "iter_tar_samples",
+    "labels_from_rir",
+    "make_key",
+    "plan_samples",
+    "plan_shards",
+    "reject_row",
+    "safe_clip_id",
+    "sample_from_members",
+    "split_member_name",
+    "tar_bytes_of",
+    "write_tar",
+]
