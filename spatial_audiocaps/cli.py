@@ -11,13 +11,16 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import soundfile as sf
 from pydantic import ValidationError
 
 from room_specs import DEFAULT_CONFIG
+from schemas.captions import BackendName
+from schemas.sources import SourceName
+from spatial_audiocaps import cli_captions, cli_eval, cli_shards, cli_train
 from tasks.errors import SpatialAudioCapsError
 
 
@@ -97,6 +100,18 @@ def _cmd_doa(args: argparse.Namespace) -> dict[str, Any]:
     return est.model_dump(mode="json")
 
 
+def _cmd_build(args: argparse.Namespace) -> dict[str, Any]:
+    from flows.build import build_spatial_dataset
+
+    result = build_spatial_dataset(
+        source=args.source, input=args.input, output=args.out, dataset=args.dataset,
+        room_config=args.room_config, room_seed=args.room_seed, n_rooms=args.n_rooms,
+        rephraser=args.rephraser, rephraser_model=args.rephraser_model, shard_size=args.shard_size,
+        seed=args.seed, limit=args.limit, n_workers=args.workers, scheduler_address=args.scheduler,
+    )
+    return result.model_dump(mode="json")
+
+
 def _cmd_schemas(args: argparse.Namespace) -> dict[str, Any]:
     from schemas.export import write_json_schemas
 
@@ -143,6 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="export the JSON Schemas of every record")
     schemas.add_argument("--out", required=True)
     schemas.set_defaults(func=_cmd_schemas)
+
+    build = sub.add_parser("build", help="run the build-spatial-dataset flow (ephemeral Prefect)")
+    build.add_argument("--source", default="demo", choices=list(get_args(SourceName)))
+    build.add_argument("--input", default=None, help="the source's CSV, directory or tars")
+    build.add_argument("--out", default="out", help="local directory or s3://bucket/prefix")
+    build.add_argument("--dataset", default=None, help="dataset name (default: the source)")
+    build.add_argument("--room-config", default=str(DEFAULT_CONFIG))
+    build.add_argument("--room-seed", type=int, default=0)
+    build.add_argument("--n-rooms", type=int, default=None)
+    build.add_argument("--rephraser", default="template", choices=list(get_args(BackendName)))
+    build.add_argument("--rephraser-model", default=None)
+    build.add_argument("--shard-size", type=int, default=256)
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--limit", type=int, default=None)
+    build.add_argument("--workers", type=int, default=2)
+    build.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    build.set_defaults(func=_cmd_build)
+
+    for module in (cli_captions, cli_shards, cli_train, cli_eval):
+        module.add_commands(sub)
     return parser
 
 

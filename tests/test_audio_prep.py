@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from bad_inputs import write_hour_long_wav
 from scipy import signal
 
 from schemas.audio import AudioPrepConfig, RejectReason
@@ -399,18 +400,9 @@ def test_missing_path_is_unreadable(tmp_path):
 
 def test_one_hour_file_rejected_from_header_without_decoding(tmp_path, monkeypatch):
     """A real, sparse one-hour 16 kHz 8-bit WAV: soundfile writes the header, the data are a hole."""
-    sr, seconds = 16000, 3600
+    seconds = 3600
     path = tmp_path / "hour.wav"
-    sf.write(path, np.zeros(sr, np.float32), sr, subtype="PCM_U8")
-    raw = path.read_bytes()
-    pos = raw.index(b"data")
-    n = sr * seconds
-    with open(path, "r+b") as fh:
-        fh.seek(4)
-        fh.write((pos + 8 + n - 8).to_bytes(4, "little"))
-        fh.seek(pos + 4)
-        fh.write(n.to_bytes(4, "little"))
-        fh.truncate(pos + 8 + n)  # sparse: no hour of samples is ever written
+    write_hour_long_wav(path, seconds=seconds)
     assert sf.info(path).duration == pytest.approx(seconds)
 
     def no_decoding(*a, **k):

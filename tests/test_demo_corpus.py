@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import soundfile as sf
 
 from schemas.audio import AudioPrepConfig
-from spatial_audiocaps.demo import run
 from tasks.audio_prep import prepare_clip
 from tasks.demo_corpus import GENERATORS, demo_clips
 
@@ -38,16 +36,3 @@ def test_demo_clips_survive_audio_preparation():
         assert np.isfinite(x).all()
         trimmed += info.trim_start_samples + info.trim_end_samples > 0.05 * cfg.target_sr
     assert trimmed >= 4  # the silent padding is found and removed
-
-
-def test_demo_run_writes_spatial_flacs_with_measured_labels(tmp_path):
-    summary = run(tmp_path, n_rooms=2, n_clips=3, seed=0)
-    assert summary["clips"] == 3
-    assert summary["max_direct_doa_error_deg"] < 2.0
-    assert summary["t30_rel_error_max"] < 0.05
-    samples = json.loads((tmp_path / "samples.json").read_text())
-    for s in samples:
-        info = sf.info(tmp_path / "clips" / s["file"])
-        assert info.samplerate == 48000 and info.channels == 4 and info.subtype == "PCM_16"
-        assert info.duration >= 4.0
-        assert s["t30_s"] > 0 and -180 < s["azimuth_deg"] <= 180

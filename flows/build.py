@@ -1,0 +1,298 @@
+"""The ``build-spatial-dataset`` flow: rooms -> placements -> RIR bank -> plan -> captions ∥
+render -> shards -> manifest -> card. Wiring only: every step is a function in tasks/.
+
+CPU stages fan out one Prefect task per RIR-bank chunk or shard (never per sample) on a Dask
+task runner: a LocalCluster by default, or an existing scheduler's address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_client, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+from prefect_dask import DaskTaskRunner
+from pydantic import BaseModel, ConfigDict, Field
+
+from room_specs import DEFAULT_CONFIG
+from schemas.audio import AudioPrepConfig
+from schemas.captions import RephraseRequest, RephraseSettings
+from schemas.rooms import RirSettings, Split
+from schemas.shards import RejectRow
+from schemas.sources import SourceName
+from tasks import build_stages
+from tasks.commit import (
+    config_hash,
+    dataset_uri,
+    dataset_version,
+    write_manifest,
+    write_rejects,
+    write_sizes,
+)
+from tasks.dataset_card import write_card
+from tasks.plan import PlanConfig, build_plan
+from tasks.room_sampling import (
+    load_config,
+    parquet_bytes,
+    placements_table,
+    rooms_table,
+    sample_room_set,
+)
+from tasks.shard_writer import ShardPlan, plan_shards
+from tasks.sources import read_source
+from tasks.storage import install_log_redaction, join_uri, open_storage, safe_uri
+
+IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2)}
+
+
+class BuildConfig(BaseModel):
+    """Every parameter of a build; its hash (with the room-set hash) names the dataset version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: SourceName = "demo"
+    input: str | None = None
+    dataset: str | None = Field(None, description="dataset name in keys and paths; default: the source")
+    room_config: str = str(DEFAULT_CONFIG)
+    room_seed: int = 0
+    n_rooms: int | None = Field(None, description="rooms to sample (default: the config's count)")
+    augmentations: dict[Split, int] = Field(default_factory=lambda: {"train": 2, "val": 2, "test": 2})
+    rephraser: RephraseSettings = RephraseSettings()
+    rir: RirSettings = RirSettings()
+    audio: AudioPrepConfig = AudioPrepConfig()
+    shard_size: int = Field(256, ge=1)
+    rir_chunk: int = Field(16, ge=1, description="placements per RIR-bank task")
+    caption_batch: int = Field(512, ge=1, description="captions per rephrase task")
+    seed: int = 0
+    limit: int | None = Field(None, ge=1, description="at most this many source clips")
+
+    def versioned(self) -> dict[str, Any]:
+        """The parameters that change the data (not where it goes or how it is scheduled)."""
+        return self.model_dump(mode="json", exclude={"input"})
+
+
+class BuildResult(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uri: str
+    dataset: str
+    version: str
+    samples: int
+    rejects: int
+    shards: dict[str, int]
+    rir_chunks_cached: int
+    rir_chunks_rendered: int
+    card: str
+
+
+@task(name="sample-rooms", cache_policy=NO_CACHE, **IO_RETRIES)
+def sample_rooms_task(cfg: BuildConfig) -> tuple[list, list, str]:
+    return sample_room_set(load_config(cfg.room_config), cfg.room_seed, cfg.n_rooms)
+
+
+@task(name="read-source", cache_policy=NO_CACHE)
+def read_source_task(cfg: BuildConfig) -> tuple[list, list]:
+    return read_source(cfg.source, cfg.input, limit=cfg.limit, seed=cfg.seed)
+
+
+@task(name="rir-bank-chunk", cache_policy=NO_CACHE, **IO_RETRIES)
+def rir_chunk_task(
+    rooms: dict, placements: list, settings: RirSettings, bank_dir: str
+) -> build_stages.BankChunk:
+    return build_stages.rir_chunk(rooms, placements, settings, bank_dir)
+
+
+@task(name="rephrase-batch", cache_policy=NO_CACHE, **IO_RETRIES)
+def rephrase_task(requests: list[RephraseRequest], settings: RephraseSettings, cache_dir: str) -> list:
+    return build_stages.rephrase(requests, settings, cache_dir)
+
+
+@task(name="build-shard", cache_policy=NO_CACHE, **IO_RETRIES)
+def shard_task(plan: dict, *args: Any) -> build_stages.ShardOutcome:
+    return build_stages.build_shard(ShardPlan.model_validate(plan), *args)
+
+
+@task(name="finalize", cache_policy=NO_CACHE, **IO_RETRIES)
+def finalize_task(base: str, rows: list, rejects: list[RejectRow], meta: dict[str, str]) -> str:
+    storage = open_storage(base)
+    write_manifest(storage, base, rows, meta)
+    write_sizes(storage, base, rows)
+    write_rejects(storage, base, rejects, meta)
+    write_card(base, storage=storage)
+    return join_uri(base, "README.md")
+
+
+def _chunks(seq: list, n: int) -> list[list]:
+    return [seq[i : i + n] for i in range(0, len(seq), n)]
+
+
+def _rephrase_tags(cfg: BuildConfig) -> list[str]:
+    return ["gpu"] if cfg.rephraser.backend in ("vllm", "transformers") else []
+
+
+def run_build(cfg: BuildConfig, output: str) -> BuildResult:
+    """The body of the flow (called inside a flow run, with a Dask task runner)."""
+    log = get_run_logger()
+    install_log_redaction()
+    dataset = cfg.dataset or cfg.source
+    rooms, placements, room_hash = sample_rooms_task(cfg)
+    cfg_hash = config_hash(cfg.versioned())
+    version = dataset_version(room_hash, cfg_hash)
+    base = dataset_uri(output, dataset, version)
+    storage = open_storage(base)
+    storage.put_bytes(join_uri(base, "rooms.parquet"), parquet_bytes(rooms_table(rooms, room_hash)))
+    storage.put_bytes(
+        join_uri(base, "placements.parquet"), parquet_bytes(placements_table(placements, room_hash))
+    )
+    storage.put_bytes(join_uri(base, "build.json"), json.dumps(cfg.versioned(), indent=1).encode())
+    log.info("dataset %s version %s at %s (room set %s)", dataset, version, safe_uri(base), room_hash)
+
+    clips, source_rejects = read_source_task(cfg)
+    items = build_plan(clips, placements, PlanConfig(augmentations=cfg.augmentations), cfg.seed)
+    rejects = [RejectRow(stage=r.stage, reason=r.reason, detail=r.detail, source=r.clip_id, dataset=r.dataset)
+               for r in source_rejects]
+
+    # RIR bank: only the placements the plan uses, a task per chunk.
+    rooms_by_id = {r.room_id: r for r in rooms}
+    used = sorted({i.placement_id for i in items if i.placement_id})
+    by_id = {p.placement_id: p for p in placements}
+    bank_dir = join_uri(base, "rirs")
+    chunk_futures = [
+        rir_chunk_task.submit({by_id[p].room_id: rooms_by_id[by_id[p].room_id] for p in chunk},
+                              [by_id[p] for p in chunk], cfg.rir, bank_dir)
+        for chunk in _chunks(used, cfg.rir_chunk)
+    ]
+    chunks = [f.result() for f in chunk_futures]
+    records = {r.placement_id: r for c in chunks for r in c.records}
+    chunk_of = {r.placement_id: c.uri for c in chunks for r in c.records}
+    for c in chunks:
+        rejects += [RejectRow(stage="rir", reason="rir_failed", detail=f"{r.reason}: {r.detail}",
+                              source=r.placement_id) for r in c.rejects]
+    cached = sum(c.cached for c in chunks)
+    log.info("RIR bank: %d chunks (%d cached), %d RIRs, %d failed", len(chunks), cached, len(records),
+             sum(len(c.rejects) for c in chunks))
+
+    # Captions (GPU batches when the backend is a model) before rendering, which needs them.
+    requests = build_stages.caption_requests(items, records, rooms_by_id)
+    cache_dir = str(Path(cfg_cache_dir(output)) / "rephrase")
+    caption_futures = [
+        rephrase_task.with_options(tags=_rephrase_tags(cfg)).submit(batch, cfg.rephraser, cache_dir)
+        for batch in _chunks(requests, cfg.caption_batch)
+    ]
+    captions = {r.sample_id: r for f in caption_futures for r in f.result()}
+    statuses = Counter(r.status for r in captions.values())
+    log.info("captions: %s", dict(statuses))
+
+    # Shards: planned before rendering (count-based), one task each.
+    by_key = {i.key: i for i in items}
+    plans = plan_shards(((i.key, i.split, 0) for i in items), max_samples=cfg.shard_size)
+    provenance = build_stages.provenance_fields(room_hash, cfg_hash, cfg.rephraser, dataset)
+    shard_futures = []
+    for plan in plans:
+        shard_items = [by_key[k] for k in plan.keys]
+        needed = sorted({chunk_of[i.placement_id] for i in shard_items if i.placement_id in chunk_of})
+        shard_captions = {sid: captions[sid] for i in shard_items for sid in
+                          (f"{i.key}#{n}" for n in range(len(i.captions))) if sid in captions}
+        # The plan travels as a dict: Prefect walks task arguments and takes ShardPlan.keys for a
+        # mapping's keys() method.
+        shard_rooms = {records[i.placement_id].room_id: rooms_by_id[records[i.placement_id].room_id]
+                       for i in shard_items if i.placement_id in records}
+        shard_futures.append(shard_task.submit(plan.model_dump(), shard_items, shard_captions, needed,
+                                               shard_rooms, base, provenance, cfg.audio,
+                                               cfg.rephraser.validation))
+    outcomes = [f.result() for f in shard_futures]
+    rows = [r for o in outcomes for r in o.rows]
+    rejects += [r for o in outcomes for r in o.rejects]
+    counts = Counter(o.outcome for o in outcomes)
+    log.info("shards: %s", dict(counts))
+    create_table_artifact(
+        key="shards", table=[{"shard": o.shard, "outcome": o.outcome, "samples": len(o.rows),
+                              "rejects": len(o.rejects)} for o in outcomes],
+        description=f"{dataset} {version}: shard outcomes (skipped = verified receipt, cache hit)",
+    )
+    meta = {"dataset": dataset, "version": version, "room_set_hash": room_hash, "config_hash": cfg_hash}
+    readme = finalize_task(base, rows, rejects, meta)
+    create_markdown_artifact(
+        key="dataset-card", markdown=open_storage(readme).read_bytes(readme).decode(),
+        description=f"Dataset card of {dataset} {version}",
+    )
+    return BuildResult(
+        uri=safe_uri(base), dataset=dataset, version=version, samples=len(rows), rejects=len(rejects),
+        shards=dict(counts), rir_chunks_cached=cached, rir_chunks_rendered=len(chunks) - cached,
+        card=safe_uri(readme),
+    )
+
+
+def cfg_cache_dir(output: str) -> str:
+    """A local cache for rephrased captions: beside local output, else under the user cache."""
+    if output.startswith("s3://"):
+        digest = hashlib.sha256(output.encode()).hexdigest()[:12]
+        return str(Path.home() / ".cache" / "spatial-audiocaps" / digest)
+    return str(Path(output) / ".cache")
+
+
+def share_api_url() -> None:
+    """Point worker processes at this run's Prefect API.
+
+    A flow run on the ephemeral server holds the server's address only in its own settings, so
+    every spawned Dask worker would start a temporary server of its own and record its task runs
+    there. Exporting the address before the cluster starts keeps one server and one history.
+    """
+    if not os.environ.get("PREFECT_API_URL"):
+        with get_client(sync_client=True) as client:
+            os.environ["PREFECT_API_URL"] = str(client.api_url).rstrip("/")
+
+
+def task_runner(n_workers: int, scheduler_address: str | None) -> DaskTaskRunner:
+    """A LocalCluster of single-threaded worker processes, or an existing Dask scheduler."""
+    share_api_url()
+    if scheduler_address:
+        return DaskTaskRunner(address=scheduler_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+@flow(name="build-spatial-dataset-stages")
+def _build_stages(cfg: BuildConfig, output: str) -> BuildResult:
+    return run_build(cfg, output)
+
+
+@flow(name="build-spatial-dataset", log_prints=True)
+def build_spatial_dataset(
+    source: SourceName = "demo",
+    input: str | None = None,
+    output: str = "out",
+    dataset: str | None = None,
+    room_config: str = str(DEFAULT_CONFIG),
+    room_seed: int = 0,
+    n_rooms: int | None = None,
+    augmentations: dict[Split, int] | None = None,
+    rephraser: str = "template",
+    rephraser_model: str | None = None,
+    shard_size: int = 256,
+    seed: int = 0,
+    limit: int | None = None,
+    n_workers: int = 2,
+    scheduler_address: str | None = None,
+) -> BuildResult:
+    """Build a spatial audio-caption dataset from a source corpus into ``output``.
+
+    ``output`` is a local directory or ``s3://bucket/prefix`` (credentials from the standard
+    AWS environment, never from parameters). The version directory is derived from the room-set
+    and config hashes, so a new room set lands beside earlier versions.
+    """
+    rephrase = {"backend": rephraser} | ({"model": rephraser_model} if rephraser_model else {})
+    cfg = BuildConfig(
+        source=source, input=input, dataset=dataset, room_config=room_config, room_seed=room_seed,
+        n_rooms=n_rooms, augmentations=augmentations or {"train": 2, "val": 2, "test": 2},
+        rephraser=RephraseSettings(**rephrase), shard_size=shard_size, seed=seed, limit=limit,
+    )
+    runner = task_runner(n_workers, scheduler_address)
+    return _build_stages.with_options(task_runner=runner)(cfg, output)
