@@ -63,7 +63,7 @@ def test_deployment_run_on_a_real_server_writes_readable_shards(tmp_path, s3):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "SPATIAL_AUDIOCAPS_HOME": str(REPO),
-            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
     logs = ExitStack()
 
     def spawn(cmd: list[str], log: str, cwd: Path) -> subprocess.Popen:
