@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from typing import Any
 from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
 from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
 
 from room_specs import DEFAULT_CONFIG
 from schemas.audio import AudioPrepConfig
@@ -137,7 +140,15 @@ def _rephrase_tags(cfg: BuildConfig) -> list[str]:
     return ["gpu"] if cfg.rephraser.backend in ("vllm", "transformers") else []
 
 
-def run_build(cfg: BuildConfig, output: str) -> BuildResult:
+def gather(futures: list[PrefectFuture], stage: str, progress: bool) -> list[Any]:
+    """Results in submission order; with ``progress``, a bar on stderr as tasks finish (CLI runs)."""
+    with tqdm(total=len(futures), desc=stage, unit="task", disable=not progress, file=sys.stderr) as bar:
+        for _ in as_completed(futures):
+            bar.update()
+    return [f.result() for f in futures]
+
+
+def run_build(cfg: BuildConfig, output: str, progress: bool = False) -> BuildResult:
     """The body of the flow (called inside a flow run, with a Dask task runner)."""
     log = get_run_logger()
     install_log_redaction()
@@ -169,7 +180,7 @@ def run_build(cfg: BuildConfig, output: str) -> BuildResult:
                               [by_id[p] for p in chunk], cfg.rir, bank_dir)
         for chunk in _chunks(used, cfg.rir_chunk)
     ]
-    chunks = [f.result() for f in chunk_futures]
+    chunks = gather(chunk_futures, "RIR bank", progress)
     records = {r.placement_id: r for c in chunks for r in c.records}
     chunk_of = {r.placement_id: c.uri for c in chunks for r in c.records}
     for c in chunks:
@@ -186,7 +197,7 @@ def run_build(cfg: BuildConfig, output: str) -> BuildResult:
         rephrase_task.with_options(tags=_rephrase_tags(cfg)).submit(batch, cfg.rephraser, cache_dir)
         for batch in _chunks(requests, cfg.caption_batch)
     ]
-    captions = {r.sample_id: r for f in caption_futures for r in f.result()}
+    captions = {r.sample_id: r for batch in gather(caption_futures, "captions", progress) for r in batch}
     statuses = Counter(r.status for r in captions.values())
     log.info("captions: %s", dict(statuses))
 
@@ -207,7 +218,7 @@ def run_build(cfg: BuildConfig, output: str) -> BuildResult:
         shard_futures.append(shard_task.submit(plan.model_dump(), shard_items, shard_captions, needed,
                                                shard_rooms, base, provenance, cfg.audio,
                                                cfg.rephraser.validation))
-    outcomes = [f.result() for f in shard_futures]
+    outcomes = gather(shard_futures, "shards", progress)
     rows = [r for o in outcomes for r in o.rows]
     rejects += [r for o in outcomes for r in o.rejects]
     counts = Counter(o.outcome for o in outcomes)
@@ -260,8 +271,8 @@ def task_runner(n_workers: int, scheduler_address: str | None) -> DaskTaskRunner
 
 
 @flow(name="build-spatial-dataset-stages")
-def _build_stages(cfg: BuildConfig, output: str) -> BuildResult:
-    return run_build(cfg, output)
+def _build_stages(cfg: BuildConfig, output: str, progress: bool = False) -> BuildResult:
+    return run_build(cfg, output, progress)
 
 
 @flow(name="build-spatial-dataset", log_prints=True)
@@ -281,6 +292,7 @@ def build_spatial_dataset(
     limit: int | None = None,
     n_workers: int = 2,
     scheduler_address: str | None = None,
+    progress: bool = False,
 ) -> BuildResult:
     """Build a spatial audio-caption dataset from a source corpus into ``output``.
 
@@ -295,4 +307,4 @@ def build_spatial_dataset(
         rephraser=RephraseSettings(**rephrase), shard_size=shard_size, seed=seed, limit=limit,
     )
     runner = task_runner(n_workers, scheduler_address)
-    return _build_stages.with_options(task_runner=runner)(cfg, output)
+    return _build_stages.with_options(task_runner=runner)(cfg, output, progress)

@@ -108,6 +108,7 @@ def _cmd_build(args: argparse.Namespace) -> dict[str, Any]:
         room_config=args.room_config, room_seed=args.room_seed, n_rooms=args.n_rooms,
         rephraser=args.rephraser, rephraser_model=args.rephraser_model, shard_size=args.shard_size,
         seed=args.seed, limit=args.limit, n_workers=args.workers, scheduler_address=args.scheduler,
+        progress=sys.stderr.isatty(),
     )
     return result.model_dump(mode="json")
 

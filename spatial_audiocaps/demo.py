@@ -26,7 +26,7 @@ def main() -> None:
     from flows.build import build_spatial_dataset
 
     result = build_spatial_dataset(source="demo", output=args.out, limit=args.clips, shard_size=32,
-                                   n_workers=args.workers)
+                                   n_workers=args.workers, progress=True)
     print(json.dumps(result.model_dump(mode="json"), indent=2))
     print(f"\nDataset card: {result.card}")
 
