@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_client, get_run_logger, task
+import dask
+from prefect import Task, flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
@@ -140,20 +143,49 @@ def _rephrase_tags(cfg: BuildConfig) -> list[str]:
     return ["gpu"] if cfg.rephraser.backend in ("vllm", "transformers") else []
 
 
-def gather(futures: list[PrefectFuture], stage: str, progress: bool) -> list[Any]:
+class Done:
+    """A finished call that looks like a future: the plain-loop stand-in for ``Task.submit``."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+def submit_to_prefect(task_: Task, *args: Any) -> PrefectFuture:
+    return task_.submit(*args)
+
+
+def call_directly(task_: Task, *args: Any) -> Done:
+    """Run the task's function in this process, with no Prefect run: the baseline for overhead."""
+    return Done(task_.fn(*args))
+
+
+def gather(futures: list[Any], stage: str, progress: bool) -> list[Any]:
     """Results in submission order; with ``progress``, a bar on stderr as tasks finish (CLI runs)."""
-    with tqdm(total=len(futures), desc=stage, unit="task", disable=not progress, file=sys.stderr) as bar:
-        for _ in as_completed(futures):
-            bar.update()
+    if progress and futures and isinstance(futures[0], PrefectFuture):
+        with tqdm(total=len(futures), desc=stage, unit="task", file=sys.stderr) as bar:
+            for _ in as_completed(futures):
+                bar.update()
     return [f.result() for f in futures]
 
 
-def run_build(cfg: BuildConfig, output: str, progress: bool = False) -> BuildResult:
-    """The body of the flow (called inside a flow run, with a Dask task runner)."""
-    log = get_run_logger()
+def run_build(
+    cfg: BuildConfig,
+    output: str,
+    progress: bool = False,
+    submit: Callable[..., Any] = submit_to_prefect,
+) -> BuildResult:
+    """The body of the flow. Inside a flow run ``submit`` sends each stage to the task runner;
+    ``call_directly`` runs the same body as a plain loop (benchmarks/pipeline.py)."""
+    in_run = submit is submit_to_prefect
+    log = get_run_logger() if in_run else logging.getLogger(__name__)
     install_log_redaction()
     dataset = cfg.dataset or cfg.source
-    rooms, placements, room_hash = sample_rooms_task(cfg)
+    # Small stages run in the flow's own process: their results would only travel back.
+    run_here = (lambda t, *a: t(*a)) if in_run else (lambda t, *a: t.fn(*a))
+    rooms, placements, room_hash = run_here(sample_rooms_task, cfg)
     cfg_hash = config_hash(cfg.versioned())
     version = dataset_version(room_hash, cfg_hash)
     base = dataset_uri(output, dataset, version)
@@ -165,7 +197,7 @@ def run_build(cfg: BuildConfig, output: str, progress: bool = False) -> BuildRes
     storage.put_bytes(join_uri(base, "build.json"), json.dumps(cfg.versioned(), indent=1).encode())
     log.info("dataset %s version %s at %s (room set %s)", dataset, version, safe_uri(base), room_hash)
 
-    clips, source_rejects = read_source_task(cfg)
+    clips, source_rejects = run_here(read_source_task, cfg)
     items = build_plan(clips, placements, PlanConfig(augmentations=cfg.augmentations), cfg.seed)
     rejects = [RejectRow(stage=r.stage, reason=r.reason, detail=r.detail, source=r.clip_id, dataset=r.dataset)
                for r in source_rejects]
@@ -176,8 +208,8 @@ def run_build(cfg: BuildConfig, output: str, progress: bool = False) -> BuildRes
     by_id = {p.placement_id: p for p in placements}
     bank_dir = join_uri(base, "rirs")
     chunk_futures = [
-        rir_chunk_task.submit({by_id[p].room_id: rooms_by_id[by_id[p].room_id] for p in chunk},
-                              [by_id[p] for p in chunk], cfg.rir, bank_dir)
+        submit(rir_chunk_task, {by_id[p].room_id: rooms_by_id[by_id[p].room_id] for p in chunk},
+               [by_id[p] for p in chunk], cfg.rir, bank_dir)
         for chunk in _chunks(used, cfg.rir_chunk)
     ]
     chunks = gather(chunk_futures, "RIR bank", progress)
@@ -194,7 +226,7 @@ def run_build(cfg: BuildConfig, output: str, progress: bool = False) -> BuildRes
     requests = build_stages.caption_requests(items, records, rooms_by_id)
     cache_dir = str(Path(cfg_cache_dir(output)) / "rephrase")
     caption_futures = [
-        rephrase_task.with_options(tags=_rephrase_tags(cfg)).submit(batch, cfg.rephraser, cache_dir)
+        submit(rephrase_task.with_options(tags=_rephrase_tags(cfg)), batch, cfg.rephraser, cache_dir)
         for batch in _chunks(requests, cfg.caption_batch)
     ]
     captions = {r.sample_id: r for batch in gather(caption_futures, "captions", progress) for r in batch}
@@ -211,33 +243,40 @@ def run_build(cfg: BuildConfig, output: str, progress: bool = False) -> BuildRes
         needed = sorted({chunk_of[i.placement_id] for i in shard_items if i.placement_id in chunk_of})
         shard_captions = {sid: captions[sid] for i in shard_items for sid in
                           (f"{i.key}#{n}" for n in range(len(i.captions))) if sid in captions}
-        # The plan travels as a dict: Prefect walks task arguments and takes ShardPlan.keys for a
-        # mapping's keys() method.
         shard_rooms = {records[i.placement_id].room_id: rooms_by_id[records[i.placement_id].room_id]
                        for i in shard_items if i.placement_id in records}
-        shard_futures.append(shard_task.submit(plan.model_dump(), shard_items, shard_captions, needed,
-                                               shard_rooms, base, provenance, cfg.audio,
-                                               cfg.rephraser.validation))
+        # The plan travels as a dict: Prefect walks task arguments and takes ShardPlan.keys for a
+        # mapping's keys() method.
+        shard_futures.append(submit(shard_task, plan.model_dump(), shard_items, shard_captions, needed,
+                                    shard_rooms, base, provenance, cfg.audio, cfg.rephraser.validation))
     outcomes = gather(shard_futures, "shards", progress)
     rows = [r for o in outcomes for r in o.rows]
     rejects += [r for o in outcomes for r in o.rejects]
     counts = Counter(o.outcome for o in outcomes)
     log.info("shards: %s", dict(counts))
+    meta = {"dataset": dataset, "version": version, "room_set_hash": room_hash, "config_hash": cfg_hash}
+    readme = run_here(finalize_task, base, rows, rejects, meta)
+    if in_run:
+        publish_artifacts(outcomes, readme, dataset, version)
+    return BuildResult(
+        uri=safe_uri(base), dataset=dataset, version=version, samples=len(rows), rejects=len(rejects),
+        shards=dict(counts), rir_chunks_cached=cached, rir_chunks_rendered=len(chunks) - cached,
+        card=safe_uri(readme),
+    )
+
+
+def publish_artifacts(
+    outcomes: list[build_stages.ShardOutcome], readme: str, dataset: str, version: str
+) -> None:
+    """The shard table and the dataset card, visible in the Prefect UI."""
     create_table_artifact(
         key="shards", table=[{"shard": o.shard, "outcome": o.outcome, "samples": len(o.rows),
                               "rejects": len(o.rejects)} for o in outcomes],
         description=f"{dataset} {version}: shard outcomes (skipped = verified receipt, cache hit)",
     )
-    meta = {"dataset": dataset, "version": version, "room_set_hash": room_hash, "config_hash": cfg_hash}
-    readme = finalize_task(base, rows, rejects, meta)
     create_markdown_artifact(
         key="dataset-card", markdown=open_storage(readme).read_bytes(readme).decode(),
         description=f"Dataset card of {dataset} {version}",
-    )
-    return BuildResult(
-        uri=safe_uri(base), dataset=dataset, version=version, samples=len(rows), rejects=len(rejects),
-        shards=dict(counts), rir_chunks_cached=cached, rir_chunks_rendered=len(chunks) - cached,
-        card=safe_uri(readme),
     )
 
 
@@ -262,8 +301,14 @@ def share_api_url() -> None:
 
 
 def task_runner(n_workers: int, scheduler_address: str | None) -> DaskTaskRunner:
-    """A LocalCluster of single-threaded worker processes, or an existing Dask scheduler."""
+    """A LocalCluster of single-threaded worker processes, or an existing Dask scheduler.
+
+    Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to its workers, which sends every large numpy
+    buffer through mmap and made the render stage 1.5x slower in a worker than in a plain loop
+    (benchmarks/pipeline.py); None tells Dask to leave the variable unset.
+    """
     share_api_url()
+    dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
     if scheduler_address:
         return DaskTaskRunner(address=scheduler_address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,

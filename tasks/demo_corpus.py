@@ -125,19 +125,21 @@ GENERATORS: tuple[Callable[[np.random.Generator, np.ndarray], tuple[np.ndarray, 
 )
 
 
+def demo_clip(index: int, seed: int = 0) -> DemoClip:
+    """Clip ``index`` of the corpus: its own random stream, generator, sample rate and length."""
+    rng = np.random.default_rng([seed, index])
+    gen = GENERATORS[index % len(GENERATORS)]
+    fs = int(SAMPLE_RATES[index % len(SAMPLE_RATES)])
+    duration = float(rng.uniform(1.5, 7.0))
+    t = np.arange(int(duration * fs)) / fs
+    x, captions = gen(rng, t)
+    x = 0.5 * x / max(float(np.abs(x).max()), 1e-9)
+    pad = np.zeros(int(rng.uniform(0.0, 0.4) * fs))  # silence for the trimmer to remove
+    buf = io.BytesIO()
+    sf.write(buf, np.concatenate([pad, x, pad]).astype(np.float32), fs, format="WAV", subtype="PCM_16")
+    return DemoClip(f"demo{index:04d}-{gen.__name__.strip('_')}", buf.getvalue(), tuple(captions))
+
+
 def demo_clips(n: int = 32, seed: int = 0) -> list[DemoClip]:
-    """``n`` clips cycling through the generators, each with its own sample rate and length."""
-    clips = []
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        gen = GENERATORS[i % len(GENERATORS)]
-        fs = int(SAMPLE_RATES[i % len(SAMPLE_RATES)])
-        duration = float(rng.uniform(1.5, 7.0))
-        t = np.arange(int(duration * fs)) / fs
-        x, captions = gen(rng, t)
-        x = 0.5 * x / max(float(np.abs(x).max()), 1e-9)
-        pad = np.zeros(int(rng.uniform(0.0, 0.4) * fs))  # silence for the trimmer to remove
-        buf = io.BytesIO()
-        sf.write(buf, np.concatenate([pad, x, pad]).astype(np.float32), fs, format="WAV", subtype="PCM_16")
-        clips.append(DemoClip(f"demo{i:04d}-{gen.__name__.strip('_')}", buf.getvalue(), tuple(captions)))
-    return clips
+    """The first ``n`` clips, cycling through the generators."""
+    return [demo_clip(i, seed) for i in range(n)]

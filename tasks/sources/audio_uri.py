@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import tarfile
-from functools import lru_cache
 from pathlib import Path
 
+from tasks.demo_corpus import demo_clip
 from tasks.errors import AudioRejected
-
-
-@lru_cache(maxsize=8)
-def _demo(seed: int, count: int) -> tuple:
-    from tasks.demo_corpus import demo_clips
-
-    return tuple(demo_clips(count, seed))
 
 
 def read_audio(uri: str) -> bytes:
@@ -21,7 +14,7 @@ def read_audio(uri: str) -> bytes:
     try:
         if uri.startswith("demo://"):
             seed, index = (int(v) for v in uri.removeprefix("demo://").split("/"))
-            return _demo(seed, index + 1)[index].audio
+            return demo_clip(index, seed).audio
         if uri.startswith("s3://"):
             from tasks.storage import open_storage  # the object-storage layer
 
