@@ -133,6 +133,9 @@ class RirSettings(BaseModel):
     calibrate: bool = True
     calibration_max_iter: int = Field(default=8, ge=1)
     calibration_rel_tol: float = Field(default=0.02, gt=0.0)
+    calibration_fail_tol: float = Field(
+        default=0.25, gt=0.0, description="a room whose best render is further off is rejected"
+    )
     length_factor: float = Field(default=1.5, ge=1.0, description="RIR length in target T30s")
     crossfade_s: float = Field(default=0.005, ge=0.0)
     mixing_ms_per_sqrt_m3: float = Field(

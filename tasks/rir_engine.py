@@ -430,6 +430,11 @@ def _calibrate(
             )
         scale = min(max(new, lo), hi)
     assert best is not None
+    if best[0] > settings.calibration_fail_tol:
+        raise UnreachableT30Error(
+            f"target T30 {target:.3f} s not reached in {settings.calibration_max_iter} renders "
+            f"(closest {best[0]:.0%} off): the decay of this room cannot be steered there"
+        )
     return best[1], settings.calibration_max_iter, best[2]
 
 

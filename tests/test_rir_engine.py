@@ -210,6 +210,17 @@ def test_absorption_above_one_is_rejected():
         Surface(material="x", absorption=[1.2] * len(OCTAVE_BANDS_HZ), scattering=[0.1] * 8)
 
 
+def test_calibration_that_cannot_converge_is_rejected_not_kept():
+    spec = parametric_room((8.0, 6.0, 3.0), 0.9)
+    far = spec.model_copy(update={"target_t30_s": 0.9 * 1.6})  # absorption fitted for 0.9 s
+    one_try = RirSettings(calibration_max_iter=1)
+    with pytest.raises(UnreachableT30Error, match="not reached in 1 renders"):
+        render_rir(far, (2.0, 2.0, 1.5), (5.0, 4.0, 1.7), settings=one_try)
+    ok = render_rir(spec, (2.0, 2.0, 1.5), (5.0, 4.0, 1.7), settings=one_try.model_copy(
+        update={"calibration_fail_tol": 1.0}))
+    assert ok.calibration_iterations == 1
+
+
 def test_unreachable_t30_is_rejected():
     with pytest.raises(UnreachableT30Error, match="unreachable"):
         parametric_room((30.0, 30.0, 10.0), 0.05)
