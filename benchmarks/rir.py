@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from room_specs import DEFAULT_CONFIG
 from schemas.rooms import OCTAVE_BANDS_HZ, SURFACES, Placement, RirSettings, RoomSpec
 from tasks import rir_engine, room_acoustics
-from tasks.rir_engine import render_rir
+from tasks.rir_engine import render_rir, tail_start_s
 from tasks.room_sampling import load_config, sample_room_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,13 +213,13 @@ def worker_baseline(job_path: str, mem_gb: float) -> None:
     peak = rss_mib()
     length = min(len(sb.rir[c][0]) for c in range(4))
     base = np.stack([np.asarray(sb.rir[c][0][:length], dtype=np.float64) for c in range(4)])
-    # Crossover of our engine: images are complete up to the nearest image of the top order.
+    # Our engine's crossover to the diffuse tail (the same function it uses).
     src = sb.sources[0]
     vis = sb.visibility[0][0, :].astype(bool)
     dist = np.linalg.norm(src.images[:, vis] - np.asarray(p.receiver_m)[:, None], axis=0)
     orders = src.orders[vis]
     settings = RirSettings()
-    t_cross = float(dist[orders == orders.max()].min()) / sb.c
+    t_cross = tail_start_s(dist / sb.c, orders, room.volume_m3, settings)
     n_images = int(vis.sum())
     del sb
     # World frame -> receiver frame (yaw about z): X, Y rotate; W, Z unchanged.

@@ -276,6 +276,19 @@ def _late_tail(
     return out
 
 
+def tail_start_s(times_s: np.ndarray, orders: np.ndarray, volume_m3: float, settings: RirSettings) -> float:
+    """When the diffuse tail takes over from the image sources.
+
+    Images are complete up to the nearest image of the highest order computed; past the mixing
+    time (2*sqrt(V) ms after the direct sound by default) the field is treated as diffuse anyway,
+    so the tail starts at the earlier of the two. Without the mixing time, large damped rooms keep
+    a few strong axial reflections whose stepped decay no T30 fit can describe.
+    """
+    complete = float(times_s[orders == orders.max()].min())
+    mixing = max(settings.min_mixing_time_s, settings.mixing_ms_per_sqrt_m3 * 1e-3 * math.sqrt(volume_m3))
+    return min(complete, float(times_s.min()) + mixing)
+
+
 def _render_channels(
     spec: RoomSpec,
     receiver: tuple[float, float, float],
@@ -299,15 +312,7 @@ def _render_channels(
     weight = np.ones(img.times_s.size)
     tail_from: float | None = None
     if settings.late_tail and not anechoic and max_order > 0:
-        # Images are complete up to the nearest image of the highest order computed; past the
-        # mixing time the field is treated as diffuse anyway, so the tail takes over at the
-        # earlier of the two. Without that, large damped rooms keep a few strong axial
-        # reflections whose stepped decay no T30 fit can describe.
-        top = img.orders == img.orders.max()
-        mixing = max(
-            settings.min_mixing_time_s, settings.mixing_ms_per_sqrt_m3 * 1e-3 * math.sqrt(spec.volume_m3)
-        )
-        t_complete = min(float(img.times_s[top].min()), direct_s + mixing)
+        t_complete = tail_start_s(img.times_s, img.orders, spec.volume_m3, settings)
         if t_complete < length_s:
             tail_from = t_complete
             keep = img.times_s < t_complete
