@@ -223,28 +223,19 @@ def foa_clips() -> list[FoaClip]:
     from room_specs import DEFAULT_CONFIG
     from schemas.rooms import RirSettings
     from tasks import audio_prep as ap
-    from tasks.rir_engine import measure, render_rir
+    from tasks.rir_bank import render_chunk
     from tasks.room_sampling import load_config, sample_room_set
 
     cfg = load_config(DEFAULT_CONFIG)
     rooms, placements, digest = sample_room_set(cfg, 0, 6)
     by_id = {r.room_id: r for r in rooms}
-    settings = RirSettings(max_ism_order=10)
+    rirs, records, rejects = render_chunk(by_id, placements[:8], RirSettings(max_ism_order=10))
+    assert not rejects, rejects
     out = []
-    for i, p in enumerate(placements[:8]):
-        room = by_id[p.room_id]
-        rendered_rir = render_rir(room, p.receiver_m, p.source_m, p.receiver_yaw_deg, settings)
-        rec = measure(
-            rendered_rir,
-            placement_id=p.placement_id,
-            room_id=room.room_id,
-            room_set_hash=digest,
-            target_t30_s=room.target_t30_s,
-            order=1,
-        )
+    for i, rec in enumerate(records):
         clip, prepared = ap.prepare_clip(_noise_burst(i), PREP)
-        flac, info = ap.render_clip(clip, ap.RirSpectrum.from_rir(rendered_rir.rir), PREP)
-        out.append(FoaClip(flac, rec, room, prepared, info, digest))
+        flac, info = ap.render_clip(clip, ap.RirSpectrum.from_rir(rirs[rec.placement_id]), PREP)
+        out.append(FoaClip(flac, rec, by_id[rec.room_id], prepared, info, digest))
     return out
 
 

@@ -122,7 +122,8 @@ def render_samples(spec: SyntheticSpec) -> dict[str, list[Any]]:
     from schemas.rooms import RirSettings
     from schemas.shards import CaptionInfo, Descriptors, Provenance
     from tasks.audio_prep import RirSpectrum, convolve, encode_flac, normalise_level
-    from tasks.rir_engine import ENGINE_VERSION, measure, render_rir
+    from tasks.rir_bank import render_chunk
+    from tasks.rir_engine import ENGINE_VERSION
     from tasks.room_sampling import load_config, sample_room_set
     from tasks.shard_writer import build_sample, labels_from_rir
 
@@ -141,20 +142,14 @@ def render_samples(spec: SyntheticSpec) -> dict[str, list[Any]]:
     settings = RirSettings(calibrate=False, max_ism_order=spec.max_ism_order, seed=spec.seed)
     prep = AudioPrepConfig()
     out: dict[str, list[Any]] = {s: [] for s in spec.splits}
+    rirs, records, _ = render_chunk(by_id, [p for p in placements if p.split in out], settings)
+    measured = {r.placement_id: r for r in records}
     for pi, p in enumerate(placements):
-        if p.split not in out:
+        if p.placement_id not in measured:
             continue
         room = by_id[p.room_id]
-        rendered = render_rir(room, p.receiver_m, p.source_m, p.receiver_yaw_deg, settings)
-        rec = measure(
-            rendered,
-            placement_id=p.placement_id,
-            room_id=room.room_id,
-            room_set_hash=digest,
-            target_t30_s=room.target_t30_s,
-            order=1,
-        )
-        rir = RirSpectrum.from_rir(rendered.rir, SR)
+        rec = measured[p.placement_id]
+        rir = RirSpectrum.from_rir(rirs[p.placement_id], SR)
         words = descriptors(rec.azimuth_deg, rec.elevation_deg, rec.distance_m, room.floor_area_m2, rec.t30_s)
         n_sounds = (
             spec.sounds_per_placement
