@@ -80,8 +80,9 @@ class BuildConfig(BaseModel):
     limit: int | None = Field(None, ge=1, description="at most this many source clips")
 
     def versioned(self) -> dict[str, Any]:
-        """The parameters that change the data (not where it goes or how it is scheduled)."""
-        return self.model_dump(mode="json", exclude={"input"})
+        """The parameters that change the data, not where they live: the room set's content is in
+        its own hash, so the config file's path stays out (a clone elsewhere gets the same version)."""
+        return self.model_dump(mode="json", exclude={"input", "room_config"})
 
 
 class BuildResult(BaseModel):
