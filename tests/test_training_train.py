@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from training_helpers import LEARN, TEST_FEATURES, shards, tiny_model_config
+from training_helpers import LEARN, TEST_FEATURES, demo_build, shards, tiny_model_config
 
 from training.config import (
     DataConfig,
@@ -53,10 +53,10 @@ def _steps(log: list[dict]) -> dict[int, dict]:
 @pytest.mark.slow
 @pytest.mark.s3
 def test_torchrun_two_ranks_on_s3_shards_and_exact_resume(s3, tmp_path: Path) -> None:
-    from training.synthetic import upload_tree
-
-    upload_tree(shards(), s3.root)
-    cfg = _tiny_cfg(s3.root, tmp_path / "a")
+    # Shards from a real demo build (the Prefect flow) written to the local S3 server.
+    root = demo_build(s3.root)
+    assert root.startswith("s3://")
+    cfg = _tiny_cfg(root, tmp_path / "a")
     a = launch(cfg, nproc=2, timeout_s=420, threads_per_proc=1)
     assert a["world_size"] == 2 and a["backend"] == "gloo" and a["step"] == 20
     log_a = _steps(read_log(cfg.run_dir))

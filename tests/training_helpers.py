@@ -7,7 +7,11 @@ module reuses the same files; nothing is downloaded.
 from __future__ import annotations
 
 import atexit
+import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +45,24 @@ def shards(spec: SyntheticSpec = SMALL) -> Path:
     root = _ROOT / f"shards-{abs(hash(spec.model_dump_json()))}"
     build_synthetic_shards(root, spec)
     return root
+
+
+def demo_build(out_root: str) -> str:
+    """A real ``spatial-audiocaps build`` of the demo corpus into ``out_root`` (local or s3://, with the
+    AWS environment of this process); returns the dataset version's root, which the loader reads."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(_ROOT / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "spatial_audiocaps.cli", "build", "--out", out_root, "--limit", "12",
+           "--n-rooms", "30", "--shard-size", "6", "--workers", "1"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(next(line for line in reversed(res.stdout.splitlines()) if line.startswith("{")))
+    assert result["samples"] == 36 and result["rejects"] == 0, result
+    return result["uri"]
 
 
 @lru_cache(maxsize=1)
