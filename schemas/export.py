@@ -8,13 +8,18 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.audio import AudioPrepConfig, PreparedClip, RenderedInfo, SourceInfo
+from schemas.captions import DescriptorConfig, RephraseRequest, RephraseResult, RephraseSettings
 from schemas.doa import DoaEstimate
 from schemas.room_set import RoomSetConfig
 from schemas.rooms import Placement, RirRecord, RirSettings, RoomSpec
+from schemas.shards import DatasetCard, ManifestRow, RejectRow, SampleRecord
+from schemas.sources import SourceClip, SourceReject
 
 MODELS: tuple[type[BaseModel], ...] = (
     RoomSetConfig, RoomSpec, Placement, RirSettings, RirRecord, DoaEstimate,
-    AudioPrepConfig, SourceInfo, PreparedClip, RenderedInfo,
+    AudioPrepConfig, SourceInfo, PreparedClip, RenderedInfo, SourceClip, SourceReject,
+    DescriptorConfig, RephraseSettings, RephraseRequest, RephraseResult,
+    SampleRecord, ManifestRow, RejectRow, DatasetCard,
 )
 
 

@@ -100,6 +100,9 @@ def test_schema_export(tmp_path):
     res = _run("schemas", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     names = json.loads(res.stdout)["schemas"]
-    assert "RirRecord.schema.json" in names and "RoomSpec.schema.json" in names
+    assert {"RirRecord.schema.json", "RoomSpec.schema.json", "SampleRecord.schema.json",
+            "ManifestRow.schema.json", "RephraseResult.schema.json"} <= set(names)
+    record = json.loads((tmp_path / "SampleRecord.schema.json").read_text())
+    assert record["properties"]["text"]["type"] == "array"
     schema = json.loads((tmp_path / "Placement.schema.json").read_text())
     assert {"azimuth_deg", "elevation_deg", "distance_m", "split"} <= set(schema["properties"])
