@@ -76,5 +76,7 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
 
 
 def cleanup() -> None:
+    """Tear the group down once every rank is past its last collective (gloo aborts otherwise)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -66,6 +66,7 @@ def launch(
     threads = threads_per_proc or max(1, (os.cpu_count() or 1) // nproc)
     e.setdefault("OMP_NUM_THREADS", str(threads))
     e.setdefault("TOKENIZERS_PARALLELISM", "false")
+    e.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one node: gloo talks over loopback
     e["PYTHONPATH"] = os.pathsep.join(
         x for x in (str(Path(__file__).resolve().parents[1]), e.get("PYTHONPATH")) if x
     )
