@@ -93,6 +93,20 @@ class CaptionInfo(BaseModel):
     validated: bool = Field(description="every descriptor present, none contradicted, meaning kept")
     fallback: bool = Field(description="the LLM output failed k times and the template was used")
     failed_checks: list[str] = Field(default_factory=list)
+    attempt_flaws: list[list[str]] = Field(
+        default_factory=list,
+        description="OutputFlaw names of each failed LLM attempt, in order (an accepted attempt has none)",
+    )
+
+    @property
+    def first_pass(self) -> bool:
+        """Accepted on the first attempt: the caption the backend wrote first is the one shipped."""
+        return not self.fallback and self.attempts == 1
+
+    @property
+    def retries(self) -> int:
+        """Generations after the first (new seeds after a failed validation)."""
+        return max(self.attempts - 1, 0)
 
 
 class AudioInfo(BaseModel):
@@ -243,6 +257,12 @@ class ManifestRow(BaseModel):
     n_validated: int
     n_fallback: int
     caption_attempts: int
+    n_first_pass: int = Field(description="captions accepted on their first attempt")
+    n_retried: int = Field(description="captions that needed at least one retry")
+    caption_retries: int = Field(description="retries over the sample's captions")
+    caption_flaws: list[str] = Field(
+        description="every flaw of every failed attempt of the sample's captions, one entry per occurrence"
+    )
     source_dataset: str
     source_id: str
     room_set_hash: str | None
@@ -300,8 +320,30 @@ class LabelRange(BaseModel):
     count: int
 
 
+class BackendCaptionStats(BaseModel):
+    """Caption quality of one rephraser backend and model: how often the LLM got it right at once,
+    how many retries it cost, how often the template had to stand in, and why attempts failed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: str
+    model: str | None
+    captions: int
+    first_pass: int = Field(description="captions accepted on their first attempt")
+    first_pass_rate: float | None
+    retries: int = Field(description="generations after the first, over all captions")
+    mean_retries: float | None = Field(description="retries per caption")
+    retried: int = Field(description="captions that needed at least one retry")
+    retried_rate: float | None
+    fallback: int = Field(description="captions where the template was used after k failed attempts")
+    fallback_rate: float | None
+    flaw_counts: dict[str, int] = Field(
+        description="OutputFlaw -> occurrences over every failed attempt (not only the shipped caption's)"
+    )
+
+
 class CaptionStats(BaseModel):
-    """Caption validation and fallback rates over every spatial caption."""
+    """Caption validation and fallback rates over every spatial caption, and per backend."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -311,7 +353,7 @@ class CaptionStats(BaseModel):
     validated_rate: float | None
     fallback_rate: float | None
     mean_attempts: float | None
-    by_backend: dict[str, int]
+    backends: list[BackendCaptionStats] = Field(description="one entry per (backend, model), sorted")
 
 
 class LabelQA(BaseModel):

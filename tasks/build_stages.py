@@ -159,6 +159,7 @@ def _caption_infos(
             original=original, spatial=res.caption, backend=res.backend, model=res.model,
             attempts=res.attempts, validated=bool(flags and flags.passed), fallback=res.status == "fallback",
             failed_checks=[f.value for f in flags.flaws] if flags else [],
+            attempt_flaws=[[f.value for f in attempt] for attempt in res.attempt_flaws],
         ))
     return infos, rejected
 

@@ -4,7 +4,9 @@ Every number is recomputed from ``manifest.parquet`` (and ``rejects.parquet``), 
 be rebuilt at any time (``spatial-audiocaps report URI``) and always agrees with what is listed.
 The statistics follow the ELSA paper's Tables A.T.1 (samples and hours per split) and A.T.2
 (ranges of azimuth, elevation, distance, floor area and T30 for train & val and for test),
-plus descriptor frequencies, caption validation/fallback rates and label QA figures.
+plus descriptor frequencies, caption quality (validation and fallback rates; per rephraser
+backend: first-pass rate, retries, fallback rate and the flaws of every failed attempt) and label
+QA figures.
 
 Plots use matplotlib's Agg backend (no display): one histogram per label with its descriptor
 bands shaded, and a room-size scatter (floor area against T30, one point per room).
@@ -25,6 +27,7 @@ import numpy as np
 from schemas.captions import DescriptorConfig
 from schemas.shards import (
     DESCRIPTOR_ATTRIBUTES,
+    BackendCaptionStats,
     CaptionStats,
     DatasetCard,
     LabelQA,
@@ -128,23 +131,53 @@ def descriptor_frequencies(rows: Sequence[ManifestRow]) -> dict[str, dict[str, i
     return out
 
 
+def _rate(k: int, n: int) -> float | None:
+    return _round(k / n) if n else None
+
+
+def backend_caption_stats(
+    backend: str, model: str | None, rows: Sequence[ManifestRow]
+) -> BackendCaptionStats:
+    """Caption quality of one backend's spatial samples. Flaws are counted by whatever names occur
+    (the OutputFlaw set grows), most frequent first."""
+    n = sum(r.n_captions for r in rows)
+    first, retried = sum(r.n_first_pass for r in rows), sum(r.n_retried for r in rows)
+    retries, fb = sum(r.caption_retries for r in rows), sum(r.n_fallback for r in rows)
+    flaws = Counter(f for r in rows for f in r.caption_flaws)
+    return BackendCaptionStats(
+        backend=backend,
+        model=model,
+        captions=n,
+        first_pass=first,
+        first_pass_rate=_rate(first, n),
+        retries=retries,
+        mean_retries=_rate(retries, n),
+        retried=retried,
+        retried_rate=_rate(retried, n),
+        fallback=fb,
+        fallback_rate=_rate(fb, n),
+        flaw_counts=dict(sorted(flaws.items(), key=lambda kv: (-kv[1], kv[0]))),
+    )
+
+
 def caption_stats(rows: Sequence[ManifestRow]) -> CaptionStats:
+    """Rates over every spatial caption, and per rephraser (backend, model) of the build."""
     spatial = [r for r in rows if r.spatial]
     n = sum(r.n_captions for r in spatial)
     val = sum(r.n_validated for r in spatial)
     fb = sum(r.n_fallback for r in spatial)
     att = sum(r.caption_attempts for r in spatial)
-    by_backend = Counter()
+    groups: dict[tuple[str, str], list[ManifestRow]] = {}
     for r in spatial:
-        by_backend[r.rephraser_backend or "none"] += r.n_captions
+        groups.setdefault((r.rephraser_backend or "none", r.rephraser_model or ""), []).append(r)
     return CaptionStats(
         captions=n,
         validated=val,
         fallback=fb,
-        validated_rate=_round(val / n) if n else None,
-        fallback_rate=_round(fb / n) if n else None,
-        mean_attempts=_round(att / n) if n else None,
-        by_backend=dict(sorted(by_backend.items())),
+        validated_rate=_rate(val, n),
+        fallback_rate=_rate(fb, n),
+        mean_attempts=_rate(att, n),
+        backends=[backend_caption_stats(b, m or None, rs) for (b, m), rs in sorted(groups.items())],
     )
 
 
@@ -336,6 +369,11 @@ def _fmt(x: float | None, scale: float = 1.0, nd: int = 1) -> str:
     return "–" if x is None else f"{x * scale:.{nd}f}"
 
 
+def _cell(text: str) -> str:
+    """A markdown table cell: a model path or name may hold a pipe."""
+    return text.replace("|", "\\|")
+
+
 def _hours(h: float) -> str:
     return f"{h:.2f}" if h >= 10 else f"{h:.4f}"
 
@@ -397,10 +435,23 @@ def render_readme(card: DatasetCard, *, uri: str = "") -> str:
         "## Captions",
         "",
         f"{c.captions} spatial captions; validated {_fmt(c.validated_rate, 100)} %, template fallback "
-        f"{_fmt(c.fallback_rate, 100)} %, mean LLM attempts {_fmt(c.mean_attempts, 1, 2)}; by backend: "
-        + (", ".join(f"{k}: {v}" for k, v in c.by_backend.items()) or "–")
-        + ".",
+        f"{_fmt(c.fallback_rate, 100)} %, mean LLM attempts {_fmt(c.mean_attempts, 1, 2)}.",
+        "",
+        "Per rephraser: first pass = accepted on the first attempt; retries = generations after the "
+        "first (new seeds after a failed validation); fallback = the template's caption after every "
+        "attempt failed; flaws = why attempts failed, counted over every failed attempt.",
+        "",
+        "| backend | model | captions | first pass | retries | retries / caption | ≥ 1 retry | fallback "
+        "| flaws over all attempts |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
+    for b in c.backends:
+        flaws = ", ".join(f"{k}: {v}" for k, v in b.flaw_counts.items()) or "–"
+        lines.append(
+            f"| {b.backend} | {_cell(b.model or '–')} | {b.captions} | {_fmt(b.first_pass_rate, 100)} % | "
+            f"{b.retries} | {_fmt(b.mean_retries, 1, 2)} | {_fmt(b.retried_rate, 100)} % | "
+            f"{_fmt(b.fallback_rate, 100)} % | {flaws} |"
+        )
     q = card.label_qa
     lines += [
         "",
@@ -469,6 +520,7 @@ __all__ = [
     "CARD_README",
     "DESCRIPTOR_BANDS",
     "LABELS",
+    "backend_caption_stats",
     "caption_stats",
     "compute_card",
     "descriptor_frequencies",
