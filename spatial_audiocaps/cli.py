@@ -106,7 +106,9 @@ def _cmd_build(args: argparse.Namespace) -> dict[str, Any]:
     result = build_spatial_dataset(
         source=args.source, input=args.input, output=args.out, dataset=args.dataset,
         room_config=args.room_config, room_seed=args.room_seed, n_rooms=args.n_rooms,
-        rephraser=args.rephraser, rephraser_model=args.rephraser_model, shard_size=args.shard_size,
+        rephraser=args.rephraser, rephraser_model=args.rephraser_model,
+        rephrase_deployment=args.rephrase_deployment, rephrase_workers=args.rephrase_workers,
+        caption_batch=args.caption_batch, shard_size=args.shard_size,
         seed=args.seed, limit=args.limit, n_workers=args.workers, scheduler_address=args.scheduler,
         progress=sys.stderr.isatty(),
     )
@@ -170,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--n-rooms", type=int, default=None)
     build.add_argument("--rephraser", default="template", choices=list(get_args(BackendName)))
     build.add_argument("--rephraser-model", default=None)
+    build.add_argument("--rephrase-deployment", default=None,
+                       help="run the caption stage on the GPU pool "
+                            "(e.g. rephrase-captions/rephrase-captions-gpu)")
+    build.add_argument("--rephrase-workers", type=int, default=1,
+                       help="caption-stage workers (one engine each)")
+    build.add_argument("--caption-batch", type=int, default=512, help="captions per stage batch")
     build.add_argument("--shard-size", type=int, default=256)
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--limit", type=int, default=None)

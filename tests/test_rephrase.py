@@ -206,6 +206,10 @@ class ScriptedBackend(RephraseBackend):
         self.fail_after = fail_after
         self.seen: list[Generation] = []
 
+    @property
+    def model(self) -> str:  # a model backend under the template's default settings
+        return self.settings.model
+
     def _generate(self, jobs: list[Generation]) -> list[Generated]:
         if self.fail_after is not None and self.stats.generate_calls >= self.fail_after:
             raise BackendUnavailable("scripted crash")

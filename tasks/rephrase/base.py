@@ -63,6 +63,12 @@ class BackendStats:
     seconds: float = 0.0
 
 
+def recorded_model(settings: RephraseSettings) -> str:
+    """The model name in results, seeds and cache keys, known before a backend starts: the caption
+    stage decides from it which batches are finished without loading an engine."""
+    return TEMPLATE_VERSION if settings.backend == "template" else settings.model
+
+
 def derive_seed(caption: str, d: Descriptors, model: str, base_seed: int, attempt: int) -> int:
     """A stable per-sample seed: the same caption, labels, model and base seed give the same text
     whatever the batch, and each retry gets a new one. 31 bits fit every backend's seed type."""
@@ -94,7 +100,7 @@ class RephraseBackend(ABC):
     @property
     def model(self) -> str:
         """The model name recorded in results, seeds and cache keys."""
-        return self.settings.model
+        return recorded_model(self.settings)
 
     @abstractmethod
     def _generate(self, jobs: list[Generation]) -> list[Generated]:

@@ -2,16 +2,14 @@
 
 A key is the sha256 of everything that decides a result: the caption, its descriptors, the model,
 the base seed, the prompt and template versions, and the sampling and validation settings. Each
-finished batch is one JSON-lines file, written to a temporary name and renamed into place, so a
-crash leaves either the whole batch or none of it, and a rerun reuses every finished batch.
+finished batch is one JSON-lines object, written atomically (storage.put_bytes), so a crash leaves
+either the whole batch or none of it, and a rerun reuses every finished batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -20,6 +18,7 @@ from schemas.captions import RephraseRequest, RephraseResult, RephraseSettings
 from tasks.errors import SpatialAudioCapsError
 from tasks.prompting import PROMPT_VERSION
 from tasks.rephrase.phrasing import TEMPLATE_VERSION
+from tasks.storage import StorageError, join_uri, open_storage
 
 
 def cache_key(req: RephraseRequest, model: str, settings: RephraseSettings) -> str:
@@ -36,25 +35,32 @@ def cache_key(req: RephraseRequest, model: str, settings: RephraseSettings) -> s
 
 
 class RephraseCache:
-    """A directory of ``<batch hash>.jsonl`` files, indexed in memory when opened."""
+    """A folder of ``<batch hash>.jsonl`` objects on any storage (local or s3://), indexed in
+    memory when opened: the caption stage keeps it on the build's own storage, so an LLM worker on
+    another machine resumes from what any earlier worker finished."""
 
     def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = str(directory)
+        self._storage = open_storage(self.directory)
         self._index: dict[str, RephraseResult] = {}
-        for path in sorted(self.directory.glob("*.jsonl")):
+        for obj in self._storage.list(self.directory):
+            if not obj.uri.endswith(".jsonl"):
+                continue
             try:
-                for line in path.read_text(encoding="utf-8").splitlines():
+                for line in self._storage.read_bytes(obj.uri).decode("utf-8").splitlines():
                     row = json.loads(line)
                     self._index[row["key"]] = RephraseResult.model_validate(row["result"])
-            except (OSError, ValueError, KeyError, ValidationError) as exc:
-                raise SpatialAudioCapsError(f"corrupt rephrase cache file {path}: {exc}") from exc
+            except (OSError, ValueError, KeyError, ValidationError, StorageError) as exc:
+                raise SpatialAudioCapsError(f"corrupt rephrase cache file {obj.uri}: {exc}") from exc
 
     def get(self, key: str) -> RephraseResult | None:
         return self._index.get(key)
 
-    def put_batch(self, items: list[tuple[str, RephraseResult]]) -> Path | None:
-        """Write one finished batch atomically; returns its file (None for an empty batch)."""
+    def __contains__(self, key: str) -> bool:
+        return key in self._index
+
+    def put_batch(self, items: list[tuple[str, RephraseResult]]) -> str | None:
+        """Write one finished batch atomically; returns its URI (None for an empty batch)."""
         if not items:
             return None
         name = hashlib.sha256("".join(k for k, _ in items).encode()).hexdigest()[:32] + ".jsonl"
@@ -62,15 +68,7 @@ class RephraseCache:
             json.dumps({"key": k, "result": r.model_dump(mode="json")}, ensure_ascii=False) + "\n"
             for k, r in items
         )
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".part")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(lines)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.directory / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        uri = join_uri(self.directory, name)
+        self._storage.put_bytes(uri, lines.encode("utf-8"), content_type="application/x-ndjson")
         self._index.update(items)
-        return self.directory / name
+        return uri

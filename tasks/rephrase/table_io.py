@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -43,8 +44,22 @@ RESULT_SCHEMA = pa.schema([
 """captions.parquet: one row per request, in input order."""
 
 
+def requests_table(requests: list[RephraseRequest]) -> pa.Table:
+    """prompts.parquet's columns for requests that carry descriptors (the caption stage's input)."""
+    captions_type = pa.binary() if any(isinstance(r.caption, bytes) for r in requests) else pa.string()
+    return pa.table({
+        "sample_id": pa.array([r.sample_id for r in requests], pa.string()),
+        # binary only when some caption is raw bytes: a string column reads back as str, so the
+        # cache keys (which tell str from bytes) stay the same across the round trip
+        "caption": pa.array([r.caption for r in requests], captions_type),
+        "seed": pa.array([r.seed for r in requests], pa.int64()),
+        **{c: pa.array([getattr(r.descriptors, c) for r in requests], pa.string())
+           for c in DESCRIPTOR_COLUMNS},
+    })
+
+
 def read_requests(
-    path: str | Path, cfg: DescriptorConfig = DEFAULT_DESCRIPTOR_CONFIG, default_seed: int = 0
+    path: str | Path | BinaryIO, cfg: DescriptorConfig = DEFAULT_DESCRIPTOR_CONFIG, default_seed: int = 0
 ) -> list[RephraseRequest]:
     """Requests from prompts.parquet (``default_seed`` where it has no seed column); a file that
     breaks the column contract is a typed error."""

@@ -6,17 +6,13 @@ The default for the demo and CI: deterministic, no model, and every caption pass
 from __future__ import annotations
 
 from tasks.rephrase.base import Generated, Generation, RephraseBackend
-from tasks.rephrase.phrasing import TEMPLATE_VERSION, template_caption
+from tasks.rephrase.phrasing import template_caption
 
 
 class TemplateBackend(RephraseBackend):
     """No model: template_caption for every prompt."""
 
     name = "template"
-
-    @property
-    def model(self) -> str:
-        return TEMPLATE_VERSION
 
     def _generate(self, jobs: list[Generation]) -> list[Generated]:
         return [Generated(template_caption(j.caption, j.descriptors, j.seed)) for j in jobs]
