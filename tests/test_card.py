@@ -6,21 +6,138 @@ import argparse
 import io
 import json
 import math
+import tarfile
+from collections import Counter
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import PREP, FoaClip
+from fixtures_llm import tiny_llm  # noqa: F401  (a session fixture used below)
 
+from schemas.captions import BatchReport, RephraseRequest, RephraseSettings, ValidationConfig
 from schemas.shards import CaptionInfo, DatasetCard, Provenance, RejectRow
 from tasks import audio_prep as ap
+from tasks.build_stages import _caption_infos, descriptors_of
 from tasks.commit import commit_dataset
 from tasks.dataset_card import LABELS, compute_card, render_readme, write_card
-from tasks.shard_writer import build_sample
+from tasks.plan import PlanItem
+from tasks.rephrase.base import Generated, Generation, RephraseBackend
+from tasks.rephrase.phrasing import template_caption
+from tasks.rephrase.runner import summarize
+from tasks.shard_writer import build_sample, labels_from_rir
 from tasks.storage import join_uri, open_storage
 
 DS, VER = "spatial_audiocaps", "v1"
+FLAKY_ANSWERS = ("", "Rephrased: A cat meows on the right.", "Un perro ladra bajo la lluvia.")
+
+
+class FlakyBackend(RephraseBackend):
+    """A backend that gets a third of its generations right (the template's faithful rewrite) and
+    the rest wrong in different ways, by seed: the real retry, validation and fallback loop then
+    yields first-pass, retried and fallback captions with real per-attempt flaws."""
+
+    name = "flaky"
+
+    def _generate(self, jobs: list[Generation]) -> list[Generated]:
+        return [Generated(template_caption(j.caption, j.descriptors, j.seed) if j.seed % 3 == 0
+                          else FLAKY_ANSWERS[j.seed // 3 % len(FLAKY_ANSWERS)]) for j in jobs]
+
+
+@pytest.fixture(scope="module")
+def flaky(foa_clips) -> tuple[list[object], BatchReport]:
+    """Spatial samples whose captions come from FlakyBackend through the build's _caption_infos,
+    and the rephrase report of those captions (runner.summarize, straight from the results)."""
+    backend = FlakyBackend(RephraseSettings(backend="transformers", model="flaky-lm", max_retries=2))
+    items, requests = [], []
+    for n, c in enumerate(foa_clips):
+        item = PlanItem(key=f"{DS}-train-92{n:03d}-1", dataset=DS, split="train", clip_id=f"92{n:03d}", aug=1,
+                        placement_id=c.rir.placement_id, captions=("a dog barks", "rain falls on a tin roof",
+                                                                    "a man speaks loudly"),
+                        audio_uri="unused", small_eval=False, seed=n)
+        d = descriptors_of(c.rir, {c.room.room_id: c.room})
+        items.append((item, c, d))
+        requests += [RephraseRequest(sample_id=f"{item.key}#{i}", caption=cap, descriptors=d, seed=n)
+                     for i, cap in enumerate(item.captions)]
+    results = {r.sample_id: r for r in backend.rephrase(requests)}
+    out = []
+    for item, c, d in items:
+        infos, rejected = _caption_infos(item, results, ValidationConfig())
+        assert not rejected
+        prov = Provenance(source_dataset="audiocaps", source_id=item.clip_id, pipeline_version="0.1.0",
+                          seed=0, rephraser_backend=backend.name, rephraser_model=backend.model)
+        out.append(build_sample(c.flac, dataset=DS, split="train", clip_id=item.clip_id, aug=1,
+                                captions=infos, provenance=prov, labels=labels_from_rir(c.rir, c.room),
+                                descriptors=d))
+    return out, summarize(list(results.values()))
+
+
+def recount(m: pd.DataFrame) -> dict[tuple[str, str | None], dict]:
+    """Per (backend, model): the caption figures recounted from the manifest with pandas."""
+    sp = m[m.spatial]
+    out = {}
+    keys = [sp.rephraser_backend.fillna("none"), sp.rephraser_model.fillna("")]
+    for (backend, model), g in sp.groupby(keys):
+        out[(backend, model or None)] = {
+            "captions": int(g.n_captions.sum()), "first_pass": int(g.n_first_pass.sum()),
+            "retries": int(g.caption_retries.sum()), "retried": int(g.n_retried.sum()),
+            "fallback": int(g.n_fallback.sum()),
+            "flaw_counts": {k: int(v) for k, v in g.caption_flaws.explode().dropna().value_counts().items()},
+        }
+    return out
+
+
+def shard_recount(version_dir: str) -> dict[tuple[str, str | None], dict]:
+    """The same figures from the captions in the shards' .json members (tarfile and json only)."""
+    out: dict[tuple[str, str | None], dict] = {}
+    for tar in sorted(Path(version_dir).glob("*/*.tar")):
+        with tarfile.open(tar) as tf:
+            for member in tf.getmembers():
+                if not member.name.endswith(".json"):
+                    continue
+                rec = json.loads(tf.extractfile(member).read())
+                if not rec["spatial"]:
+                    continue
+                prov = rec["provenance"]
+                acc = out.setdefault((prov["rephraser_backend"], prov["rephraser_model"]), {
+                    "captions": 0, "first_pass": 0, "retries": 0, "retried": 0, "fallback": 0,
+                    "flaw_counts": Counter()})
+                for cap in rec["captions"]:
+                    acc["captions"] += 1
+                    acc["first_pass"] += not cap["fallback"] and cap["attempts"] == 1
+                    acc["retries"] += max(cap["attempts"] - 1, 0)
+                    acc["retried"] += cap["attempts"] > 1
+                    acc["fallback"] += cap["fallback"]
+                    acc["flaw_counts"].update(f for attempt in cap["attempt_flaws"] for f in attempt)
+    return {k: {**v, "flaw_counts": dict(v["flaw_counts"])} for k, v in out.items()}
+
+
+def assert_backends_match(card: DatasetCard, version_dir: str) -> None:
+    """The card's per-backend numbers equal both recounts; the README's caption table shows them."""
+    m = pd.read_parquet(join_uri(version_dir, "manifest.parquet"))
+    got = {(b.backend, b.model): b for b in card.captions.backends}
+    assert set(got) == set(recount(m)) == set(shard_recount(version_dir))
+    readme = open_storage(version_dir).read_bytes(join_uri(version_dir, "README.md")).decode()
+    for key, want in recount(m).items():
+        b = got[key]
+        assert want == shard_recount(version_dir)[key]
+        assert {k: getattr(b, k) for k in want} == want
+        assert list(b.flaw_counts.values()) == sorted(b.flaw_counts.values(), reverse=True)
+        n = want["captions"]
+        assert b.first_pass_rate == pytest.approx(want["first_pass"] / n, abs=1e-6)
+        assert b.mean_retries == pytest.approx(want["retries"] / n, abs=1e-6)
+        assert b.retried_rate == pytest.approx(want["retried"] / n, abs=1e-6)
+        assert b.fallback_rate == pytest.approx(want["fallback"] / n, abs=1e-6)
+        head = f"| {b.backend} | {b.model or '–'} |"
+        [row] = [line for line in readme.splitlines() if line.startswith(head)]
+        assert row.startswith(
+            f"{head} {n} | {100 * want['first_pass'] / n:.1f} % | {want['retries']} "
+            f"| {want['retries'] / n:.2f} | {100 * want['retried'] / n:.1f} % "
+            f"| {100 * want['fallback'] / n:.1f} % |"
+        )
+        assert all(f"{flaw}: {count}" in row for flaw, count in want["flaw_counts"].items())
 
 
 def mono_original(c: FoaClip, clip_id: str, split: str) -> object:
@@ -53,11 +170,12 @@ def _burst_wav() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def carded(samples, foa_clips, tmp_path_factory) -> tuple[str, DatasetCard]:
-    """A small local dataset (spatial + mono + rejects) and its card, built once per module."""
+def carded(samples, foa_clips, flaky, tmp_path_factory) -> tuple[str, DatasetCard]:
+    """A small local dataset (spatial from two rephrasers + mono + rejects) and its card, built once."""
     tmp = tmp_path_factory.mktemp("card")
     items = [
         *samples,
+        *flaky[0],
         mono_original(foa_clips[0], "91000", "train"),
         mono_original(foa_clips[1], "91004", "val"),
         RejectRow(stage="render", reason="silent", detail="peak -120 dBFS", source="audiocaps/123"),
@@ -81,7 +199,7 @@ def test_card_numbers_match_a_recount_from_the_manifest(carded):
     assert on_disk == card
     m = pd.read_parquet(join_uri(dataset, "manifest.parquet"))
     rej = pd.read_parquet(join_uri(dataset, "rejects.parquet"))
-    assert card.totals.samples == len(m) == 22 and card.totals.mono_samples == 2
+    assert card.totals.samples == len(m) == 30 and card.totals.mono_samples == 2
     for split, g in m.groupby("split"):
         s = card.splits[split]
         assert s.samples == len(g)
@@ -110,6 +228,43 @@ def test_card_numbers_match_a_recount_from_the_manifest(carded):
     assert f"| all | {len(m)} |" in readme and "Table A.T.2" in readme
     t30 = card.ranges["train_val"]["t30_s"]
     assert f"[{t30.min * 1000:.1f}, {t30.max * 1000:.1f}] ms" in readme
+
+
+def test_card_reports_caption_quality_per_backend(carded, flaky):
+    dataset, card = carded
+    assert_backends_match(card, dataset)
+    by = {b.backend: b for b in card.captions.backends}
+    assert set(by) == {"template", "flaky"} and by["flaky"].model == "flaky-lm"
+    # The flaky rephraser's figures are those of its own results (the rephrase report's definitions).
+    b, report = by["flaky"], flaky[1]
+    assert (b.captions, b.first_pass, b.fallback) == (report.n, report.first_pass, report.fallback)
+    assert b.retries == report.attempts - report.n and b.flaw_counts == report.flaw_counts
+    # A backend that fails sometimes: some captions pass at once, some after retries, some fall back.
+    assert b.first_pass > 0 and b.fallback > 0 and b.first_pass + b.retried == b.captions
+    assert b.retried > b.fallback  # some retried captions passed
+    assert {"empty", "not_english"} <= set(b.flaw_counts) and len(b.flaw_counts) >= 3
+    assert sum(b.flaw_counts.values()) >= b.retries + b.fallback  # every failed attempt has a flaw
+    assert by["template"].flaw_counts == {} and by["template"].fallback > 0  # conftest's hand-made flags
+
+
+@pytest.mark.slow
+def test_a_build_with_an_llm_rephraser_reports_its_caption_quality(tmp_path, tiny_llm):  # noqa: F811
+    """The build flow's own body with the real transformers backend (a tiny random LLaMA, whose
+    attempts all fail validation): the card counts every failed attempt's flaws."""
+    from flows.build import BuildConfig, call_directly, run_build
+    from schemas.captions import TransformersOptions
+
+    settings = RephraseSettings(backend="transformers", model=str(tiny_llm), max_tokens=24, max_retries=1,
+                                transformers=TransformersOptions(device="cpu", dtype="float32"))
+    cfg = BuildConfig(source="demo", n_rooms=8, limit=6, rephraser=settings, shard_size=8)
+    res = run_build(cfg, str(tmp_path / "out"), submit=call_directly)
+    card = DatasetCard.model_validate_json(open_storage(res.uri).read_bytes(join_uri(res.uri, "card.json")))
+    assert_backends_match(card, res.uri)
+    [b] = card.captions.backends
+    assert (b.backend, b.model) == ("transformers", str(tiny_llm)) and b.captions > 0
+    assert b.fallback == b.retried == b.captions and b.retries == b.captions and b.first_pass == 0
+    assert sum(b.flaw_counts.values()) >= 2 * b.captions and len(b.flaw_counts) >= 2
+    assert write_card(res.uri, generated_at=card.generated_at) == card  # what `report URI` rebuilds
 
 
 def test_plots_exist_and_are_not_trivial(carded):
