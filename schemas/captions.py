@@ -150,14 +150,26 @@ class OutputFlaw(StrEnum):
     LOW_RECALL = "low_recall"
     """Too few of the original caption's content words survive."""
     NOVEL_CONTENT = "novel_content"
-    """Too many content words that the original does not have (the "cat named Carerra" case)."""
+    """Too many content words that the original does not have."""
+    CHANGED_SOURCE = "changed_source"
+    """A sound source or event of the original replaced by another of its family: dog -> cat,
+    man -> woman, guitar -> piano, insect -> bee, crying -> laughing."""
+    INVENTED_SOURCE = "invented_source"
+    """A sound source or event the original neither names nor implies ("... while birds chirp"), or an
+    invented name (the paper's "purring cat named Carerra")."""
+    MEANING_CHANGE = "meaning_change"
+    """The original's meaning turned around: a negation, an opposite (accelerates -> slows down) or an
+    invented count."""
     BACKEND_ERROR = "backend_error"
     """The backend answered this one prompt with an error (e.g. HTTP 400)."""
 
 
-HALLUCINATION_FLAWS = frozenset(
-    {OutputFlaw.CONTRADICTION, OutputFlaw.UNSUPPORTED, OutputFlaw.LOW_RECALL, OutputFlaw.NOVEL_CONTENT}
+CONTENT_FLAWS = frozenset(
+    {OutputFlaw.LOW_RECALL, OutputFlaw.NOVEL_CONTENT, OutputFlaw.CHANGED_SOURCE, OutputFlaw.INVENTED_SOURCE,
+     OutputFlaw.MEANING_CHANGE}
 )
+"""Flaws about the sound content, as opposed to the spatial words."""
+HALLUCINATION_FLAWS = CONTENT_FLAWS | {OutputFlaw.CONTRADICTION, OutputFlaw.UNSUPPORTED}
 """Flaws that change the meaning: they count towards the hallucination rate."""
 
 
@@ -175,6 +187,9 @@ class ValidationConfig(BaseModel):
     )
     max_novel_words: int = Field(6, ge=0, description="Content words the output may add.")
     fail_on_unsupported: bool = Field(True, description="A spatial word for an unlabelled slot fails.")
+    check_sources: bool = Field(
+        True, description="Changed or invented sound sources and events, and meaning flips, fail."
+    )
 
 
 class OpenAIOptions(BaseModel):
@@ -260,6 +275,11 @@ class ValidationFlags(BaseModel):
     unsupported: list[str] = Field([], description="Spatial words of slots without a label.")
     content_recall: float = Field(1.0, ge=0, le=1)
     novel_words: list[str] = []
+    changed_sources: list[str] = Field(
+        [], description='Sources replaced within a family ("animal/dog->animal/cat").'
+    )
+    invented_sources: list[str] = Field([], description="Sources, events and names the original lacks.")
+    meaning_changes: list[str] = Field([], description='Negations, opposites, counts ("not break", "+two").')
 
 
 Status = Literal["ok", "fallback", "rejected"]

@@ -138,9 +138,11 @@ SCAFFOLD_WORDS = _words("""
 sound sounds sounding heard hear hears hearing audible coming comes come emanating emanates emanate
 originating originates originate located positioned position placed source direction side corner
 end area part space room rooms hall chamber listener place somewhere region spot can also while
-seems appears clearly distinctly faintly softly
+seems appears clearly distinctly faintly softly make makes making made occur occurs occurring occurred
+produce produces producing produced background foreground
 """)
-"""Words a rephrasing adds around the content without changing it; not counted as novel."""
+"""Words around the content that do not change it: neither novel in a rephrasing nor content it must
+keep ("a clinking sound occurs", "in the background": the descriptors now say where it is)."""
 
 
 SPATIAL_WORDS = _words("""

@@ -4,7 +4,10 @@ Spatial words are counted against the original caption, so words the original al
 ("a dog barks in the distance") neither satisfy nor contradict a descriptor: a given descriptor
 must be stated more often than in the original, and another band of a labelled slot, or any band
 of an unlabelled one, must not be. Meaning is kept when enough of the original's content words
-survive and few new ones appear.
+survive (synonyms of one sound source count as the same word: "a canine" keeps "dog"), few new ones
+appear, no sound source or event is changed or invented (``sound_sources``) and nothing is negated,
+turned into its opposite or counted anew (``meaning``). A template caption keeps the original's words,
+so none of these fires on it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from schemas.captions import (
     ValidationFlags,
 )
 from tasks.rephrase.lexicon import SCAFFOLD_WORDS, content_stems, spatial_counts, stem
+from tasks.rephrase.meaning import meaning_changes
 from tasks.rephrase.postprocess import Cleaned, postprocess
+from tasks.rephrase.sound_sources import canonical, source_changes
 
 _SCAFFOLD_STEMS = frozenset(stem(w) for w in SCAFFOLD_WORDS)
 
@@ -38,9 +43,15 @@ def validate(text: str, original: str, d: Descriptors, cfg: ValidationConfig) ->
         if label not in added:
             missing.append(label)
         contradictions += [w for w in added if w != label]
-    orig_stems, out_stems = content_stems(original), content_stems(text)
-    recall = len(orig_stems & out_stems) / len(orig_stems) if orig_stems else 1.0
-    novel = sorted(out_stems - orig_stems - _SCAFFOLD_STEMS)
+    # a sound-source synonym counts as its class: "canine" keeps "dog", and is not new
+    out_stems = content_stems(text)
+    orig_classes = frozenset(map(canonical, content_stems(original)))
+    out_classes = frozenset(map(canonical, out_stems))
+    kept = orig_classes - _SCAFFOLD_STEMS
+    recall = len(kept & out_classes) / len(kept) if kept else 1.0
+    novel = sorted({s for s in out_stems if canonical(s) not in orig_classes} - _SCAFFOLD_STEMS)
+    sources = source_changes(text, original) if cfg.check_sources else None
+    flips = meaning_changes(text, original) if cfg.check_sources else []
     flaws = [
         flaw
         for flaw, failed in (
@@ -49,12 +60,18 @@ def validate(text: str, original: str, d: Descriptors, cfg: ValidationConfig) ->
             (OutputFlaw.UNSUPPORTED, bool(unsupported) and cfg.fail_on_unsupported),
             (OutputFlaw.LOW_RECALL, recall < cfg.min_content_recall),
             (OutputFlaw.NOVEL_CONTENT, len(novel) > cfg.max_novel_words),
+            (OutputFlaw.CHANGED_SOURCE, bool(sources and sources.changed)),
+            (OutputFlaw.INVENTED_SOURCE, bool(sources and sources.invented)),
+            (OutputFlaw.MEANING_CHANGE, bool(flips)),
         )
         if failed
     ]
     return ValidationFlags(
         passed=not flaws, flaws=flaws, missing=missing, contradictions=contradictions,
         unsupported=unsupported, content_recall=round(recall, 4), novel_words=novel,
+        changed_sources=sources.changed if sources else [],
+        invented_sources=sources.invented if sources else [],
+        meaning_changes=flips,
     )
 
 
