@@ -31,7 +31,7 @@ from tasks.rephrase.vllm_offline import unavailable_reason  # noqa: E402
 TARGET_CAPTIONS_PER_S_13B = 100.0
 
 
-def _requests(n: int) -> list[RephraseRequest]:
+def bench_requests(n: int) -> list[RephraseRequest]:
     import numpy as np
     from fixtures_llm import CORPUS
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, model: str) -> dict:
                        gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len)
     settings = RephraseSettings(backend="vllm", model=model, max_tokens=args.max_tokens,
                                 max_retries=args.max_retries, vllm=opts)
-    reqs = _requests(args.n)
+    reqs = bench_requests(args.n)
     gpus = torch.cuda.device_count()
     t0 = time.perf_counter()
     with VllmBackend(settings) as backend:

@@ -7,20 +7,20 @@ task runner: a LocalCluster by default, or an existing scheduler's address.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import dask
 from prefect import Task, flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
 from prefect.futures import PrefectFuture, as_completed
 from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
@@ -29,11 +29,19 @@ from tqdm import tqdm
 
 from room_specs import DEFAULT_CONFIG
 from schemas.audio import AudioPrepConfig
-from schemas.captions import RephraseRequest, RephraseSettings
+from schemas.caption_stage import StageWorkerReport
+from schemas.captions import RephraseSettings
 from schemas.rooms import RirSettings, Split
 from schemas.shards import RejectRow
 from schemas.sources import SourceName
 from tasks import build_stages
+from tasks.caption_stage import (
+    StageIncomplete,
+    collect_results,
+    run_stage_worker,
+    stage_uri,
+    write_stage,
+)
 from tasks.commit import (
     config_hash,
     dataset_uri,
@@ -55,6 +63,7 @@ from tasks.shard_writer import ShardPlan, plan_shards
 from tasks.sources import read_source
 from tasks.storage import install_log_redaction, join_uri, open_storage, safe_uri
 
+STAGE_PLACEMENT = ("rephrase_deployment", "rephrase_workers", "rephrase_timeout_s")
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2)}
 
 
@@ -75,14 +84,21 @@ class BuildConfig(BaseModel):
     audio: AudioPrepConfig = AudioPrepConfig()
     shard_size: int = Field(256, ge=1)
     rir_chunk: int = Field(16, ge=1, description="placements per RIR-bank task")
-    caption_batch: int = Field(512, ge=1, description="captions per rephrase task")
+    caption_batch: int = Field(512, ge=1, description="captions per caption-stage batch (the resume unit)")
+    rephrase_deployment: str | None = Field(
+        None, description="flow/deployment of rephrase-captions that runs the caption stage on the GPU pool; "
+        "None: the stage runs on the build's own workers with the named backend",
+    )
+    rephrase_workers: int = Field(1, ge=1, description="caption-stage workers, each with one backend/engine")
+    rephrase_timeout_s: float = Field(48 * 3600, gt=0, description="longest wait for the GPU pool's runs")
     seed: int = 0
     limit: int | None = Field(None, ge=1, description="at most this many source clips")
 
     def versioned(self) -> dict[str, Any]:
-        """The parameters that change the data, not where they live: the room set's content is in
-        its own hash, so the config file's path stays out (a clone elsewhere gets the same version)."""
-        return self.model_dump(mode="json", exclude={"input", "room_config"})
+        """The parameters that change the data, not where they live or how they run: the room set's
+        content is in its own hash, so the config file's path stays out (a clone elsewhere gets the
+        same version), and where the caption stage runs changes no caption."""
+        return self.model_dump(mode="json", exclude={"input", "room_config", *STAGE_PLACEMENT})
 
 
 class BuildResult(BaseModel):
@@ -116,9 +132,9 @@ def rir_chunk_task(
     return build_stages.rir_chunk(rooms, placements, settings, bank_dir)
 
 
-@task(name="rephrase-batch", cache_policy=NO_CACHE, **IO_RETRIES)
-def rephrase_task(requests: list[RephraseRequest], settings: RephraseSettings, cache_dir: str) -> list:
-    return build_stages.rephrase(requests, settings, cache_dir)
+@task(name="caption-stage-worker", cache_policy=NO_CACHE, **IO_RETRIES)
+def caption_worker_task(stage: str, worker: int, workers: int) -> StageWorkerReport:
+    return run_stage_worker(stage, worker, workers)
 
 
 @task(name="build-shard", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -142,6 +158,30 @@ def _chunks(seq: list, n: int) -> list[list]:
 
 def _rephrase_tags(cfg: BuildConfig) -> list[str]:
     return ["gpu"] if cfg.rephraser.backend in ("vllm", "transformers") else []
+
+
+def run_stage_deployment(name: str, stage: str, workers: int, timeout_s: float) -> list[str]:
+    """Start one ``rephrase-captions`` run per stage worker on the GPU pool and wait for all of them.
+
+    Any run that does not complete fails the build with its state: captions are never made some
+    other way behind the user's back. Returns the child flow-run ids.
+    """
+    runs = [run_deployment(name, parameters={"stage": stage, "worker": k, "workers": workers}, timeout=0)
+            for k in range(workers)]
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            states = [client.read_flow_run(r.id).state for r in runs]
+            if all(s is not None and s.is_final() for s in states):
+                break
+            if time.monotonic() > deadline:
+                raise StageIncomplete(f"{name}: caption stage not finished after {timeout_s:.0f} s")
+            time.sleep(2.0)
+    failed = [f"{r.name}: {s.name} {s.message or ''}".strip() for r, s in zip(runs, states, strict=True)
+              if not s.is_completed()]
+    if failed:
+        raise StageIncomplete(f"{name}: caption stage runs did not complete: {'; '.join(failed)}")
+    return [str(r.id) for r in runs]
 
 
 class Done:
@@ -223,14 +263,19 @@ def run_build(
     log.info("RIR bank: %d chunks (%d cached), %d RIRs, %d failed", len(chunks), cached, len(records),
              sum(len(c.rejects) for c in chunks))
 
-    # Captions (GPU batches when the backend is a model) before rendering, which needs them.
-    requests = build_stages.caption_requests(items, records, rooms_by_id)
-    cache_dir = str(Path(cfg_cache_dir(output)) / "rephrase")
-    caption_futures = [
-        submit(rephrase_task.with_options(tags=_rephrase_tags(cfg)), batch, cfg.rephraser, cache_dir)
-        for batch in _chunks(requests, cfg.caption_batch)
-    ]
-    captions = {r.sample_id: r for batch in gather(caption_futures, "captions", progress) for r in batch}
+    # Captions before rendering, which needs them: the caption stage, on the GPU pool's
+    # rephrase-captions runs when a deployment is named, else on this build's workers.
+    stage = stage_uri(base)
+    write_stage(build_stages.caption_requests(items, records, rooms_by_id), cfg.rephraser, stage,
+                cfg.caption_batch)
+    if cfg.rephrase_deployment:
+        log.info("caption stage: %d run(s) of %s", cfg.rephrase_workers, cfg.rephrase_deployment)
+        run_stage_deployment(cfg.rephrase_deployment, stage, cfg.rephrase_workers, cfg.rephrase_timeout_s)
+    else:
+        worker_futures = [submit(caption_worker_task.with_options(tags=_rephrase_tags(cfg)), stage, k,
+                                 cfg.rephrase_workers) for k in range(cfg.rephrase_workers)]
+        gather(worker_futures, "captions", progress)
+    captions = {r.sample_id: r for r in collect_results(stage)}
     statuses = Counter(r.status for r in captions.values())
     log.info("captions: %s", dict(statuses))
 
@@ -281,14 +326,6 @@ def publish_artifacts(
     )
 
 
-def cfg_cache_dir(output: str) -> str:
-    """A local cache for rephrased captions: beside local output, else under the user cache."""
-    if output.startswith("s3://"):
-        digest = hashlib.sha256(output.encode()).hexdigest()[:12]
-        return str(Path.home() / ".cache" / "spatial-audiocaps" / digest)
-    return str(Path(output) / ".cache")
-
-
 def share_api_url() -> None:
     """Point worker processes at this run's Prefect API.
 
@@ -333,6 +370,10 @@ def build_spatial_dataset(
     augmentations: dict[Split, int] | None = None,
     rephraser: str = "template",
     rephraser_model: str | None = None,
+    rephraser_options: dict[str, Any] | None = None,
+    rephrase_deployment: str | None = None,
+    rephrase_workers: int = 1,
+    caption_batch: int = 512,
     shard_size: int = 256,
     seed: int = 0,
     limit: int | None = None,
@@ -344,13 +385,19 @@ def build_spatial_dataset(
 
     ``output`` is a local directory or ``s3://bucket/prefix`` (credentials from the standard
     AWS environment, never from parameters). The version directory is derived from the room-set
-    and config hashes, so a new room set lands beside earlier versions.
+    and config hashes, so a new room set lands beside earlier versions. ``rephraser_options`` sets
+    any other RephraseSettings field (e.g. ``{"max_tokens": 256, "vllm": {"tensor_parallel_size": 2}}``);
+    ``rephrase_deployment`` (e.g. ``rephrase-captions/rephrase-captions-gpu``) runs the caption stage
+    as ``rephrase_workers`` runs on the GPU pool.
     """
-    rephrase = {"backend": rephraser} | ({"model": rephraser_model} if rephraser_model else {})
+    rephrase = ({"backend": rephraser} | ({"model": rephraser_model} if rephraser_model else {})
+                | (rephraser_options or {}))
     cfg = BuildConfig(
         source=source, input=input, dataset=dataset, room_config=room_config, room_seed=room_seed,
         n_rooms=n_rooms, augmentations=augmentations or {"train": 2, "val": 2, "test": 2},
-        rephraser=RephraseSettings(**rephrase), shard_size=shard_size, seed=seed, limit=limit,
+        rephraser=RephraseSettings(**rephrase), rephrase_deployment=rephrase_deployment,
+        rephrase_workers=rephrase_workers, caption_batch=caption_batch, shard_size=shard_size, seed=seed,
+        limit=limit,
     )
     runner = task_runner(n_workers, scheduler_address)
     return _build_stages.with_options(task_runner=runner)(cfg, output, progress)

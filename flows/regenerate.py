@@ -30,6 +30,9 @@ def regenerate_room_set(
     room_seed: int | None = None,
     n_rooms: int | None = None,
     rephraser: str = "template",
+    rephraser_model: str | None = None,
+    rephrase_deployment: str | None = None,
+    rephrase_workers: int = 1,
     shard_size: int = 256,
     limit: int | None = None,
     n_workers: int = 2,
@@ -40,5 +43,7 @@ def regenerate_room_set(
     get_run_logger().info("regenerating with room-set seed %d", seed)
     return build_spatial_dataset(
         source=source, input=input, output=output, room_config=room_config, room_seed=seed,
-        n_rooms=n_rooms, rephraser=rephraser, shard_size=shard_size, limit=limit, n_workers=n_workers,
+        n_rooms=n_rooms, rephraser=rephraser, rephraser_model=rephraser_model,
+        rephrase_deployment=rephrase_deployment, rephrase_workers=rephrase_workers, shard_size=shard_size,
+        limit=limit, n_workers=n_workers,
     )

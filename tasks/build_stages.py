@@ -2,8 +2,9 @@
 
 Each stage is idempotent and content-addressed, so a rerun after a crash redoes only what is
 missing: RIR-bank chunks are named by the hash of what they depend on, rephrased captions live
-in a content-keyed cache, and a committed shard leaves a receipt (its manifest rows, written only
-after the upload verified) that a rerun checks against the object before skipping the shard.
+in the caption stage's content-keyed cache (tasks.caption_stage), and a committed shard leaves a
+receipt (its manifest rows, written only after the upload verified) that a rerun checks against
+the object before skipping the shard.
 """
 
 from __future__ import annotations
@@ -30,9 +31,6 @@ from tasks.descriptors import describe
 from tasks.plan import PlanItem
 from tasks.prompting import CaptionRejected, screen_caption
 from tasks.render import render_items
-from tasks.rephrase.base import make_backend
-from tasks.rephrase.cache import RephraseCache
-from tasks.rephrase.runner import run_rephrase
 from tasks.rir_bank import BankReject, bank_key, pack_chunk, render_chunk, unpack_chunk
 from tasks.rir_engine import ENGINE_VERSION
 from tasks.shard_writer import SampleRejected, ShardPlan, ShardSample, build_sample, labels_from_rir
@@ -102,17 +100,6 @@ def caption_requests(
             for i, caption in enumerate(item.captions)
         ]
     return requests
-
-
-def rephrase(
-    requests: list[RephraseRequest], settings: RephraseSettings, cache_dir: str
-) -> list[RephraseResult]:
-    """Rephrase a batch through the configured backend, never twice for the same content."""
-    backend = make_backend(settings)
-    try:
-        return run_rephrase(requests, backend, RephraseCache(cache_dir))
-    finally:
-        backend.close()
 
 
 def _receipt_uri(base: str, plan: ShardPlan) -> str:
