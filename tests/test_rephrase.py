@@ -444,3 +444,15 @@ def test_cli_rephrase_writes_captions_and_reuses_its_cache(tmp_path, capsys):
     assert code == 2 and "cannot read" in err
     with pytest.raises(SpatialAudioCapsError, match="batch-size"):
         _handler(*argv, "--batch-size", "0")
+
+
+def test_captions_parquet_keeps_the_content_findings(tmp_path):
+    req = RephraseRequest(sample_id="a", caption="A dog barks", descriptors=Descriptors(direction="left"))
+    invented = "A dog barks on the left while a cat meows."
+    (res,) = ScriptedBackend(RephraseSettings(max_retries=0), [invented]).rephrase([req])
+    assert res.status == "fallback" and OutputFlaw.INVENTED_SOURCE in res.attempt_flaws[0]
+    flags = validate(invented, req.caption, req.descriptors, CFG)
+    write_results([res.model_copy(update={"validation": flags})], tmp_path / "captions.parquet")
+    row = pq.read_table(tmp_path / "captions.parquet").to_pylist()[0]
+    assert "invented_source" in row["attempt_flaws"][0] and "invented_source" in row["flaws"]
+    assert row["invented_sources"] == flags.invented_sources and flags.invented_sources

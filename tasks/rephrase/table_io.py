@@ -39,6 +39,7 @@ RESULT_SCHEMA = pa.schema([
     ("seed", pa.int64()), ("generated_tokens", pa.int64()), ("reject_reason", pa.string()),
     ("passed", pa.bool_()), ("flaws", _STRINGS), ("missing", _STRINGS), ("contradictions", _STRINGS),
     ("unsupported", _STRINGS), ("content_recall", pa.float64()), ("novel_words", _STRINGS),
+    ("changed_sources", _STRINGS), ("invented_sources", _STRINGS), ("meaning_changes", _STRINGS),
     ("attempt_flaws", pa.list_(_STRINGS)), ("cached", pa.bool_()),
 ])
 """captions.parquet: one row per request, in input order."""
@@ -116,6 +117,9 @@ def results_table(results: list[RephraseResult]) -> pa.Table:
             "missing": v.missing if v else None, "contradictions": v.contradictions if v else None,
             "unsupported": v.unsupported if v else None, "content_recall": v.content_recall if v else None,
             "novel_words": v.novel_words if v else None,
+            "changed_sources": v.changed_sources if v else None,
+            "invented_sources": v.invented_sources if v else None,
+            "meaning_changes": v.meaning_changes if v else None,
             "attempt_flaws": [[f.value for f in a] for a in r.attempt_flaws], "cached": r.cached,
         }
 
