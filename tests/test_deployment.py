@@ -1,12 +1,14 @@
-"""The deployment as a user runs it: `prefect server start`, a process work pool, `prefect deploy`
-from prefect.yaml, a worker, and `prefect deployment run build-spatial-dataset/build-spatial-audiocaps`
-writing to the local S3 server; the shards read back through webdataset."""
+"""The deployments as a user runs them: `prefect server start`, a CPU and a GPU (LLM) process pool,
+`prefect deploy` from prefect.yaml, a worker per pool (the LLM one in .venv-llm), and
+`prefect deployment run build-spatial-dataset/build-spatial-audiocaps` writing to the local S3
+server with vLLM captions; the shards read back through webdataset."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,12 +22,20 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 import yaml
+from fixtures_llm import tiny_vllm_llm  # noqa: F401 - a fixture
 
+from schemas.caption_stage import StageSpec
+from tasks.caption_stage import batch_records, engine_records
 from tasks.storage import open_storage, webdataset_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.prefect_server]
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+LLM_PREFECT = REPO / ".venv-llm" / "bin" / "prefect"
+BUILD = "build-spatial-dataset/build-spatial-audiocaps"
+# A 1 GiB KV cache: vLLM's default share of RAM fails on a shared CPU box.
+TINY_VLLM_OPTIONS = {"kv_cache_gib": 1}
+UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 def _free_port() -> int:
@@ -57,62 +67,112 @@ def _stop(proc: subprocess.Popen, sig: int) -> None:
             proc.wait(timeout=10)
 
 
-def test_deployment_run_on_a_real_server_writes_readable_shards(tmp_path, s3):
+def _batches_done(root: str) -> tuple[int, int | None]:
+    """Batch records written so far under ``root`` and the stage's batch count (once it exists)."""
+    storage = open_storage(root)
+    objects = [o.uri for o in storage.list(f"{root}/audiocaps/")]
+    stages = [u for u in objects if u.endswith("/captions/stage.json")]
+    total = StageSpec.model_validate_json(storage.read_bytes(stages[0])).n_batches if stages else None
+    return sum("/captions/batches/" in u for u in objects), total
+
+
+@pytest.mark.skipif(not LLM_PREFECT.exists(), reason="needs .venv-llm (make llm-env; make test builds it)")
+def test_two_pools_build_with_vllm_captions_resumes_after_the_llm_worker_is_killed(
+    tmp_path, s3, tiny_vllm_llm  # noqa: F811 - the fixture
+):
+    """The paper's setup as a user deploys it: a CPU pool (worker in .venv) renders, a GPU pool
+    (worker in .venv-llm) rephrases with vLLM. The LLM worker is SIGKILLed mid-stage; a rerun
+    with a new LLM worker finishes the stage without generating the finished batches again."""
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "SPATIAL_AUDIOCAPS_HOME": str(REPO),
             "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "300"}
+    llm_env = env | {"PATH": f"{LLM_PREFECT.parent}:{env.get('PATH', '')}"}
     logs = ExitStack()
 
-    def spawn(cmd: list[str], log: str, cwd: Path) -> subprocess.Popen:
+    def spawn(cmd: list[str], log: str, cwd: Path, environ: dict[str, str] = env) -> subprocess.Popen:
         out = logs.enter_context((tmp_path / log).open("wb"))
-        return subprocess.Popen(cmd, env=env, cwd=cwd, start_new_session=True, stdout=out,
+        return subprocess.Popen(cmd, env=environ, cwd=cwd, start_new_session=True, stdout=out,
                                 stderr=subprocess.STDOUT)
+
+    def prefect(*args: str, timeout: float = 300) -> str:
+        res = subprocess.run([PREFECT, "--no-prompt", *args], env=env, cwd=REPO, capture_output=True,
+                             text=True, timeout=timeout, check=False)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        return res.stdout
 
     server = spawn([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log",
                    tmp_path)
-    worker = None
+    workers: list[subprocess.Popen] = []
+    params = {"source": "demo", "input": None, "output": s3.root, "limit": 4, "n_rooms": 30, "shard_size": 8,
+              "n_workers": 1, "rephraser_model": str(tiny_vllm_llm), "caption_batch": 1,
+              "rephraser_options": {"max_tokens": 24, "vllm": TINY_VLLM_OPTIONS}}
+    args = [f"--param={k}={json.dumps(v)}" for k, v in params.items()]
     try:
         _wait_healthy(api, server)
-
-        def prefect(*args: str, timeout: float = 300) -> str:
-            res = subprocess.run([PREFECT, "--no-prompt", *args], env=env, cwd=REPO, capture_output=True,
-                                 text=True, timeout=timeout, check=False)
-            assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-            return res.stdout
-
         prefect("work-pool", "create", "local-process", "--type", "process")
+        prefect("work-pool", "create", "llm-process", "--type", "process")
         prefect("deploy", "--all")
         listed = prefect("deployment", "ls")
         for name in ("build-spatial-audiocaps", "build-spatial-clotho", "build-spatial-freesound",
-                     "regenerate-room-set", "train-elsa", "evaluate-elsa"):
+                     "rephrase-captions-gpu", "regenerate-room-set", "train-elsa", "evaluate-elsa"):
             assert name in listed, listed
-        worker = spawn([PREFECT, "worker", "start", "--pool", "local-process"], "worker.log", REPO)
-        params = {"source": "demo", "input": None, "output": s3.root, "limit": 4, "n_rooms": 30,
-                  "shard_size": 8}
-        args = [f"--param={k}={json.dumps(v)}" for k, v in params.items()]
-        prefect("deployment", "run", "build-spatial-dataset/build-spatial-audiocaps", *args, "--watch",
-                "--watch-timeout", "600", timeout=700)
+        workers.append(spawn([PREFECT, "worker", "start", "--pool", "local-process"], "cpu-worker.log", REPO))
+        llm_worker = spawn([str(LLM_PREFECT), "worker", "start", "--pool", "llm-process"], "llm-worker-1.log",
+                           REPO, llm_env)
+        workers.append(llm_worker)
+
+        # run 1: kill the LLM worker (and its flow run and engine) once a batch is finished
+        first = re.search(UUID_RE, prefect("deployment", "run", BUILD, *args)).group(0)
+        deadline = time.monotonic() + 600
+        while _batches_done(s3.root)[0] == 0:
+            assert time.monotonic() < deadline, "no caption batch finished in 600 s"
+            assert llm_worker.poll() is None, (tmp_path / "llm-worker-1.log").read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(llm_worker.pid, signal.SIGKILL)
+        llm_worker.wait(timeout=30)
+        done_before, n_batches = _batches_done(s3.root)
+        assert n_batches is not None and done_before < n_batches - 3, "the stage was not killed mid-way"
+        prefect("flow-run", "cancel", first)
+
+        # run 2: a new LLM worker; the build completes
+        workers.append(spawn([str(LLM_PREFECT), "worker", "start", "--pool", "llm-process"],
+                             "llm-worker-2.log", REPO, llm_env))
+        prefect("deployment", "run", BUILD, *args, "--watch", "--watch-timeout", "900", timeout=1000)
     finally:
-        if worker is not None:
-            _stop(worker, signal.SIGINT)  # a worker stops on SIGINT
+        for w in workers:
+            _stop(w, signal.SIGINT)  # a worker stops on SIGINT
         _stop(server, signal.SIGTERM)
         logs.close()
-    assert worker is not None and worker.returncode is not None
     assert server.returncode is not None
 
     storage = open_storage(s3.root)
     objects = [o.uri for o in storage.list(f"{s3.root}/audiocaps/")]
+    stage = next(u for u in objects if u.endswith("/captions/stage.json")).removesuffix("/stage.json")
+    # The run's own records: one engine per LLM worker run, each serving all of its batches, and no
+    # batch finished by the killed worker was generated again.
+    engines = engine_records(stage)
+    assert len(engines) == 2 and len({e.flow_run_id for e in engines}) == 2
+    assert all(e.backend == "vllm" and e.model == str(tiny_vllm_llm) for e in engines)
+    by_engine: dict[str, set[int]] = {e.engine_id: set() for e in engines}
+    for rec in batch_records(stage):
+        by_engine[rec.engine_id].add(rec.batch)
+    killed, resumed = (by_engine[e.engine_id] for e in engines)
+    assert len(killed) >= done_before >= 1 and not killed & resumed
+    assert killed | resumed == set(range(n_batches)) and len(resumed) >= 3
+
     tars = sorted(u for u in objects if u.endswith(".tar"))
     assert tars and any(u.endswith("/manifest.parquet") for u in objects)
-    assert any(u.endswith("/README.md") for u in objects)
     seen = 0
     for sample in wds.WebDataset([webdataset_url(u) for u in tars], shardshuffle=False):
         meta = json.loads(sample["json"])
         audio, sr = sf.read(io.BytesIO(sample["flac"]))
         assert sr == 48000 and meta["text"] and audio.shape[0] >= 4 * sr
+        if meta["spatial"]:
+            assert {c["backend"] for c in meta["captions"]} == {"vllm"}, meta["captions"]
+            assert {c["model"] for c in meta["captions"]} == {str(tiny_vllm_llm)}
         seen += 1
     assert seen == 4 * 3  # 4 clips: 2 spatial augmentations + the mono original each
 
