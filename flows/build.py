@@ -285,7 +285,7 @@ def run_build(
     provenance = build_stages.provenance_fields(room_hash, cfg_hash, cfg.rephraser, dataset)
     shard_futures = []
     for plan in plans:
-        shard_items = [by_key[k] for k in plan.keys]
+        shard_items = [by_key[k] for k in plan.sample_keys]
         needed = sorted({chunk_of[i.placement_id] for i in shard_items if i.placement_id in chunk_of})
         shard_captions = {sid: captions[sid] for i in shard_items for sid in
                           (f"{i.key}#{n}" for n in range(len(i.captions))) if sid in captions}

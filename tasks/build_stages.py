@@ -200,8 +200,9 @@ def build_shard(
                                      source=item.clip_id, dataset=item.dataset, split=item.split))
             continue
         samples[sample.key] = sample
-    kept = ShardPlan(split=plan.split, index=plan.index, keys=tuple(k for k in plan.keys if k in samples))
-    if not kept.keys:
+    kept = ShardPlan(split=plan.split, index=plan.index,
+                     sample_keys=tuple(k for k in plan.sample_keys if k in samples))
+    if not kept.sample_keys:
         storage.put_bytes(_receipt_uri(base, plan), b"[]")
         return ShardOutcome(shard=plan.name, outcome="empty", rows=[], rejects=rejects)
     outcome, rows, _ = commit_shard(storage, base, kept, samples)

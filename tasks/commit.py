@@ -223,7 +223,7 @@ def build_shard(
         with os.fdopen(fd, "wb", buffering=0) as raw:
             hw = HashingWriter(raw, part)
             with io.BufferedWriter(hw, buffer_size=1 << 20) as bw:
-                offsets = write_tar((samples[k] for k in plan.keys), bw)  # type: ignore[arg-type]
+                offsets = write_tar((samples[k] for k in plan.sample_keys), bw)  # type: ignore[arg-type]
         digest = hw.digest
         want = part_size_for(digest.size, storage.config)
         if want is not None and digest.part_size != want:  # the plan's size was off: hash again
@@ -355,7 +355,7 @@ def listed_and_verified(
     storage: Storage, base: str, plan: ShardPlan, listed: Sequence[ManifestRow], *, deep: bool = False
 ) -> bool:
     """The manifest lists exactly this plan's keys for the shard, and its object verifies."""
-    if not listed or tuple(r.key for r in sorted(listed, key=manifest_sort_key)) != plan.keys:
+    if not listed or tuple(r.key for r in sorted(listed, key=manifest_sort_key)) != plan.sample_keys:
         return False
     r = listed[0]
     return storage.verify(
@@ -415,7 +415,7 @@ def commit_shard(
         "%s %s: %d samples, %d bytes, sha256 %s",
         outcome,
         safe_uri(uri),
-        len(plan.keys),
+        len(plan.sample_keys),
         built.size,
         built.sha256[:16],
     )

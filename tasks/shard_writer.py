@@ -314,7 +314,7 @@ class ShardPlan(BaseModel):
 
     split: str
     index: int
-    keys: tuple[str, ...]
+    sample_keys: tuple[str, ...]
     est_bytes: int = 0
 
     @property
@@ -354,15 +354,14 @@ def plan_shards(
         total = 0
         for _, key, nbytes in rows:
             if keys and (len(keys) >= max_samples or total + nbytes > max_bytes):
-                plans.append(
-                    ShardPlan(split=split, index=_count(plans, split), keys=tuple(keys), est_bytes=total)
-                )
+                plans.append(ShardPlan(split=split, index=_count(plans, split), sample_keys=tuple(keys),
+                                       est_bytes=total))
                 keys, total = [], 0
             keys.append(key)
             total += nbytes
         if keys:
             plans.append(
-                ShardPlan(split=split, index=_count(plans, split), keys=tuple(keys), est_bytes=total)
+                ShardPlan(split=split, index=_count(plans, split), sample_keys=tuple(keys), est_bytes=total)
             )
     return plans
 

@@ -162,7 +162,7 @@ def test_multipart_shard_over_100mb_reads_back(s3, foa_clips, tmp_path):
 
 def test_plan_targets_order_invariance_and_adjacent_members(samples):
     plans = plan_samples(samples, max_samples=4)
-    assert all(len(p.keys) <= 4 for p in plans)
+    assert all(len(p.sample_keys) <= 4 for p in plans)
     shuffled = samples[:]
     random.Random(1).shuffle(shuffled)
     assert plan_samples(shuffled, max_samples=4) == plans
@@ -484,7 +484,7 @@ def test_commit_shard_outcomes_and_paths(samples, tmp_path):
     plan = plan_samples(samples, max_samples=50)[0]
     by_key = {s.key: s for s in samples}
     outcome, rows, sent = commit_shard(st, base, plan, by_key, tmp_dir=tmp_path)
-    assert outcome == "uploaded" and sent == rows[0].shard_size and len(rows) == len(plan.keys)
+    assert outcome == "uploaded" and sent == rows[0].shard_size and len(rows) == len(plan.sample_keys)
     assert Path(base, plan.name).stat().st_size == sent
     outcome, rows2, sent = commit_shard(st, base, plan, by_key, listed=rows, tmp_dir=tmp_path)
     assert (outcome, sent) == ("skipped", 0) and rows2 == rows
