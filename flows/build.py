@@ -46,9 +46,7 @@ from tasks.commit import (
     config_hash,
     dataset_uri,
     dataset_version,
-    write_manifest,
-    write_rejects,
-    write_sizes,
+    finalize_dataset,
 )
 from tasks.dataset_card import write_card
 from tasks.plan import PlanConfig, build_plan
@@ -145,9 +143,7 @@ def shard_task(plan: dict, *args: Any) -> build_stages.ShardOutcome:
 @task(name="finalize", cache_policy=NO_CACHE, **IO_RETRIES)
 def finalize_task(base: str, rows: list, rejects: list[RejectRow], meta: dict[str, str]) -> str:
     storage = open_storage(base)
-    write_manifest(storage, base, rows, meta)
-    write_sizes(storage, base, rows)
-    write_rejects(storage, base, rejects, meta)
+    finalize_dataset(storage, base, rows, rejects, meta)
     write_card(base, storage=storage)
     return join_uri(base, "README.md")
 

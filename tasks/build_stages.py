@@ -2,14 +2,13 @@
 
 Each stage is idempotent and content-addressed, so a rerun after a crash redoes only what is
 missing: RIR-bank chunks are named by the hash of what they depend on, rephrased captions live
-in the caption stage's content-keyed cache (tasks.caption_stage), and a committed shard leaves a
-receipt (its manifest rows, written only after the upload verified) that a rerun checks against
-the object before skipping the shard.
+in the caption stage's content-keyed cache (tasks.caption_stage), and a shard goes through the
+commit protocol of tasks.commit: skipped on a verified receipt, else built, uploaded, verified
+and only then given its receipt.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
@@ -26,7 +25,7 @@ from schemas.captions import (
 from schemas.rooms import Placement, RirRecord, RirSettings, RoomSpec
 from schemas.shards import CaptionInfo, ManifestRow, Provenance, RejectRow
 from spatial_audiocaps import __version__
-from tasks.commit import commit_shard
+from tasks.commit import commit_shard, verified_receipt
 from tasks.descriptors import describe
 from tasks.plan import PlanItem
 from tasks.prompting import CaptionRejected, screen_caption
@@ -35,8 +34,6 @@ from tasks.rir_bank import BankReject, bank_key, pack_chunk, render_chunk, unpac
 from tasks.rir_engine import ENGINE_VERSION
 from tasks.shard_writer import SampleRejected, ShardPlan, ShardSample, build_sample, labels_from_rir
 from tasks.storage import join_uri, open_storage
-
-RECEIPT_SUFFIX = ".rows.json"
 
 
 class BankChunk(BaseModel):
@@ -102,24 +99,6 @@ def caption_requests(
     return requests
 
 
-def _receipt_uri(base: str, plan: ShardPlan) -> str:
-    return join_uri(base, plan.name.removesuffix(".tar") + RECEIPT_SUFFIX)
-
-
-def verified_receipt(base: str, plan: ShardPlan) -> list[ManifestRow] | None:
-    """The shard's manifest rows if its receipt exists and the object still matches it."""
-    storage = open_storage(base)
-    uri = _receipt_uri(base, plan)
-    if not storage.exists(uri):
-        return None
-    rows = [ManifestRow.model_validate(r) for r in json.loads(storage.read_bytes(uri))]
-    if not rows:
-        return rows
-    check = storage.verify(join_uri(base, plan.name), size=rows[0].shard_size, sha256=rows[0].shard_sha256,
-                           checksum=rows[0].shard_checksum)
-    return rows if check.ok else None
-
-
 def _caption_infos(
     item: PlanItem, captions: dict[str, RephraseResult], screening: ValidationConfig
 ) -> tuple[list[CaptionInfo], list[str]]:
@@ -163,10 +142,10 @@ def build_shard(
     screening: ValidationConfig,
 ) -> ShardOutcome:
     """Render, pack, upload and verify one shard, then leave its receipt; skip it if verified."""
-    listed = verified_receipt(base, plan)
+    storage = open_storage(base)
+    listed = verified_receipt(storage, base, plan)
     if listed is not None:
         return ShardOutcome(shard=plan.name, outcome="skipped", rows=listed, rejects=[])
-    storage = open_storage(base)
     rirs, records = {}, {}
     for uri in chunk_uris:
         chunk_rirs, chunk_records, _ = unpack_chunk(open_storage(uri).read_bytes(uri))
@@ -200,15 +179,8 @@ def build_shard(
                                      source=item.clip_id, dataset=item.dataset, split=item.split))
             continue
         samples[sample.key] = sample
-    kept = ShardPlan(split=plan.split, index=plan.index,
-                     sample_keys=tuple(k for k in plan.sample_keys if k in samples))
-    if not kept.sample_keys:
-        storage.put_bytes(_receipt_uri(base, plan), b"[]")
-        return ShardOutcome(shard=plan.name, outcome="empty", rows=[], rejects=rejects)
-    outcome, rows, _ = commit_shard(storage, base, kept, samples)
-    receipt = json.dumps([r.model_dump(mode="json") for r in rows]).encode()
-    storage.put_bytes(_receipt_uri(base, plan), receipt, content_type="application/json")
-    return ShardOutcome(shard=plan.name, outcome=outcome, rows=rows, rejects=rejects)
+    committed = commit_shard(storage, base, plan, samples)
+    return ShardOutcome(shard=plan.name, outcome=committed.outcome, rows=committed.rows, rejects=rejects)
 
 
 def provenance_fields(room_set_hash: str, config_hash: str, settings: RephraseSettings, dataset: str) -> dict:

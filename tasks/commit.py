@@ -1,23 +1,31 @@
-"""The commit protocol: a shard is part of a dataset only once it is verified on storage.
+"""The commit protocol: a shard belongs to a dataset only once its object is verified on storage
+and a receipt beside it says so. One protocol, the one the build flow runs:
 
-For each planned shard: write the tar to a local temporary file (hashing it on the way), upload
-it (multipart with SHA256 checksums), verify size and sha256 on the store (HEAD against the
-server's checksum, or a re-read), and only then add its rows to ``manifest.parquet``, which is
-rewritten whole and atomically. So the manifest never lists a shard that is not there in full.
+1. ``verified_receipt`` (first thing in ``tasks.build_stages.build_shard``, before any rendering):
+   a shard whose receipt ``{split}/{split}-{index:06d}.rows.json`` exists, belongs to this plan
+   and whose object still verifies against it (size, sha256, the store's checksum) is skipped.
+2. ``commit_shard`` (once the shard's samples are built): write the tar to a local temporary
+   file, hashing it on the way; adopt the object if it already holds exactly these bytes (an
+   upload that finished just before a crash), else upload it (multipart with SHA256 checksums)
+   and verify it. Only then write the receipt: the shard's manifest rows. A shard whose samples
+   were all rejected gets an empty receipt, so a rerun skips it as well.
+3. ``finalize_dataset`` (the flow's finalize task, after every shard task): the only writer of
+   ``manifest.parquet``, from the shard tasks' receipt rows, with the schema key in its metadata;
+   then ``sizes.json`` (LAION-CLAP's shard sizes, at the root and in each split directory) and
+   ``rejects.parquet``.
 
-A rerun first verifies every shard the manifest lists and drops the rows of any shard whose
-object is missing or differs; then it skips shards whose rows and object agree with the plan,
-adopts objects that are already there byte for byte (an upload that finished just before a
-crash), and writes the rest. ``sizes.json`` (LAION-CLAP's shard sizes, at the root and in each
-split directory) and ``rejects.parquet`` are written at the end.
+A receipt is written after a verified upload and never before, so a crash or a server killed
+mid-upload leaves none, and a deleted, truncated or overwritten object fails its receipt's check
+on the next run, which rebuilds and uploads that shard again. So the manifest never lists a
+shard that is not there in full.
 
-Layout (DESIGN.md, Storage): ``{root}/{dataset}/{version}/{split}/{split}-{shard:06d}.tar``,
-``manifest.parquet``, ``sizes.json``, ``rejects.parquet`` (and the card, see dataset_card.py).
+Layout (DESIGN.md, Storage): ``{root}/{dataset}/{version}/{split}/{split}-{shard:06d}.tar`` and
+its ``.rows.json`` receipt, ``manifest.parquet``, ``sizes.json``, ``rejects.parquet`` (and the
+card, see dataset_card.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -25,41 +33,27 @@ import logging
 import os
 import tarfile
 import tempfile
-import time
 import types
 import typing
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ValidationError
 
 from schemas.shards import ManifestRow, RejectRow
-from tasks.shard_writer import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_SAMPLES,
-    MemberOffsets,
-    ShardPlan,
-    ShardSample,
-    dedupe,
-    plan_samples,
-    write_tar,
-)
+from tasks.shard_writer import MemberOffsets, ShardPlan, ShardSample, write_tar
 from tasks.storage import (
     Digest,
     HashingWriter,
     Storage,
-    StorageConfig,
     StorageError,
     digest_file,
     join_uri,
-    open_storage,
     part_size_for,
     safe_uri,
 )
@@ -69,11 +63,12 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.parquet"
 SIZES = "sizes.json"
 REJECTS = "rejects.parquet"
+RECEIPT_SUFFIX = ".rows.json"
 MANIFEST_SCHEMA_VERSION = "shards/1"
 
 
 class CommitError(StorageError):
-    """An uploaded shard did not verify; it is not listed in the manifest."""
+    """A shard did not verify, or a manifest would be wrong; nothing is listed then."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,6 +88,11 @@ def dataset_version(room_set_hash: str, cfg_hash: str) -> str:
 
 def dataset_uri(root: str, dataset: str, version: str) -> str:
     return join_uri(root, dataset, version)
+
+
+def receipt_uri(base: str, plan: ShardPlan) -> str:
+    """The receipt sits beside its shard: ``train/train-000003.tar`` -> ``train/train-000003.rows.json``."""
+    return join_uri(base, plan.name.removesuffix(".tar") + RECEIPT_SUFFIX)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,12 +119,15 @@ MANIFEST_SCHEMA = arrow_schema(ManifestRow)
 REJECTS_SCHEMA = arrow_schema(RejectRow)
 
 
-def _parquet_bytes(rows: Sequence[BaseModel], schema: pa.Schema, meta: dict[str, str]) -> bytes:
+def _put_parquet(
+    storage: Storage, uri: str, rows: Sequence[BaseModel], schema: pa.Schema, meta: dict[str, str]
+) -> None:
+    """One atomic PUT (or os.replace) of the whole table: a reader sees the old file or the new."""
     table = pa.Table.from_pylist([r.model_dump() for r in rows], schema=schema)
     table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in meta.items()})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
+    storage.put_bytes(uri, buf.getvalue(), content_type="application/vnd.apache.parquet")
 
 
 def manifest_sort_key(r: ManifestRow) -> tuple[str, int, int]:
@@ -149,31 +152,6 @@ def read_rejects(storage: Storage, base: str) -> list[RejectRow]:
     ]
 
 
-def write_manifest(storage: Storage, base: str, rows: Iterable[ManifestRow], meta: dict[str, str]) -> int:
-    """Rewrite manifest.parquet whole (one atomic PUT / os.replace), rows in shard order."""
-    ordered = sorted(rows, key=manifest_sort_key)
-    keys = [r.key for r in ordered]
-    if len(set(keys)) != len(keys):
-        raise CommitError("refusing to write a manifest with a key listed twice")
-    storage.put_bytes(
-        join_uri(base, MANIFEST),
-        _parquet_bytes(ordered, MANIFEST_SCHEMA, meta),
-        content_type="application/vnd.apache.parquet",
-    )
-    return len(ordered)
-
-
-def write_rejects(storage: Storage, base: str, rows: Iterable[RejectRow], meta: dict[str, str]) -> int:
-    """Write rejects.parquet (every input that did not make it, with its reason), sorted."""
-    ordered = _sorted_rejects(rows)
-    storage.put_bytes(
-        join_uri(base, REJECTS),
-        _parquet_bytes(ordered, REJECTS_SCHEMA, meta),
-        content_type="application/vnd.apache.parquet",
-    )
-    return len(ordered)
-
-
 def sizes_json(rows: Iterable[ManifestRow]) -> dict[str, int]:
     """{shard basename: samples}, as LAION-CLAP's get_dataset_size reads it."""
     out: dict[str, int] = {}
@@ -184,7 +162,7 @@ def sizes_json(rows: Iterable[ManifestRow]) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------------------------
-# shards
+# one shard
 
 
 @dataclass(frozen=True)
@@ -207,13 +185,13 @@ def tar_size(member_bytes: int) -> int:
     return -(-(member_bytes + 2 * tarfile.BLOCKSIZE) // rec) * rec
 
 
-def build_shard(
+def write_shard_file(
     plan: ShardPlan, samples: dict[str, ShardSample], storage: Storage, tmp_dir: Path
 ) -> BuiltShard:
-    """Write the tar to a temporary file, hashing as it goes (no second read pass).
+    """Write the plan's tar to a temporary file, hashing as it goes (no second read pass).
 
-    Per-part digests (for a multipart upload's checksums) are only computed when the shard will
-    be uploaded in parts: the plan's byte count gives the exact tar size in advance.
+    Per-part digests (for a multipart upload's checksums) are computed for the part size the
+    plan's byte count predicts; if the real size needs another part size, the file is hashed again.
     """
     chunk = storage.config.multipart_chunksize
     part = chunk if plan.est_bytes <= 0 else part_size_for(tar_size(plan.est_bytes), storage.config)
@@ -226,7 +204,7 @@ def build_shard(
                 offsets = write_tar((samples[k] for k in plan.sample_keys), bw)  # type: ignore[arg-type]
         digest = hw.digest
         want = part_size_for(digest.size, storage.config)
-        if want is not None and digest.part_size != want:  # the plan's size was off: hash again
+        if want is not None and digest.part_size != want:
             digest = digest_file(path, want)
     except BaseException:
         path.unlink(missing_ok=True)
@@ -304,6 +282,98 @@ def manifest_rows(built: BuiltShard, samples: dict[str, ShardSample], committed_
     return rows
 
 
+def _utc_now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def verified_receipt(storage: Storage, base: str, plan: ShardPlan) -> list[ManifestRow] | None:
+    """The shard's manifest rows if its receipt exists, lists only this plan's keys in this
+    shard, and the object still verifies against it; else None (the shard must be committed).
+
+    A receipt that cannot be parsed counts as absent: the shard is committed again, which
+    rewrites it, rather than the build failing on a file only the protocol writes.
+    """
+    uri = receipt_uri(base, plan)
+    if not storage.exists(uri):
+        return None
+    try:
+        rows = [ManifestRow.model_validate(r) for r in json.loads(storage.read_bytes(uri))]
+    except (ValueError, ValidationError) as e:
+        log.warning("receipt %s is unreadable (%s): committing the shard again", safe_uri(uri), e)
+        return None
+    planned = set(plan.sample_keys)
+    if any(r.shard != plan.name or r.key not in planned for r in rows):
+        log.warning("receipt %s lists other samples than the plan: committing the shard again", safe_uri(uri))
+        return None
+    if not rows:
+        return rows
+    r = rows[0]
+    check = storage.verify(
+        join_uri(base, plan.name), size=r.shard_size, sha256=r.shard_sha256, checksum=r.shard_checksum
+    )
+    if not check.ok:
+        log.warning("%s does not match its receipt (%s): committing it again", r.shard, check.reason)
+        return None
+    return rows
+
+
+@dataclass(frozen=True)
+class ShardCommit:
+    """What committing one shard did; ``rows`` are its receipt's rows."""
+
+    outcome: Literal["skipped", "uploaded", "adopted", "empty"]
+    rows: list[ManifestRow]
+    bytes_uploaded: int
+
+
+def commit_shard(
+    storage: Storage,
+    base: str,
+    plan: ShardPlan,
+    samples: dict[str, ShardSample],
+    *,
+    tmp_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ShardCommit:
+    """Make one shard true on storage, then write its receipt (call after ``verified_receipt``).
+
+    The tar holds the plan's keys that are in ``samples``, in plan order (the others were
+    rejected on the way). Outcome "adopted": the object already held exactly these bytes;
+    "uploaded": sent and verified; "empty": no sample left, an empty receipt. Raises
+    StorageError/CommitError when the object cannot be made to verify: no receipt then.
+    ``progress`` gets the bytes sent as the upload goes. The temporary tar is removed either way.
+    """
+    keys = tuple(k for k in plan.sample_keys if k in samples)
+    receipt = receipt_uri(base, plan)
+    if not keys:
+        storage.put_bytes(receipt, b"[]", content_type="application/json")
+        return ShardCommit("empty", [], 0)
+    kept = ShardPlan(split=plan.split, index=plan.index, sample_keys=keys, est_bytes=plan.est_bytes)
+    uri = join_uri(base, plan.name)
+    built = write_shard_file(kept, samples, storage, Path(tmp_dir or tempfile.gettempdir()))
+    try:
+        if storage.verify(uri, size=built.size, sha256=built.sha256, checksum=built.checksum).ok:
+            outcome: Literal["uploaded", "adopted"] = "adopted"
+        else:
+            storage.upload_file(built.path, uri, sha256=built.sha256, progress=progress, digest=built.digest)
+            v = storage.verify(uri, size=built.size, sha256=built.sha256, checksum=built.checksum)
+            if not v.ok:
+                raise CommitError(f"{safe_uri(uri)} did not verify after upload ({v.reason})")
+            outcome = "uploaded"
+    finally:
+        built.path.unlink(missing_ok=True)
+    rows = manifest_rows(built, samples, _utc_now())
+    body = json.dumps([r.model_dump(mode="json") for r in rows]).encode()
+    storage.put_bytes(receipt, body, content_type="application/json")
+    log.info("%s %s: %d samples, %d bytes, sha256 %s", outcome, safe_uri(uri), len(keys), built.size,
+             built.sha256[:16])
+    return ShardCommit(outcome, rows, built.size if outcome == "uploaded" else 0)
+
+
+# --------------------------------------------------------------------------------------------
+# the dataset
+
+
 @dataclass(frozen=True)
 class ShardCheck:
     shard: str
@@ -331,248 +401,41 @@ def verify_shards(
     return out
 
 
-def prune_manifest(
-    storage: Storage, base: str, *, deep: bool = False, meta: dict[str, str] | None = None
-) -> tuple[list[ManifestRow], list[ShardCheck]]:
-    """Drop (and rewrite without) the rows of any listed shard whose object is missing or differs."""
-    rows = read_manifest(storage, base)
-    checks = verify_shards(storage, base, rows, deep=deep)
-    bad = {c.shard for c in checks if not c.ok}
-    if bad:
-        rows = [r for r in rows if r.shard not in bad]
-        write_manifest(storage, base, rows, meta or {})
-        for c in checks:
-            if not c.ok:
-                log.warning("manifest listed %s but its object is %s: rows dropped", c.shard, c.reason)
-    return rows, [c for c in checks if not c.ok]
-
-
-def _utc_now() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def listed_and_verified(
-    storage: Storage, base: str, plan: ShardPlan, listed: Sequence[ManifestRow], *, deep: bool = False
-) -> bool:
-    """The manifest lists exactly this plan's keys for the shard, and its object verifies."""
-    if not listed or tuple(r.key for r in sorted(listed, key=manifest_sort_key)) != plan.sample_keys:
-        return False
-    r = listed[0]
-    return storage.verify(
-        join_uri(base, plan.name),
-        size=r.shard_size,
-        sha256=r.shard_sha256,
-        checksum=r.shard_checksum,
-        deep=deep,
-    ).ok
-
-
-def commit_shard(
-    storage: Storage,
-    base: str,
-    plan: ShardPlan,
-    samples: dict[str, ShardSample],
-    *,
-    listed: Sequence[ManifestRow] = (),
-    tmp_dir: Path | None = None,
-    deep_verify: bool = False,
-    clock: Callable[[], str] = _utc_now,
-    progress: Callable[[int], None] | None = None,
-    built: BuiltShard | None = None,
-) -> tuple[str, list[ManifestRow], int]:
-    """Make one shard true on storage; returns (outcome, its manifest rows, bytes uploaded).
-
-    outcome is "skipped" (the manifest already lists it with these keys and the object
-    verifies), "adopted" (the object was already there with exactly these bytes) or "uploaded".
-    Raises StorageError/CommitError when it cannot; nothing is listed then. ``built`` is a tar
-    already written by ``build_shard`` (commit_dataset builds the next shard during an upload);
-    its temporary file is removed either way.
-    """
-    uri = join_uri(base, plan.name)
-    if listed_and_verified(storage, base, plan, listed, deep=deep_verify):
-        if built is not None:
-            built.path.unlink(missing_ok=True)
-        return "skipped", list(listed), 0
-    if built is None:
-        built = build_shard(plan, samples, storage, Path(tmp_dir or tempfile.gettempdir()))
-    try:
-        v = storage.verify(
-            uri, size=built.size, sha256=built.sha256, checksum=built.checksum, deep=deep_verify
-        )
-        if v.ok:
-            outcome, sent = "adopted", 0
-        else:
-            storage.upload_file(built.path, uri, sha256=built.sha256, progress=progress, digest=built.digest)
-            v = storage.verify(
-                uri, size=built.size, sha256=built.sha256, checksum=built.checksum, deep=deep_verify
-            )
-            if not v.ok:
-                raise CommitError(f"{safe_uri(uri)} did not verify after upload ({v.reason})")
-            outcome, sent = "uploaded", built.size
-    finally:
-        built.path.unlink(missing_ok=True)
-    log.info(
-        "%s %s: %d samples, %d bytes, sha256 %s",
-        outcome,
-        safe_uri(uri),
-        len(plan.sample_keys),
-        built.size,
-        built.sha256[:16],
-    )
-    return outcome, manifest_rows(built, samples, clock()), sent
-
-
-# --------------------------------------------------------------------------------------------
-# a whole dataset
-
-
-class CommitReport(BaseModel):
-    """What commit_dataset did (JSON-serialisable; no credentials, no signed URLs)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    uri: str
-    dataset: str
-    version: str
-    shards: int
-    uploaded: int
-    adopted: int
-    skipped: int
-    dropped_from_manifest: dict[str, str]
-    samples: int
-    rejects: int
-    bytes_uploaded: int
-    seconds: float
-
-
 def _sorted_rejects(rows: Iterable[RejectRow]) -> list[RejectRow]:
     return sorted(rows, key=lambda r: (r.stage, r.key or "", r.source or "", r.reason, r.detail))
 
 
-def commit_dataset(
-    items: Iterable[ShardSample | RejectRow],
-    *,
-    root: str,
-    dataset: str,
-    version: str,
-    max_samples: int = DEFAULT_MAX_SAMPLES,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    storage_config: StorageConfig | None = None,
-    tmp_dir: Path | None = None,
-    deep_verify: bool = False,
-    flush_every: int = 1,
-    clock: Callable[[], str] = _utc_now,
-    progress: Callable[[str, int], None] | None = None,
-) -> CommitReport:
-    """Shard, upload, verify and list a set of samples under ``{root}/{dataset}/{version}``.
+def finalize_dataset(
+    storage: Storage,
+    base: str,
+    rows: Iterable[ManifestRow],
+    rejects: Iterable[RejectRow],
+    meta: dict[str, str],
+) -> None:
+    """Write manifest.parquet (rows in shard order), sizes.json and rejects.parquet.
 
-    ``items`` mixes validated samples and rejects from earlier stages (all land in
-    rejects.parquet). Idempotent: a rerun with the same items redoes only what is not verified.
-    ``flush_every`` shards between manifest rewrites (1 = after every shard).
+    ``rows`` are the shard tasks' receipt rows, each verified by its task just before. Here every
+    listed object is checked once more for presence and size (a HEAD or stat, not a re-read: the
+    full check was the task's), so an object lost in between fails the build instead of being
+    listed; a key listed twice is refused too. The metadata gets the manifest's schema key.
     """
-    t0 = time.perf_counter()
-    storage = open_storage(root, storage_config)
-    base = dataset_uri(root, dataset, version)
-    samples_in: list[ShardSample] = []
-    rejects: list[RejectRow] = []
-    for it in items:
-        (rejects if isinstance(it, RejectRow) else samples_in).append(it)  # type: ignore[arg-type]
-    kept, dups = dedupe(samples_in)
-    rejects += dups
-    by_key = {s.key: s for s in kept}
-    plans = plan_samples(kept, max_samples=max_samples, max_bytes=max_bytes)
-    meta = {"dataset": dataset, "version": version, "schema": MANIFEST_SCHEMA_VERSION}
-
-    listed, dropped = prune_manifest(storage, base, deep=deep_verify, meta=meta)
-    by_shard: dict[str, list[ManifestRow]] = {}
-    for r in listed:
-        by_shard.setdefault(r.shard, []).append(r)
-    planned = {p.name for p in plans}
-    dropped_map = {c.shard: c.reason for c in dropped}
-    stale = sorted(set(by_shard) - planned)
-    for s in stale:  # shards of an earlier plan (e.g. another shard size): no longer part of it
-        dropped_map[s] = "not in plan"
-        del by_shard[s]
-    if stale:
-        write_manifest(storage, base, [r for rs in by_shard.values() for r in rs], meta)
-
-    counts = {"uploaded": 0, "adopted": 0, "skipped": 0}
-    todo = []
-    replaced = []
-    for plan in plans:
-        if listed_and_verified(storage, base, plan, by_shard.get(plan.name, ()), deep=deep_verify):
-            counts["skipped"] += 1
-        else:
-            if by_shard.pop(plan.name, None):
-                replaced.append(plan.name)
-            todo.append(plan)
-    if replaced:  # unlist a shard before its object is overwritten with other samples
-        for name in replaced:
-            dropped_map[name] = "other keys in plan"
-        write_manifest(storage, base, [r for rs in by_shard.values() for r in rs], meta)
-    sent_total = pending = 0
-    tmp = Path(tmp_dir or tempfile.gettempdir())
-    # One builder thread writes (and hashes) the next shard while the current one uploads.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-build") as builder:
-        queue: deque[tuple[ShardPlan, Future[BuiltShard]]] = deque()
-        upcoming = iter(todo)
-
-        def prefetch() -> None:
-            nxt = next(upcoming, None)
-            if nxt is not None:
-                queue.append((nxt, builder.submit(build_shard, nxt, by_key, storage, tmp)))
-
-        prefetch()
-        try:
-            while queue:
-                plan, fut = queue.popleft()
-                built = fut.result()
-                prefetch()
-                cb = (lambda n, _name=plan.name: progress(_name, n)) if progress else None
-                outcome, rows, sent = commit_shard(
-                    storage,
-                    base,
-                    plan,
-                    by_key,
-                    tmp_dir=tmp,
-                    deep_verify=deep_verify,
-                    clock=clock,
-                    progress=cb,
-                    built=built,
-                )
-                counts[outcome] += 1
-                sent_total += sent
-                by_shard[plan.name] = rows
-                pending += 1
-                if pending >= flush_every:
-                    write_manifest(storage, base, [r for rs in by_shard.values() for r in rs], meta)
-                    pending = 0
-        finally:
-            for _, fut in queue:  # a failure: drop the shard built ahead
-                with contextlib.suppress(Exception):  # its own error is not the one to report
-                    fut.result().path.unlink(missing_ok=True)
-    all_rows = sorted((r for rs in by_shard.values() for r in rs), key=manifest_sort_key)
-    if pending or not storage.exists(join_uri(base, MANIFEST)):
-        write_manifest(storage, base, all_rows, meta)
-    write_sizes(storage, base, all_rows)
-    n_rejects = write_rejects(storage, base, rejects, meta)
-    return CommitReport(
-        uri=safe_uri(base),
-        dataset=dataset,
-        version=version,
-        shards=len(plans),
-        uploaded=counts["uploaded"],
-        adopted=counts["adopted"],
-        skipped=counts["skipped"],
-        dropped_from_manifest=dropped_map,
-        samples=len(all_rows),
-        rejects=n_rejects,
-        bytes_uploaded=sent_total,
-        seconds=round(time.perf_counter() - t0, 3),
-    )
+    ordered = sorted(rows, key=manifest_sort_key)
+    keys = [r.key for r in ordered]
+    if len(set(keys)) != len(keys):
+        raise CommitError("refusing to write a manifest with a key listed twice")
+    sizes = {r.shard: r.shard_size for r in ordered}
+    for shard, size in sorted(sizes.items()):
+        info = storage.info(join_uri(base, shard))
+        if info is None or info.size != size:
+            found = "missing" if info is None else f"{info.size} bytes, not {size}"
+            raise CommitError(f"{safe_uri(join_uri(base, shard))} is {found}: rerun the build to commit it")
+    meta = {**meta, "schema": MANIFEST_SCHEMA_VERSION}
+    _put_parquet(storage, join_uri(base, MANIFEST), ordered, MANIFEST_SCHEMA, meta)
+    _write_sizes(storage, base, ordered)
+    _put_parquet(storage, join_uri(base, REJECTS), _sorted_rejects(rejects), REJECTS_SCHEMA, meta)
 
 
-def write_sizes(storage: Storage, base: str, rows: Sequence[ManifestRow]) -> None:
+def _write_sizes(storage: Storage, base: str, rows: Sequence[ManifestRow]) -> None:
     """sizes.json at the root (every shard) and in each split directory (LAION-CLAP reads that one)."""
 
     def put(uri: str, sizes: dict[str, int]) -> None:
@@ -590,29 +453,28 @@ def write_sizes(storage: Storage, base: str, rows: Sequence[ManifestRow]) -> Non
 __all__ = [
     "MANIFEST",
     "MANIFEST_SCHEMA",
+    "MANIFEST_SCHEMA_VERSION",
+    "RECEIPT_SUFFIX",
     "REJECTS",
     "REJECTS_SCHEMA",
     "SIZES",
     "BuiltShard",
     "CommitError",
-    "CommitReport",
     "ShardCheck",
+    "ShardCommit",
     "arrow_schema",
-    "build_shard",
-    "commit_dataset",
     "commit_shard",
     "config_hash",
     "dataset_uri",
     "dataset_version",
-    "listed_and_verified",
+    "finalize_dataset",
     "manifest_rows",
-    "prune_manifest",
     "read_manifest",
     "read_rejects",
+    "receipt_uri",
     "sizes_json",
     "tar_size",
+    "verified_receipt",
     "verify_shards",
-    "write_manifest",
-    "write_rejects",
-    "write_sizes",
+    "write_shard_file",
 ]
