@@ -84,21 +84,35 @@ class Placement(BaseModel):
     room_set_hash: str
 
 
+class IsmDetails(BaseModel):
+    """How the simulated shoebox source (``method="ism"``) made a RIR: what only that method has."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ism_max_order: int
+    absorption_scale: float = Field(description="calibration factor applied to every surface")
+    calibration_iterations: int
+    target_t30_s: float = Field(description="the T30 the absorption was calibrated to")
+
+
 class RirRecord(BaseModel):
-    """What the RIR bank measured on one rendered RIR: labels stored are measured values."""
+    """What the RIR bank measured on one RIR: labels stored are measured values.
+
+    The common part (geometry labels, T30/EDT/DRR/C50, the direct-path DOA check) is what every
+    room source gives and what samples are labelled from; ``method`` names the RirSource
+    (tasks/rir_sources.py) and its own fields sit in that method's sub-record, so a measured bank
+    or a trajectory source adds a sub-record instead of loosening the shoebox's fields.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     placement_id: str
     room_id: str
     room_set_hash: str
+    method: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="the RirSource that made the RIR")
     fs: int
-    order: int
+    order: int = Field(description="ambiX order of the RIR: (order + 1)^2 channels")
     n_samples: int
-    ism_max_order: int
-    absorption_scale: float = Field(description="calibration factor applied to every surface")
-    calibration_iterations: int
-    target_t30_s: float
     t30_s: float | None = Field(description="W channel, Schroeder, fitted -5..-35 dB; None if anechoic")
     edt_s: float | None
     drr_db: float
@@ -109,14 +123,29 @@ class RirRecord(BaseModel):
     direct_azimuth_deg: float = Field(description="direct-path intensity DOA of the rendered RIR")
     direct_elevation_deg: float
     direct_doa_error_deg: float
-    engine_version: str
+    engine_version: str = Field(description="version of the source that made it (RirSource.version)")
+    ism: IsmDetails | None = Field(default=None, description="set exactly when method is 'ism'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_ism(cls, data: object) -> object:
+        """Read RIR-bank chunks written before ``method`` existed: their keys do not change (the
+        key hashes the inputs, not the record), so a rebuild finds them and must still read them."""
+        if isinstance(data, dict) and "method" not in data and "ism_max_order" in data:
+            data = dict(data)
+            fields = ("ism_max_order", "absorption_scale", "calibration_iterations", "target_t30_s")
+            data["ism"] = {k: data.pop(k) for k in fields}
+            data["method"] = "ism"
+        return data
 
     @model_validator(mode="after")
-    def _finite(self) -> RirRecord:
+    def _consistent(self) -> RirRecord:
         for name in ("t30_s", "edt_s", "drr_db", "c50_db"):
             v = getattr(self, name)
             if v is not None and v != v:  # NaN
                 raise ValueError(f"{name} is NaN")
+        if (self.method == "ism") != (self.ism is not None):
+            raise ValueError("the ism sub-record is set exactly when method is 'ism'")
         return self
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class SpatialAudioCapsError(ValueError):
     """Base class: bad input that the pipeline can name."""
@@ -22,3 +27,16 @@ class AudioRejected(SpatialAudioCapsError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class UnknownComponentError(SpatialAudioCapsError):
+    """A room source, renderer or shard writer name that no registry entry has."""
+
+
+def registered(registry: Mapping[str, T], name: str, kind: str) -> T:
+    """The entry called ``name`` of a seam registry (RIR_SOURCES, RENDERERS, WRITERS); a typed
+    error that lists the registered names otherwise, so a config typo names its alternatives."""
+    try:
+        return registry[name]
+    except KeyError:
+        raise UnknownComponentError(f"no {kind} {name!r}; registered: {sorted(registry)}") from None

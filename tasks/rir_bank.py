@@ -1,6 +1,7 @@
 """The RIR bank: one measured ambisonic RIR per placement, computed once, keyed by content hash.
 
-RIRs depend only on (room, placement, render settings, engine version), so the bank is rendered
+RIRs depend only on (room, placement, render settings, room source and its version), so the bank
+is rendered
 once per room set and reused by every clip (about 100 each at paper scale). Chunks of the bank
 travel as single ``.npz`` blobs so that a stage task moves one object, not thousands.
 """
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from schemas.rooms import Placement, RirRecord, RirSettings, RoomSpec
 from tasks.errors import SpatialAudioCapsError
-from tasks.rir_engine import ENGINE_VERSION, measure, render_rir
+from tasks.rir_sources import DEFAULT_RIR_SOURCE, rir_source
 
 
 class BankReject(BaseModel):
@@ -30,10 +31,19 @@ class BankReject(BaseModel):
     detail: str
 
 
-def bank_key(rooms: list[RoomSpec], placements: list[Placement], settings: RirSettings) -> str:
-    """sha256 over everything a chunk of RIRs depends on; changes whenever a RIR would."""
+def bank_key(
+    rooms: list[RoomSpec],
+    placements: list[Placement],
+    settings: RirSettings,
+    source: str = DEFAULT_RIR_SOURCE,
+) -> str:
+    """sha256 over everything a chunk of RIRs depends on; changes whenever a RIR would.
+
+    The source enters through its version (the shoebox's is ENGINE_VERSION, as before sources
+    existed, so its keys did not change); sources must not share a version string.
+    """
     payload = {
-        "engine": ENGINE_VERSION,
+        "engine": rir_source(source).version,
         "settings": settings.model_dump(mode="json"),
         "rooms": sorted((r.model_dump(mode="json") for r in rooms), key=lambda r: r["room_id"]),
         "placements": [p.model_dump(mode="json") for p in sorted(placements, key=lambda p: p.placement_id)],
@@ -42,25 +52,25 @@ def bank_key(rooms: list[RoomSpec], placements: list[Placement], settings: RirSe
 
 
 def render_chunk(
-    rooms: dict[str, RoomSpec], placements: list[Placement], settings: RirSettings
+    rooms: dict[str, RoomSpec],
+    placements: list[Placement],
+    settings: RirSettings,
+    source: str = DEFAULT_RIR_SOURCE,
 ) -> tuple[dict[str, np.ndarray], list[RirRecord], list[BankReject]]:
-    """Render and measure the RIRs of some placements; bad rooms become rejects, not crashes."""
+    """Render and measure the RIRs of some placements with a room source (tasks/rir_sources.py);
+    bad rooms become rejects, not crashes."""
+    src = rir_source(source)
     rirs: dict[str, np.ndarray] = {}
     records: list[RirRecord] = []
     rejects: list[BankReject] = []
     for p in placements:
-        room = rooms[p.room_id]
         try:
-            rendered = render_rir(room, p.receiver_m, p.source_m, p.receiver_yaw_deg, settings)
-            record = measure(
-                rendered, placement_id=p.placement_id, room_id=p.room_id,
-                room_set_hash=p.room_set_hash, target_t30_s=room.target_t30_s, order=settings.order,
-            )
+            rir, record = src.render(rooms[p.room_id], p, settings)
         except SpatialAudioCapsError as exc:
             rejects.append(BankReject(placement_id=p.placement_id, room_id=p.room_id,
                                       reason=type(exc).__name__, detail=str(exc)))
             continue
-        rirs[p.placement_id] = rendered.rir
+        rirs[p.placement_id] = rir
         records.append(record)
     return rirs, records, rejects
 

@@ -12,7 +12,7 @@ and absorption is calibrated until the measured T30 hits the target.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 
 import numpy as np
@@ -24,10 +24,9 @@ from scipy.optimize import brentq
 from scipy.signal import ShortTimeFFT, sosfiltfilt
 from scipy.signal.windows import hann
 
-from schemas.rooms import OCTAVE_BANDS_HZ, SURFACES, RirRecord, RirSettings, RoomSpec
+from schemas.rooms import OCTAVE_BANDS_HZ, SURFACES, IsmDetails, RirRecord, RirSettings, RoomSpec
 from tasks import room_acoustics
-from tasks.ambisonics import angular_distance_deg, n_channels, real_sh_sn3d, vector_to_angles
-from tasks.doa import direct_sound_doa
+from tasks.ambisonics import n_channels, real_sh_sn3d, vector_to_angles
 from tasks.errors import InvalidRoomError, UnreachableT30Error
 
 ENGINE_VERSION = "ism-sh-tail/2"
@@ -489,41 +488,27 @@ def _model_step(
 
 def measure(rendered: RenderedRir, *, placement_id: str, room_id: str, room_set_hash: str,
             target_t30_s: float, order: int, anechoic: bool = False) -> RirRecord:
-    """Measure T30/EDT/DRR/C50 on W and the direct-path DOA on the first-order channels."""
-    rir, fs = rendered.rir, rendered.fs
-    w = rir[0]
-    doa_az, doa_el, doa_err = float("nan"), float("nan"), float("nan")
-    if rir.shape[0] >= 4:
-        # Rendered RIRs are noise-free: broadband, +-0.5 ms, ahead of the first reflection.
-        est = direct_sound_doa(rir, fs, pre_ms=0.5, post_ms=0.5, band_hz=None)
-        doa_az, doa_el = est.azimuth_deg, est.elevation_deg
-        doa_err = float(
-            angular_distance_deg(doa_az, doa_el, rendered.azimuth_deg, rendered.elevation_deg)
-        )
-    t30 = None if anechoic else room_acoustics.t30(w, fs)
-    edt = None if anechoic else room_acoustics.edt(w, fs)
+    """The record of a rendered shoebox RIR: the common measures plus the ISM sub-record."""
+    m = room_acoustics.measure_response(
+        rendered.rir, rendered.fs, rendered.azimuth_deg, rendered.elevation_deg, anechoic=anechoic
+    )
     return RirRecord(
         placement_id=placement_id,
         room_id=room_id,
         room_set_hash=room_set_hash,
-        fs=fs,
+        method="ism",
+        fs=rendered.fs,
         order=order,
-        n_samples=int(rir.shape[1]),
-        ism_max_order=rendered.ism_max_order,
-        absorption_scale=rendered.absorption_scale,
-        calibration_iterations=rendered.calibration_iterations,
-        target_t30_s=target_t30_s,
-        t30_s=t30,
-        edt_s=edt,
-        drr_db=room_acoustics.drr_db(w, fs),
-        c50_db=room_acoustics.clarity_db(w, fs),
+        n_samples=int(rendered.rir.shape[1]),
         azimuth_deg=rendered.azimuth_deg,
         elevation_deg=rendered.elevation_deg,
         distance_m=rendered.distance_m,
-        direct_azimuth_deg=doa_az,
-        direct_elevation_deg=doa_el,
-        direct_doa_error_deg=doa_err,
         engine_version=ENGINE_VERSION,
+        ism=IsmDetails(
+            ism_max_order=rendered.ism_max_order,
+            absorption_scale=rendered.absorption_scale,
+            calibration_iterations=rendered.calibration_iterations,
+            target_t30_s=target_t30_s,
+        ),
+        **asdict(m),
     )
-
-

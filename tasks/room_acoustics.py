@@ -5,9 +5,12 @@ Labels are measured, not assumed: every T30/EDT/DRR/C50 in a record comes from h
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from tasks.doa import first_arrival_index
+from tasks.ambisonics import angular_distance_deg
+from tasks.doa import direct_sound_doa, first_arrival_index
 from tasks.errors import SpatialAudioCapsError
 
 DIRECT_HALF_WINDOW_S = 0.0025  # +-2.5 ms around the direct peak counts as direct sound
@@ -77,3 +80,42 @@ def clarity_db(ir: np.ndarray, fs: int, early_s: float = 0.050) -> float:
     d = direct_index(ir)
     split = d + round(early_s * fs)
     return float(10.0 * np.log10(e[d:split].sum() / max(e[split:].sum(), 1e-30)))
+
+
+@dataclass(frozen=True)
+class ResponseMeasures:
+    """The measured part of a RirRecord, the same for every room source (simulated or measured)."""
+
+    t30_s: float | None
+    edt_s: float | None
+    drr_db: float
+    c50_db: float
+    direct_azimuth_deg: float
+    direct_elevation_deg: float
+    direct_doa_error_deg: float
+
+
+def measure_response(
+    rir: np.ndarray, fs: int, azimuth_deg: float, elevation_deg: float, *, anechoic: bool = False
+) -> ResponseMeasures:
+    """T30/EDT/DRR/C50 on W (channel 0) and the direct-path DOA of an ambiX RIR against its label.
+
+    One function for every room source, so a simulated and a measured RIR are labelled and
+    checked the same way. Fewer than 4 channels give no DOA (NaN).
+    """
+    doa_az, doa_el, doa_err = float("nan"), float("nan"), float("nan")
+    if rir.shape[0] >= 4:
+        # Noise-free RIRs: broadband, +-0.5 ms, ahead of the first reflection.
+        est = direct_sound_doa(rir, fs, pre_ms=0.5, post_ms=0.5, band_hz=None)
+        doa_az, doa_el = est.azimuth_deg, est.elevation_deg
+        doa_err = float(angular_distance_deg(doa_az, doa_el, azimuth_deg, elevation_deg))
+    w = rir[0]
+    return ResponseMeasures(
+        t30_s=None if anechoic else t30(w, fs),
+        edt_s=None if anechoic else edt(w, fs),
+        drr_db=drr_db(w, fs),
+        c50_db=clarity_db(w, fs),
+        direct_azimuth_deg=doa_az,
+        direct_elevation_deg=doa_el,
+        direct_doa_error_deg=doa_err,
+    )

@@ -1,4 +1,4 @@
-"""WebDataset shards: deterministic sample→shard plans, byte-identical tars, and a tolerant reader.
+"""WebDataset shards: deterministic sample→shard plans and byte-identical tars (read by tasks.shard_reader).
 
 A shard is an uncompressed tar written by webdataset's TarWriter. Each sample's two members,
 ``{key}.flac`` then ``{key}.json``, sit next to each other; every header has a fixed mtime,
@@ -7,10 +7,6 @@ uid/gid 0, fixed user/group names and mode 0444, so the same samples give the sa
 The plan orders each split's samples by sha256(key), not by input order: shards mix clips and
 augmentations, and the same set of samples gives the same shards however it arrives. A shard
 closes at ``max_samples`` samples or before it would pass ``max_bytes``.
-
-``iter_tar_samples`` reads any tar of such samples and never gives up on the rest of a file
-because of one bad member: damaged headers are skipped (and reported) up to the next valid one,
-and every sample that cannot be used comes out as a RejectRow with a reason.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ import io
 import json
 import re
 import tarfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -32,7 +28,6 @@ from schemas.audio import RejectReason
 from schemas.rooms import RirRecord, RoomSpec
 from schemas.shards import (
     CLIP_RE,
-    SHARD_SAMPLE_RATE,
     AudioInfo,
     CaptionInfo,
     Descriptors,
@@ -49,7 +44,6 @@ TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: any fixed value makes the headers
 TAR_USER = "spatial"
 TAR_MODE = 0o444
 _BLOCK = tarfile.BLOCKSIZE
-_MEMBER_EXTS = ("flac", "json")
 DEFAULT_MAX_SAMPLES = 512
 DEFAULT_MAX_BYTES = 1 << 30
 
@@ -73,14 +67,6 @@ def safe_clip_id(raw: str) -> str:
         return raw
     clean = re.sub(r"[^A-Za-z0-9_-]+", "_", raw).strip("_") or "clip"
     return f"{clean[:55]}_{hashlib.sha256(raw.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """webdataset's rule: the key is the name up to the first dot of its last path component."""
-    m = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
-    if not m:
-        return name, ""
-    return m.group(1), m.group(2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,7 +139,7 @@ def labels_from_rir(rir: RirRecord, room: RoomSpec) -> SpatialLabels:
         elevation_deg=rir.elevation_deg,
         distance_m=rir.distance_m,
         t30_s=rir.t30_s,
-        target_t30_s=rir.target_t30_s,
+        target_t30_s=rir.ism.target_t30_s if rir.ism else None,
         edt_s=rir.edt_s,
         drr_db=rir.drr_db,
         c50_db=rir.c50_db,
@@ -206,60 +192,6 @@ def build_sample(
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise SampleRejected(ShardRejectReason.INVALID_RECORD, f"{where}: {first.get('msg')}"[:200]) from e
     return ShardSample(key=key, flac=flac, record=record)
-
-
-def check_audio(flac: bytes, record: SampleRecord) -> None:
-    """The FLAC decodes completely and agrees with the record (rate, channels, length, sha256)."""
-    if len(flac) != record.audio.n_bytes or hashlib.sha256(flac).hexdigest() != record.audio.sha256:
-        raise SampleRejected(ShardRejectReason.AUDIO_MISMATCH, "FLAC bytes differ from the record's sha256")
-    try:
-        info = sf.info(io.BytesIO(flac))
-    except (sf.SoundFileError, RuntimeError) as e:
-        raise SampleRejected(RejectReason.UNDECODABLE, f"FLAC header: {e}") from e
-    want = (SHARD_SAMPLE_RATE, record.audio.channels, record.audio.num_samples)
-    got = (int(info.samplerate), int(info.channels), int(info.frames))
-    if got != want:
-        raise SampleRejected(
-            ShardRejectReason.AUDIO_MISMATCH, f"FLAC is (rate, channels, frames) {got}, record says {want}"
-        )
-    try:
-        n = sf.read(io.BytesIO(flac), dtype="int16", always_2d=True)[0].shape[0]
-    except (sf.SoundFileError, RuntimeError) as e:
-        raise SampleRejected(RejectReason.TRUNCATED, f"FLAC decoding failed: {e}") from e
-    if n != info.frames:
-        raise SampleRejected(RejectReason.TRUNCATED, f"decoded {n} of {info.frames} frames")
-
-
-def sample_from_members(key: str, members: dict[str, bytes], *, decode: bool = True) -> ShardSample:
-    """Validate one sample's tar members; raises SampleRejected with the reason."""
-    dups = sorted(k[len("__dup__") :] for k in members if k.startswith("__dup__"))
-    if dups:
-        raise SampleRejected(
-            ShardRejectReason.DUPLICATE_KEY, f"key {key} has more than one .{dups[0]} member"
-        )
-    extra = sorted(set(members) - set(_MEMBER_EXTS))
-    if extra:
-        raise SampleRejected(ShardRejectReason.UNEXPECTED_MEMBER, f"members {extra} are not flac/json")
-    missing = [e for e in _MEMBER_EXTS if e not in members]
-    if missing:
-        raise SampleRejected(ShardRejectReason.MISSING_MEMBER, f"no .{' .'.join(missing)} member")
-    try:
-        raw = json.loads(members["json"].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SampleRejected(ShardRejectReason.INVALID_JSON, str(e)[:200]) from e
-    try:
-        record = SampleRecord.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise SampleRejected(ShardRejectReason.INVALID_RECORD, f"{where}: {first.get('msg')}"[:200]) from e
-    if record.key != key:
-        raise SampleRejected(ShardRejectReason.KEY_MISMATCH, f"member key {key!r}, record key {record.key!r}")
-    if decode:
-        check_audio(members["flac"], record)
-    elif hashlib.sha256(members["flac"]).hexdigest() != record.audio.sha256:
-        raise SampleRejected(ShardRejectReason.AUDIO_MISMATCH, "FLAC bytes differ from the record's sha256")
-    return ShardSample(key=key, flac=members["flac"], record=record)
 
 
 def reject_row(e: AudioRejected, *, key: str | None, source: str, stage: str = "shard") -> RejectRow:
@@ -417,77 +349,6 @@ def write_tar(samples: Iterable[ShardSample], fh: BinaryIO) -> list[MemberOffset
     return offsets
 
 
-# --------------------------------------------------------------------------------------------
-# reading
-
-
-def iter_tar_samples(fh: BinaryIO, source: str, *, decode: bool = True) -> Iterator[ShardSample | RejectRow]:
-    """Samples of a tar stream in order, or RejectRows saying why one could not be used.
-
-    A member header that does not parse is skipped block by block up to the next valid header
-    (tarfile's ignore_zeros), and the skipped byte range is reported as ``corrupt_member``; the
-    sample it belonged to then lacks a member and is rejected too. A stream that ends inside a
-    member rejects that sample as ``truncated``. Reading goes on wherever it can.
-    """
-    expected = 0
-    key: str | None = None
-    members: dict[str, bytes] = {}
-
-    def finish() -> Iterator[ShardSample | RejectRow]:
-        if key is None:
-            return
-        try:
-            yield sample_from_members(key, members, decode=decode)
-        except SampleRejected as e:
-            yield reject_row(e, key=key, source=source)
-
-    try:
-        tf = tarfile.open(fileobj=fh, mode="r|", ignore_zeros=True)  # noqa: SIM115 (read in the loop below)
-    except tarfile.TarError as e:
-        yield RejectRow(
-            stage="shard", reason=ShardRejectReason.CORRUPT_MEMBER, detail=f"not a tar: {e}", source=source
-        )
-        return
-    try:
-        for ti in tf:
-            if ti.offset != expected:
-                yield RejectRow(
-                    stage="shard",
-                    reason=ShardRejectReason.CORRUPT_MEMBER,
-                    source=f"{source}@{expected}",
-                    detail=f"{ti.offset - expected} bytes at {expected} are not a valid tar header; skipped",
-                )
-            expected = ti.offset_data + -(-ti.size // _BLOCK) * _BLOCK
-            if not ti.isfile():
-                continue
-            k, ext = split_member_name(ti.name)
-            if k != key:
-                yield from finish()
-                key, members = k, {}
-            stream = tf.extractfile(ti)
-            data = stream.read() if stream is not None else b""
-            if len(data) != ti.size:
-                raise tarfile.ReadError(f"{ti.name}: read {len(data)} of {ti.size} bytes")
-            if ext in members:
-                members["__dup__" + ext] = data
-            else:
-                members[ext] = data
-    except (tarfile.TarError, EOFError, OSError) as e:
-        if key is not None:
-            yield reject_row(
-                SampleRejected(RejectReason.TRUNCATED, f"tar stream broke: {e}"), key=key, source=source
-            )
-            key = None
-        yield RejectRow(
-            stage="shard",
-            reason=ShardRejectReason.CORRUPT_MEMBER,
-            source=f"{source}@{expected}",
-            detail=f"tar stream unreadable after offset {expected}: {e}",
-        )
-        return
-    yield from finish()
-
-
 def tar_bytes_of(samples: Sequence[ShardSample]) -> bytes:
     """A whole tar in memory (tests, small staging files)."""
     bio = io.BytesIO()
@@ -505,17 +366,13 @@ __all__ = [
     "audio_info",
     "build_sample",
     "canonical_json",
-    "check_audio",
     "dedupe",
-    "iter_tar_samples",
     "labels_from_rir",
     "make_key",
     "plan_samples",
     "plan_shards",
     "reject_row",
     "safe_clip_id",
-    "sample_from_members",
-    "split_member_name",
     "tar_bytes_of",
     "write_tar",
 ]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
 
@@ -49,3 +52,21 @@ def test_impossible_room_becomes_a_reject(room_set):
     assert [r.room_id for r in rejects] == [bad.room_id]
     assert rejects[0].reason == "UnreachableT30Error" and "render limit" in rejects[0].detail
     assert [r.room_id for r in records] == [rooms[1].room_id] and len(rirs) == 1
+
+
+def test_chunk_from_before_room_sources_still_unpacks(room_set):
+    """Chunk keys hash the inputs, not the record, so a rebuild finds chunks written when the
+    shoebox fields sat flat on RirRecord; they must read back as the same ISM records."""
+    rooms, placements, _ = room_set
+    rirs, records, _ = render_chunk({r.room_id: r for r in rooms}, placements[:2], FAST)
+    flat = []
+    for r in records:
+        row = r.model_dump(mode="json")
+        row.pop("method")
+        flat.append(row | row.pop("ism"))
+    legacy = io.BytesIO()
+    meta = json.dumps({"records": flat, "rejects": []}).encode()
+    np.savez(legacy, meta=np.frombuffer(meta, dtype=np.uint8), **{f"rir/{k}": v for k, v in rirs.items()})
+    _, back, _ = unpack_chunk(legacy.getvalue())
+    assert back == records and {r.method for r in back} == {"ism"}
+    assert all(r.ism is not None and r.ism.target_t30_s > 0 for r in back)

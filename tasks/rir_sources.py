@@ -1,0 +1,65 @@
+"""Room sources: the seam where a sample's room impulse response comes from.
+
+A ``RirSource`` turns (room, placement, RIR settings) into an ambiX RIR of shape
+((order + 1)^2, samples) at ``settings.fs`` and the ``RirRecord`` measured on it. The RIR bank
+(tasks/rir_bank.py) renders, keys and packs chunks through whichever source is named, so a new
+source (issue 14's measured SRIR banks, issue 13's RIRs along a trajectory) is one class plus an
+entry in ``RIR_SOURCES``; the render, shard and caption stages only see ambiX RIRs and records.
+
+A source's ``version`` enters the bank key: change what a source produces, bump its version, and
+every chunk it made is rendered again instead of being reused.
+
+Today one source: ``ism``, the simulated shoebox (tasks/rir_engine.py: image sources with an SN3D
+diffuse tail, absorption calibrated to the room's target T30).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from schemas.rooms import Placement, RirRecord, RirSettings, RoomSpec
+from tasks.errors import registered
+from tasks.rir_engine import ENGINE_VERSION, measure, render_rir
+
+
+class RirSource(Protocol):
+    """Where RIRs come from. ``render`` raises a SpatialAudioCapsError for a placement it cannot
+    serve (the bank turns that into a BankReject, not a crash)."""
+
+    method: str
+    """``RirRecord.method`` of every record it makes."""
+    version: str
+    """Enters the RIR-bank key and ``RirRecord.engine_version``."""
+
+    def render(
+        self, room: RoomSpec, placement: Placement, settings: RirSettings
+    ) -> tuple[np.ndarray, RirRecord]: ...
+
+
+class ShoeboxIsm:
+    """The simulated shoebox: ambisonic ISM + diffuse tail, calibrated to the room's T30."""
+
+    method = "ism"
+    version = ENGINE_VERSION
+
+    def render(
+        self, room: RoomSpec, placement: Placement, settings: RirSettings
+    ) -> tuple[np.ndarray, RirRecord]:
+        p = placement
+        rendered = render_rir(room, p.receiver_m, p.source_m, p.receiver_yaw_deg, settings)
+        record = measure(
+            rendered, placement_id=p.placement_id, room_id=p.room_id, room_set_hash=p.room_set_hash,
+            target_t30_s=room.target_t30_s, order=settings.order,
+        )
+        return rendered.rir, record
+
+
+DEFAULT_RIR_SOURCE = "ism"
+RIR_SOURCES: dict[str, RirSource] = {"ism": ShoeboxIsm()}
+
+
+def rir_source(name: str) -> RirSource:
+    """The registered source called ``name`` (UnknownComponentError lists the others)."""
+    return registered(RIR_SOURCES, name, "room source")
