@@ -414,21 +414,18 @@ def finalize_dataset(
 ) -> None:
     """Write manifest.parquet (rows in shard order), sizes.json and rejects.parquet.
 
-    ``rows`` are the shard tasks' receipt rows, each verified by its task just before. Here every
-    listed object is checked once more for presence and size (a HEAD or stat, not a re-read: the
-    full check was the task's), so an object lost in between fails the build instead of being
-    listed; a key listed twice is refused too. The metadata gets the manifest's schema key.
+    ``rows`` are the shard tasks' receipt rows. Every listed object is verified once more (on S3
+    a HEAD against the server's checksum; locally a re-read), so a shard lost or changed after its
+    task fails the build here, and the rerun commits it again, instead of being listed. A key
+    listed twice is refused too. The metadata gets the manifest's schema key.
     """
     ordered = sorted(rows, key=manifest_sort_key)
     keys = [r.key for r in ordered]
     if len(set(keys)) != len(keys):
         raise CommitError("refusing to write a manifest with a key listed twice")
-    sizes = {r.shard: r.shard_size for r in ordered}
-    for shard, size in sorted(sizes.items()):
-        info = storage.info(join_uri(base, shard))
-        if info is None or info.size != size:
-            found = "missing" if info is None else f"{info.size} bytes, not {size}"
-            raise CommitError(f"{safe_uri(join_uri(base, shard))} is {found}: rerun the build to commit it")
+    bad = [f"{c.shard} ({c.reason})" for c in verify_shards(storage, base, ordered) if not c.ok]
+    if bad:
+        raise CommitError(f"not writing a manifest that lists unverified shards: {', '.join(bad)}; rerun")
     meta = {**meta, "schema": MANIFEST_SCHEMA_VERSION}
     _put_parquet(storage, join_uri(base, MANIFEST), ordered, MANIFEST_SCHEMA, meta)
     _write_sizes(storage, base, ordered)
