@@ -111,14 +111,11 @@ def dataset_stats(base: Path) -> dict[str, Any]:
 
 
 def _config(spec: dict) -> Any:
-    """The BuildConfig build_spatial_dataset makes from the same parameters."""
-    from flows.build import BuildConfig
-    from schemas.captions import RephraseSettings
+    """The one BuildConfig both the flow runs and the plain loop build (template captions)."""
+    from schemas.build import BuildConfig
 
     return BuildConfig(source=spec["source"], input=spec["input"], dataset=spec["dataset"],
-                       n_rooms=spec["n_rooms"], augmentations={"train": 2, "val": 2, "test": 2},
-                       rephraser=RephraseSettings(backend="template"), shard_size=spec["shard_size"],
-                       seed=0, limit=spec["clips"])
+                       n_rooms=spec["n_rooms"], shard_size=spec["shard_size"], limit=spec["clips"])
 
 
 def child_flow(spec: dict) -> dict:
@@ -126,6 +123,7 @@ def child_flow(spec: dict) -> dict:
     from prefect.client.orchestration import get_client
 
     from flows.build import build_spatial_dataset
+    from schemas.build import RunOptions
 
     import_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -136,11 +134,8 @@ def child_flow(spec: dict) -> dict:
     self0, reaped0 = _rusage_s(resource.RUSAGE_SELF), _rusage_s(resource.RUSAGE_CHILDREN)
     live0, _ = _live_descendants_cpu_s()
     t = time.perf_counter()
-    result = build_spatial_dataset(
-        source=spec["source"], input=spec["input"], output=spec["out"], dataset=spec["dataset"],
-        n_rooms=spec["n_rooms"], shard_size=spec["shard_size"], limit=spec["clips"],
-        n_workers=spec["workers"],
-    )
+    result = build_spatial_dataset(config=_config(spec), run=RunOptions(n_workers=spec["workers"]),
+                                   output=spec["out"])
     wall = time.perf_counter() - t
     live1, live = _live_descendants_cpu_s()
     split = {"main_process": _rusage_s(resource.RUSAGE_SELF) - self0,
@@ -153,10 +148,61 @@ def child_flow(spec: dict) -> dict:
 
 
 def plain_build(cfg: Any, output: str) -> str:
-    """The flow's own body (flows.build.run_build), each stage a direct call in this process."""
-    from flows.build import call_directly, run_build
+    """The flow's stages as a plain loop in this process: the same functions of tasks/ on the same
+    inputs (RIR chunks, the caption stage with one worker, typed shard jobs, finalize and card),
+    with no Prefect, Dask or retries. Its version and samples must equal the flow's."""
+    from schemas.build import RunOptions
+    from schemas.captions import RephraseSettings
+    from schemas.shards import RejectRow
+    from tasks.build_stages import build_shard, caption_requests, provenance_fields, rir_chunk
+    from tasks.caption_stage import collect_results, run_stage_worker, stage_uri, write_stage
+    from tasks.commit import config_hash, dataset_uri, dataset_version, finalize_dataset
+    from tasks.dataset_card import write_card
+    from tasks.plan import PlanConfig, build_plan
+    from tasks.room_sampling import load_config, parquet_bytes, placements_table, rooms_table, sample_room_set
+    from tasks.shard_jobs import shard_jobs
+    from tasks.sources import read_source
+    from tasks.storage import join_uri, open_storage
 
-    return run_build(cfg, output, submit=call_directly).uri
+    run = RunOptions()
+    dataset = cfg.dataset or cfg.source
+    rooms, placements, room_hash = sample_room_set(load_config(cfg.room_config), cfg.room_seed, cfg.n_rooms)
+    cfg_hash = config_hash(cfg.versioned())
+    base = dataset_uri(output, dataset, dataset_version(room_hash, cfg_hash))
+    storage = open_storage(base)
+    storage.put_bytes(join_uri(base, "rooms.parquet"), parquet_bytes(rooms_table(rooms, room_hash)))
+    storage.put_bytes(join_uri(base, "placements.parquet"),
+                      parquet_bytes(placements_table(placements, room_hash)))
+    storage.put_bytes(join_uri(base, "build.json"), json.dumps(cfg.versioned(), indent=1).encode())
+    clips, source_rejects = read_source(cfg.source, cfg.input, limit=cfg.limit, seed=cfg.seed)
+    items = build_plan(clips, placements, PlanConfig(augmentations=cfg.augmentations), cfg.seed)
+    rooms_by_id = {r.room_id: r for r in rooms}
+    by_id = {p.placement_id: p for p in placements}
+    used = sorted({i.placement_id for i in items if i.placement_id})
+    chunks = [rir_chunk({by_id[p].room_id: rooms_by_id[by_id[p].room_id] for p in part},
+                        [by_id[p] for p in part], cfg.rir, join_uri(base, "rirs"))
+              for part in (used[i : i + run.rir_chunk] for i in range(0, len(used), run.rir_chunk))]
+    records = {r.placement_id: r for c in chunks for r in c.records}
+    stage = stage_uri(base)
+    write_stage(caption_requests(items, records, rooms_by_id), RephraseSettings.of(cfg.rephraser, run.engine),
+                stage, run.caption_batch)
+    run_stage_worker(stage)
+    captions = {r.sample_id: r for r in collect_results(stage)}
+    jobs = shard_jobs(items, {c.uri: c.records for c in chunks}, captions, rooms_by_id,
+                      shard_size=cfg.shard_size, base=base,
+                      provenance=provenance_fields(room_hash, cfg_hash, cfg.rephraser, dataset),
+                      audio=cfg.audio, screening=cfg.rephraser.validation)
+    outcomes = [build_shard(job) for job in jobs]
+    rejects = [RejectRow(stage=r.stage, reason=r.reason, detail=r.detail, source=r.clip_id, dataset=r.dataset)
+               for r in source_rejects]
+    rejects += [RejectRow(stage="rir", reason="rir_failed", detail=f"{r.reason}: {r.detail}",
+                          source=r.placement_id) for c in chunks for r in c.rejects]
+    rejects += [r for o in outcomes for r in o.rejects]
+    meta = {"dataset": dataset, "version": Path(base).name, "room_set_hash": room_hash,
+            "config_hash": cfg_hash}
+    finalize_dataset(storage, base, [r for o in outcomes for r in o.rows], rejects, meta)
+    write_card(base, storage=storage)
+    return base
 
 
 def child_plain(spec: dict) -> dict:

@@ -2,38 +2,35 @@
 render -> shards -> manifest -> card. Wiring only: every step is a function in tasks/.
 
 CPU stages fan out one Prefect task per RIR-bank chunk or shard (never per sample) on a Dask
-task runner: a LocalCluster by default, or an existing scheduler's address.
+task runner: a LocalCluster by default, or an existing scheduler's address. The flow's parameters
+are the build's two models (schemas.build): ``config`` names the version, ``run`` only says how
+to run it.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import dask
-from prefect import Task, flow, get_client, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.futures import PrefectFuture, as_completed
 from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
-from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from room_specs import DEFAULT_CONFIG
-from schemas.audio import AudioPrepConfig
+from schemas.build import BuildConfig, BuildResult, RunOptions
 from schemas.caption_stage import StageWorkerReport
 from schemas.captions import RephraseSettings
-from schemas.rooms import RirSettings, Split
+from schemas.rooms import RirSettings
 from schemas.shards import RejectRow
-from schemas.sources import SourceName
 from tasks import build_stages
 from tasks.caption_stage import (
     StageIncomplete,
@@ -57,60 +54,11 @@ from tasks.room_sampling import (
     rooms_table,
     sample_room_set,
 )
-from tasks.shard_writer import ShardPlan, plan_shards
+from tasks.shard_jobs import ShardJob, shard_jobs
 from tasks.sources import read_source
 from tasks.storage import install_log_redaction, join_uri, open_storage, safe_uri
 
-STAGE_PLACEMENT = ("rephrase_deployment", "rephrase_workers", "rephrase_timeout_s")
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2)}
-
-
-class BuildConfig(BaseModel):
-    """Every parameter of a build; its hash (with the room-set hash) names the dataset version."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    source: SourceName = "demo"
-    input: str | None = None
-    dataset: str | None = Field(None, description="dataset name in keys and paths; default: the source")
-    room_config: str = str(DEFAULT_CONFIG)
-    room_seed: int = 0
-    n_rooms: int | None = Field(None, description="rooms to sample (default: the config's count)")
-    augmentations: dict[Split, int] = Field(default_factory=lambda: {"train": 2, "val": 2, "test": 2})
-    rephraser: RephraseSettings = RephraseSettings()
-    rir: RirSettings = RirSettings()
-    audio: AudioPrepConfig = AudioPrepConfig()
-    shard_size: int = Field(256, ge=1)
-    rir_chunk: int = Field(16, ge=1, description="placements per RIR-bank task")
-    caption_batch: int = Field(512, ge=1, description="captions per caption-stage batch (the resume unit)")
-    rephrase_deployment: str | None = Field(
-        None, description="flow/deployment of rephrase-captions that runs the caption stage on the GPU pool; "
-        "None: the stage runs on the build's own workers with the named backend",
-    )
-    rephrase_workers: int = Field(1, ge=1, description="caption-stage workers, each with one backend/engine")
-    rephrase_timeout_s: float = Field(48 * 3600, gt=0, description="longest wait for the GPU pool's runs")
-    seed: int = 0
-    limit: int | None = Field(None, ge=1, description="at most this many source clips")
-
-    def versioned(self) -> dict[str, Any]:
-        """The parameters that change the data, not where they live or how they run: the room set's
-        content is in its own hash, so the config file's path stays out (a clone elsewhere gets the
-        same version), and where the caption stage runs changes no caption."""
-        return self.model_dump(mode="json", exclude={"input", "room_config", *STAGE_PLACEMENT})
-
-
-class BuildResult(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    uri: str
-    dataset: str
-    version: str
-    samples: int
-    rejects: int
-    shards: dict[str, int]
-    rir_chunks_cached: int
-    rir_chunks_rendered: int
-    card: str
 
 
 @task(name="sample-rooms", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -136,8 +84,8 @@ def caption_worker_task(stage: str, worker: int, workers: int) -> StageWorkerRep
 
 
 @task(name="build-shard", cache_policy=NO_CACHE, **IO_RETRIES)
-def shard_task(plan: dict, *args: Any) -> build_stages.ShardOutcome:
-    return build_stages.build_shard(ShardPlan.model_validate(plan), *args)
+def shard_task(job: ShardJob) -> build_stages.ShardOutcome:
+    return build_stages.build_shard(job)
 
 
 @task(name="finalize", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -180,49 +128,21 @@ def run_stage_deployment(name: str, stage: str, workers: int, timeout_s: float) 
     return [str(r.id) for r in runs]
 
 
-class Done:
-    """A finished call that looks like a future: the plain-loop stand-in for ``Task.submit``."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def result(self) -> Any:
-        return self.value
-
-
-def submit_to_prefect(task_: Task, *args: Any) -> PrefectFuture:
-    return task_.submit(*args)
-
-
-def call_directly(task_: Task, *args: Any) -> Done:
-    """Run the task's function in this process, with no Prefect run: the baseline for overhead."""
-    return Done(task_.fn(*args))
-
-
-def gather(futures: list[Any], stage: str, progress: bool) -> list[Any]:
+def gather(futures: list[PrefectFuture], stage: str, progress: bool) -> list[Any]:
     """Results in submission order; with ``progress``, a bar on stderr as tasks finish (CLI runs)."""
-    if progress and futures and isinstance(futures[0], PrefectFuture):
+    if progress and futures:
         with tqdm(total=len(futures), desc=stage, unit="task", file=sys.stderr) as bar:
             for _ in as_completed(futures):
                 bar.update()
     return [f.result() for f in futures]
 
 
-def run_build(
-    cfg: BuildConfig,
-    output: str,
-    progress: bool = False,
-    submit: Callable[..., Any] = submit_to_prefect,
-) -> BuildResult:
-    """The body of the flow. Inside a flow run ``submit`` sends each stage to the task runner;
-    ``call_directly`` runs the same body as a plain loop (benchmarks/pipeline.py)."""
-    in_run = submit is submit_to_prefect
-    log = get_run_logger() if in_run else logging.getLogger(__name__)
+def run_build(cfg: BuildConfig, run: RunOptions, output: str) -> BuildResult:
+    """The body of the flow: each stage a task on the task runner, small ones in this process."""
+    log = get_run_logger()
     install_log_redaction()
     dataset = cfg.dataset or cfg.source
-    # Small stages run in the flow's own process: their results would only travel back.
-    run_here = (lambda t, *a: t(*a)) if in_run else (lambda t, *a: t.fn(*a))
-    rooms, placements, room_hash = run_here(sample_rooms_task, cfg)
+    rooms, placements, room_hash = sample_rooms_task(cfg)
     cfg_hash = config_hash(cfg.versioned())
     version = dataset_version(room_hash, cfg_hash)
     base = dataset_uri(output, dataset, version)
@@ -234,7 +154,7 @@ def run_build(
     storage.put_bytes(join_uri(base, "build.json"), json.dumps(cfg.versioned(), indent=1).encode())
     log.info("dataset %s version %s at %s (room set %s)", dataset, version, safe_uri(base), room_hash)
 
-    clips, source_rejects = run_here(read_source_task, cfg)
+    clips, source_rejects = read_source_task(cfg)
     items = build_plan(clips, placements, PlanConfig(augmentations=cfg.augmentations), cfg.seed)
     rejects = [RejectRow(stage=r.stage, reason=r.reason, detail=r.detail, source=r.clip_id, dataset=r.dataset)
                for r in source_rejects]
@@ -245,13 +165,12 @@ def run_build(
     by_id = {p.placement_id: p for p in placements}
     bank_dir = join_uri(base, "rirs")
     chunk_futures = [
-        submit(rir_chunk_task, {by_id[p].room_id: rooms_by_id[by_id[p].room_id] for p in chunk},
-               [by_id[p] for p in chunk], cfg.rir, bank_dir)
-        for chunk in _chunks(used, cfg.rir_chunk)
+        rir_chunk_task.submit({by_id[p].room_id: rooms_by_id[by_id[p].room_id] for p in chunk},
+                              [by_id[p] for p in chunk], cfg.rir, bank_dir)
+        for chunk in _chunks(used, run.rir_chunk)
     ]
-    chunks = gather(chunk_futures, "RIR bank", progress)
+    chunks = gather(chunk_futures, "RIR bank", run.progress)
     records = {r.placement_id: r for c in chunks for r in c.records}
-    chunk_of = {r.placement_id: c.uri for c in chunks for r in c.records}
     for c in chunks:
         rejects += [RejectRow(stage="rir", reason="rir_failed", detail=f"{r.reason}: {r.detail}",
                               source=r.placement_id) for r in c.rejects]
@@ -262,44 +181,32 @@ def run_build(
     # Captions before rendering, which needs them: the caption stage, on the GPU pool's
     # rephrase-captions runs when a deployment is named, else on this build's workers.
     stage = stage_uri(base)
-    write_stage(build_stages.caption_requests(items, records, rooms_by_id), cfg.rephraser, stage,
-                cfg.caption_batch)
-    if cfg.rephrase_deployment:
-        log.info("caption stage: %d run(s) of %s", cfg.rephrase_workers, cfg.rephrase_deployment)
-        run_stage_deployment(cfg.rephrase_deployment, stage, cfg.rephrase_workers, cfg.rephrase_timeout_s)
+    write_stage(build_stages.caption_requests(items, records, rooms_by_id),
+                RephraseSettings.of(cfg.rephraser, run.engine), stage, run.caption_batch)
+    if run.rephrase_deployment:
+        log.info("caption stage: %d run(s) of %s", run.rephrase_workers, run.rephrase_deployment)
+        run_stage_deployment(run.rephrase_deployment, stage, run.rephrase_workers, run.rephrase_timeout_s)
     else:
-        worker_futures = [submit(caption_worker_task.with_options(tags=_rephrase_tags(cfg)), stage, k,
-                                 cfg.rephrase_workers) for k in range(cfg.rephrase_workers)]
-        gather(worker_futures, "captions", progress)
+        worker_futures = [caption_worker_task.with_options(tags=_rephrase_tags(cfg)).submit(
+            stage, k, run.rephrase_workers) for k in range(run.rephrase_workers)]
+        gather(worker_futures, "captions", run.progress)
     captions = {r.sample_id: r for r in collect_results(stage)}
-    statuses = Counter(r.status for r in captions.values())
-    log.info("captions: %s", dict(statuses))
+    log.info("captions: %s", dict(Counter(r.status for r in captions.values())))
 
-    # Shards: planned before rendering (count-based), one task each.
-    by_key = {i.key: i for i in items}
-    plans = plan_shards(((i.key, i.split, 0) for i in items), max_samples=cfg.shard_size)
-    provenance = build_stages.provenance_fields(room_hash, cfg_hash, cfg.rephraser, dataset)
-    shard_futures = []
-    for plan in plans:
-        shard_items = [by_key[k] for k in plan.sample_keys]
-        needed = sorted({chunk_of[i.placement_id] for i in shard_items if i.placement_id in chunk_of})
-        shard_captions = {sid: captions[sid] for i in shard_items for sid in
-                          (f"{i.key}#{n}" for n in range(len(i.captions))) if sid in captions}
-        shard_rooms = {records[i.placement_id].room_id: rooms_by_id[records[i.placement_id].room_id]
-                       for i in shard_items if i.placement_id in records}
-        # The plan travels as a dict: Prefect walks task arguments and takes ShardPlan.keys for a
-        # mapping's keys() method.
-        shard_futures.append(submit(shard_task, plan.model_dump(), shard_items, shard_captions, needed,
-                                    shard_rooms, base, provenance, cfg.audio, cfg.rephraser.validation))
-    outcomes = gather(shard_futures, "shards", progress)
+    # Shards: one typed job each, planned before rendering (count-based).
+    jobs = shard_jobs(
+        items, {c.uri: c.records for c in chunks}, captions, rooms_by_id, shard_size=cfg.shard_size,
+        base=base, provenance=build_stages.provenance_fields(room_hash, cfg_hash, cfg.rephraser, dataset),
+        audio=cfg.audio, screening=cfg.rephraser.validation,
+    )
+    outcomes = gather(shard_task.map(jobs), "shards", run.progress)
     rows = [r for o in outcomes for r in o.rows]
     rejects += [r for o in outcomes for r in o.rejects]
     counts = Counter(o.outcome for o in outcomes)
     log.info("shards: %s", dict(counts))
     meta = {"dataset": dataset, "version": version, "room_set_hash": room_hash, "config_hash": cfg_hash}
-    readme = run_here(finalize_task, base, rows, rejects, meta)
-    if in_run:
-        publish_artifacts(outcomes, readme, dataset, version)
+    readme = finalize_task(base, rows, rejects, meta)
+    publish_artifacts(outcomes, readme, dataset, version)
     return BuildResult(
         uri=safe_uri(base), dataset=dataset, version=version, samples=len(rows), rejects=len(rejects),
         shards=dict(counts), rir_chunks_cached=cached, rir_chunks_rendered=len(chunks) - cached,
@@ -350,50 +257,23 @@ def task_runner(n_workers: int, scheduler_address: str | None) -> DaskTaskRunner
 
 
 @flow(name="build-spatial-dataset-stages")
-def _build_stages(cfg: BuildConfig, output: str, progress: bool = False) -> BuildResult:
-    return run_build(cfg, output, progress)
+def _build_stages(config: BuildConfig, run: RunOptions, output: str) -> BuildResult:
+    return run_build(config, run, output)
 
 
 @flow(name="build-spatial-dataset", log_prints=True)
 def build_spatial_dataset(
-    source: SourceName = "demo",
-    input: str | None = None,
-    output: str = "out",
-    dataset: str | None = None,
-    room_config: str = str(DEFAULT_CONFIG),
-    room_seed: int = 0,
-    n_rooms: int | None = None,
-    augmentations: dict[Split, int] | None = None,
-    rephraser: str = "template",
-    rephraser_model: str | None = None,
-    rephraser_options: dict[str, Any] | None = None,
-    rephrase_deployment: str | None = None,
-    rephrase_workers: int = 1,
-    caption_batch: int = 512,
-    shard_size: int = 256,
-    seed: int = 0,
-    limit: int | None = None,
-    n_workers: int = 2,
-    scheduler_address: str | None = None,
-    progress: bool = False,
+    config: BuildConfig = BuildConfig(), run: RunOptions = RunOptions(), output: str = "out"  # noqa: B008
 ) -> BuildResult:
     """Build a spatial audio-caption dataset from a source corpus into ``output``.
 
     ``output`` is a local directory or ``s3://bucket/prefix`` (credentials from the standard
     AWS environment, never from parameters). The version directory is derived from the room-set
-    and config hashes, so a new room set lands beside earlier versions. ``rephraser_options`` sets
-    any other RephraseSettings field (e.g. ``{"max_tokens": 256, "vllm": {"tensor_parallel_size": 2}}``);
-    ``rephrase_deployment`` (e.g. ``rephrase-captions/rephrase-captions-gpu``) runs the caption stage
-    as ``rephrase_workers`` runs on the GPU pool.
+    hash and ``config``'s hash, so a new room set lands beside earlier versions, while a build
+    that differs only in ``run`` (task sizes, workers, the caption stage's placement, the
+    rephraser's endpoint and engine) lands in the same version and skips every finished shard.
+    ``run.rephrase_deployment`` (e.g. ``rephrase-captions/rephrase-captions-gpu``) runs the caption
+    stage as ``run.rephrase_workers`` runs on the GPU pool.
     """
-    rephrase = ({"backend": rephraser} | ({"model": rephraser_model} if rephraser_model else {})
-                | (rephraser_options or {}))
-    cfg = BuildConfig(
-        source=source, input=input, dataset=dataset, room_config=room_config, room_seed=room_seed,
-        n_rooms=n_rooms, augmentations=augmentations or {"train": 2, "val": 2, "test": 2},
-        rephraser=RephraseSettings(**rephrase), rephrase_deployment=rephrase_deployment,
-        rephrase_workers=rephrase_workers, caption_batch=caption_batch, shard_size=shard_size, seed=seed,
-        limit=limit,
-    )
-    runner = task_runner(n_workers, scheduler_address)
-    return _build_stages.with_options(task_runner=runner)(cfg, output, progress)
+    runner = task_runner(run.n_workers, run.scheduler_address)
+    return _build_stages.with_options(task_runner=runner)(config, run, output)

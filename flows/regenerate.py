@@ -11,9 +11,8 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.build import BuildResult, build_spatial_dataset
-from room_specs import DEFAULT_CONFIG
-from schemas.sources import SourceName
+from flows.build import build_spatial_dataset
+from schemas.build import BuildConfig, BuildResult, RunOptions
 
 
 def seed_for(when: datetime) -> int:
@@ -23,27 +22,14 @@ def seed_for(when: datetime) -> int:
 
 @flow(name="regenerate-room-set", log_prints=True)
 def regenerate_room_set(
-    source: SourceName = "demo",
-    input: str | None = None,
+    config: BuildConfig = BuildConfig(),  # noqa: B008
+    run: RunOptions = RunOptions(),  # noqa: B008
     output: str = "out",
-    room_config: str = str(DEFAULT_CONFIG),
     room_seed: int | None = None,
-    n_rooms: int | None = None,
-    rephraser: str = "template",
-    rephraser_model: str | None = None,
-    rephrase_deployment: str | None = None,
-    rephrase_workers: int = 1,
-    shard_size: int = 256,
-    limit: int | None = None,
-    n_workers: int = 2,
 ) -> BuildResult:
-    """Build ``source`` again on a fresh room set (seed from the run's scheduled date by default)."""
+    """Build ``config`` again on a fresh room set: only its room seed changes (by default the
+    run's scheduled date; ``room_seed`` pins one)."""
     when = flow_run.get_scheduled_start_time() or datetime.now(UTC)
     seed = room_seed if room_seed is not None else seed_for(when)
     get_run_logger().info("regenerating with room-set seed %d", seed)
-    return build_spatial_dataset(
-        source=source, input=input, output=output, room_config=room_config, room_seed=seed,
-        n_rooms=n_rooms, rephraser=rephraser, rephraser_model=rephraser_model,
-        rephrase_deployment=rephrase_deployment, rephrase_workers=rephrase_workers, shard_size=shard_size,
-        limit=limit, n_workers=n_workers,
-    )
+    return build_spatial_dataset(config=config.model_copy(update={"room_seed": seed}), run=run, output=output)

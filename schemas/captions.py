@@ -247,8 +247,9 @@ class TransformersOptions(BaseModel):
 BackendName = Literal["template", "transformers", "openai", "vllm"]
 
 
-class RephraseSettings(BaseModel):
-    """Everything that decides a rephrased caption besides the request itself."""
+class CaptionSettings(BaseModel):
+    """Everything that decides a rephrased caption besides the request itself: what the caption
+    cache key and a build's version hash cover."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -258,9 +259,27 @@ class RephraseSettings(BaseModel):
     max_tokens: int = Field(1024, gt=0, description="Most new tokens per generation.")
     max_retries: int = Field(2, ge=0, description="New-seed retries of a failed caption before the template.")
     validation: ValidationConfig = ValidationConfig()
+
+
+class EngineOptions(BaseModel):
+    """Where and how a backend runs (endpoint, concurrency, parallelism, memory): the same captions
+    on any setting, so a build keeps them in its run options, out of the version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     openai: OpenAIOptions = OpenAIOptions()
     vllm: VllmOptions = VllmOptions()
     transformers: TransformersOptions = TransformersOptions()
+
+
+class RephraseSettings(EngineOptions, CaptionSettings):
+    """What a backend is built from: the caption settings and the engine options together."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def of(cls, captions: CaptionSettings, engine: EngineOptions) -> RephraseSettings:
+        return cls(**dict(captions), **dict(engine))
 
 
 class RephraseRequest(BaseModel):

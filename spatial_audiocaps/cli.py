@@ -58,8 +58,8 @@ def _cmd_rir(args: argparse.Namespace) -> dict[str, Any]:
         "drr_db": record.drr_db,
         "c50_db": record.c50_db,
         "direct_doa_error_deg": record.direct_doa_error_deg,
-        "absorption_scale": rendered.absorption_scale,
-        "calibration_iterations": rendered.calibration_iterations,
+        "absorption_scale": record.absorption_scale,
+        "calibration_iterations": record.calibration_iterations,
     }
 
 
@@ -100,19 +100,44 @@ def _cmd_doa(args: argparse.Namespace) -> dict[str, Any]:
     return est.model_dump(mode="json")
 
 
+# Flags kept as shorthands of ``--set``: (flag, dotted key, type, choices, help).
+BUILD_FLAGS: tuple[tuple[str, str, type, tuple[str, ...] | None, str], ...] = (
+    ("--source", "source", str, get_args(SourceName), "source corpus"),
+    ("--input", "input", str, None, "the source's CSV, directory or tars"),
+    ("--dataset", "dataset", str, None, "dataset name (default: the source)"),
+    ("--room-config", "room_config", str, None, "room-set YAML"),
+    ("--room-seed", "room_seed", int, None, "room-set seed"),
+    ("--n-rooms", "n_rooms", int, None, "rooms to sample (default: the room config's)"),
+    ("--rephraser", "rephraser.backend", str, get_args(BackendName), "rephrasing backend"),
+    ("--rephraser-model", "rephraser.model", str, None, "rephraser model (hub id or local path)"),
+    ("--shard-size", "shard_size", int, None, "samples per shard"),
+    ("--seed", "seed", int, None, "plan seed"),
+    ("--limit", "limit", int, None, "at most this many source clips"),
+    ("--rephrase-deployment", "run.rephrase_deployment", str, None,
+     "run the caption stage on the GPU pool (e.g. rephrase-captions/rephrase-captions-gpu)"),
+    ("--rephrase-workers", "run.rephrase_workers", int, None, "caption-stage workers (one engine each)"),
+    ("--caption-batch", "run.caption_batch", int, None, "captions per caption-stage batch"),
+    ("--workers", "run.n_workers", int, None, "Dask worker processes"),
+    ("--scheduler", "run.scheduler_address", str, None, "address of an existing Dask scheduler"),
+)
+
+
 def _cmd_build(args: argparse.Namespace) -> dict[str, Any]:
+    from tasks.build_file import load_build, parse_override
+
+    flags = [(key, getattr(args, _dest(flag))) for flag, key, *_ in BUILD_FLAGS
+             if getattr(args, _dest(flag)) is not None]
+    config, run = load_build(args.config, [*flags, *(parse_override(s) for s in args.set)])
+    if "progress" not in run.model_fields_set:
+        run = run.model_copy(update={"progress": sys.stderr.isatty()})
+
     from flows.build import build_spatial_dataset
 
-    result = build_spatial_dataset(
-        source=args.source, input=args.input, output=args.out, dataset=args.dataset,
-        room_config=args.room_config, room_seed=args.room_seed, n_rooms=args.n_rooms,
-        rephraser=args.rephraser, rephraser_model=args.rephraser_model,
-        rephrase_deployment=args.rephrase_deployment, rephrase_workers=args.rephrase_workers,
-        caption_batch=args.caption_batch, shard_size=args.shard_size,
-        seed=args.seed, limit=args.limit, n_workers=args.workers, scheduler_address=args.scheduler,
-        progress=sys.stderr.isatty(),
-    )
-    return result.model_dump(mode="json")
+    return build_spatial_dataset(config=config, run=run, output=args.out).model_dump(mode="json")
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
 
 
 def _cmd_schemas(args: argparse.Namespace) -> dict[str, Any]:
@@ -162,27 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.add_argument("--out", required=True)
     schemas.set_defaults(func=_cmd_schemas)
 
-    build = sub.add_parser("build", help="run the build-spatial-dataset flow (ephemeral Prefect)")
-    build.add_argument("--source", default="demo", choices=list(get_args(SourceName)))
-    build.add_argument("--input", default=None, help="the source's CSV, directory or tars")
+    build = sub.add_parser(
+        "build", help="run the build-spatial-dataset flow (ephemeral Prefect)",
+        description="The build is --config's file (sections config: and run:), then the flags below, "
+        "then each --set, in that order. Only config: changes the dataset version.",
+    )
+    build.add_argument("--config", default=None, help="build YAML (e.g. configs/build-demo.yaml)")
+    build.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="dotted override, the value read as YAML, e.g. rephraser.temperature=0.7 or "
+                            "run.engine.vllm.tensor_parallel_size=2 (repeatable)")
     build.add_argument("--out", default="out", help="local directory or s3://bucket/prefix")
-    build.add_argument("--dataset", default=None, help="dataset name (default: the source)")
-    build.add_argument("--room-config", default=str(DEFAULT_CONFIG))
-    build.add_argument("--room-seed", type=int, default=0)
-    build.add_argument("--n-rooms", type=int, default=None)
-    build.add_argument("--rephraser", default="template", choices=list(get_args(BackendName)))
-    build.add_argument("--rephraser-model", default=None)
-    build.add_argument("--rephrase-deployment", default=None,
-                       help="run the caption stage on the GPU pool "
-                            "(e.g. rephrase-captions/rephrase-captions-gpu)")
-    build.add_argument("--rephrase-workers", type=int, default=1,
-                       help="caption-stage workers (one engine each)")
-    build.add_argument("--caption-batch", type=int, default=512, help="captions per stage batch")
-    build.add_argument("--shard-size", type=int, default=256)
-    build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--limit", type=int, default=None)
-    build.add_argument("--workers", type=int, default=2)
-    build.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    for flag, key, typ, choices, text in BUILD_FLAGS:
+        build.add_argument(flag, type=typ, choices=choices, default=None, help=f"{text} (= --set {key}=...)")
     build.set_defaults(func=_cmd_build)
 
     for module in (cli_captions, cli_shards, cli_train, cli_eval):

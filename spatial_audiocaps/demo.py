@@ -24,9 +24,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from flows.build import build_spatial_dataset
+    from schemas.build import BuildConfig, RunOptions
 
-    result = build_spatial_dataset(source="demo", output=args.out, limit=args.clips, shard_size=32,
-                                   n_workers=args.workers, progress=True)
+    result = build_spatial_dataset(config=BuildConfig(source="demo", limit=args.clips, shard_size=32),
+                                   run=RunOptions(n_workers=args.workers, progress=True), output=args.out)
     print(json.dumps(result.model_dump(mode="json"), indent=2))
     print(f"\nDataset card: {result.card}")
 

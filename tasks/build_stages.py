@@ -13,12 +13,11 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.audio import AudioPrepConfig
 from schemas.captions import (
+    CaptionSettings,
     Descriptors,
     RephraseRequest,
     RephraseResult,
-    RephraseSettings,
     SpatialAttributes,
     ValidationConfig,
 )
@@ -32,7 +31,8 @@ from tasks.prompting import CaptionRejected, screen_caption
 from tasks.render import render_items
 from tasks.rir_bank import BankReject, bank_key, pack_chunk, render_chunk, unpack_chunk
 from tasks.rir_engine import ENGINE_VERSION
-from tasks.shard_writer import SampleRejected, ShardPlan, ShardSample, build_sample, labels_from_rir
+from tasks.shard_jobs import ShardJob
+from tasks.shard_writer import SampleRejected, ShardSample, build_sample, labels_from_rir
 from tasks.storage import join_uri, open_storage
 
 
@@ -130,18 +130,10 @@ def _caption_infos(
     return infos, rejected
 
 
-def build_shard(
-    plan: ShardPlan,
-    items: list[PlanItem],
-    captions: dict[str, RephraseResult],
-    chunk_uris: list[str],
-    rooms: dict[str, RoomSpec],
-    base: str,
-    provenance: dict[str, object],
-    audio_cfg: AudioPrepConfig,
-    screening: ValidationConfig,
-) -> ShardOutcome:
+def build_shard(job: ShardJob) -> ShardOutcome:
     """Render, pack, upload and verify one shard, then leave its receipt; skip it if verified."""
+    plan, items, captions, rooms, base = job.plan, job.items, job.captions, job.rooms, job.base
+    chunk_uris, provenance, audio_cfg, screening = job.chunk_uris, job.provenance, job.audio, job.screening
     storage = open_storage(base)
     listed = verified_receipt(storage, base, plan)
     if listed is not None:
@@ -183,7 +175,9 @@ def build_shard(
     return ShardOutcome(shard=plan.name, outcome=committed.outcome, rows=committed.rows, rejects=rejects)
 
 
-def provenance_fields(room_set_hash: str, config_hash: str, settings: RephraseSettings, dataset: str) -> dict:
+def provenance_fields(
+    room_set_hash: str, config_hash: str, settings: CaptionSettings, dataset: str
+) -> dict[str, str | None]:
     """Provenance shared by every sample of a build (no secrets: parameters only)."""
     return {
         "source_dataset": dataset, "room_set_hash": room_set_hash, "config_hash": config_hash,

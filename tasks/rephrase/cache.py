@@ -14,15 +14,16 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from schemas.captions import RephraseRequest, RephraseResult, RephraseSettings
+from schemas.captions import CaptionSettings, RephraseRequest, RephraseResult
 from tasks.errors import SpatialAudioCapsError
 from tasks.prompting import PROMPT_VERSION
 from tasks.rephrase.phrasing import TEMPLATE_VERSION
 from tasks.storage import StorageError, join_uri, open_storage
 
 
-def cache_key(req: RephraseRequest, model: str, settings: RephraseSettings) -> str:
-    """sha256 hex of (caption, descriptors, model, seed, prompt version, sampling, validation)."""
+def cache_key(req: RephraseRequest, model: str, settings: CaptionSettings) -> str:
+    """sha256 hex of (caption, descriptors, model, seed, prompt version, sampling, validation); never
+    of the engine options (endpoint, parallelism, memory), which change no caption."""
     caption = req.caption if isinstance(req.caption, str) else "bytes:" + req.caption.hex()
     payload = {
         "caption": caption, "descriptors": req.descriptors.model_dump(), "model": model, "seed": req.seed,

@@ -1,0 +1,86 @@
+"""A build's parameters, split by what they change.
+
+``BuildConfig`` holds everything that changes the data; its hash, with the room set's, names the
+dataset version. ``RunOptions`` holds how and where a build runs (task sizes, workers, the caption
+stage's placement, the rephraser's endpoint and engine), which changes no byte of the dataset, so
+tuning it reuses a version and every shard already in it. One model of each, used unchanged by the
+flow's parameters, the CLI's ``--config``/``--set`` and prefect.yaml's deployments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from room_specs import DEFAULT_CONFIG
+from schemas.audio import AudioPrepConfig
+from schemas.captions import CaptionSettings, EngineOptions
+from schemas.rooms import RirSettings, Split
+from schemas.sources import SourceName
+
+UNVERSIONED = frozenset({"input", "room_config"})
+"""BuildConfig fields that name where the data comes from, not what it is: the room set's content is
+in its own hash, and a clone elsewhere or a copy of the corpus must get the same version."""
+
+
+class BuildConfig(BaseModel):
+    """Everything that changes a build's data; its hash (with the room-set hash) names the version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: SourceName = "demo"
+    input: str | None = Field(None, description="the source's CSV, directory or tars (not versioned)")
+    dataset: str | None = Field(None, description="dataset name in keys and paths; default: the source")
+    room_config: str = Field(str(DEFAULT_CONFIG), description="room-set YAML (its rooms are versioned)")
+    room_seed: int = 0
+    n_rooms: int | None = Field(None, description="rooms to sample (default: the config's count)")
+    augmentations: dict[Split, int] = Field(default_factory=lambda: {"train": 2, "val": 2, "test": 2})
+    rephraser: CaptionSettings = CaptionSettings()
+    rir: RirSettings = RirSettings()
+    audio: AudioPrepConfig = AudioPrepConfig()
+    shard_size: int = Field(256, ge=1)
+    seed: int = 0
+    limit: int | None = Field(None, ge=1, description="at most this many source clips")
+
+    def versioned(self) -> dict[str, Any]:
+        """The fields that change the data (everything but UNVERSIONED), as hashed and as build.json."""
+        return self.model_dump(mode="json", exclude=set(UNVERSIONED))
+
+
+class RunOptions(BaseModel):
+    """How and where a build runs: none of it enters the version, so changing it rebuilds nothing."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rir_chunk: int = Field(16, ge=1, description="placements per RIR-bank task")
+    caption_batch: int = Field(512, ge=1, description="captions per caption-stage batch (the resume unit)")
+    n_workers: int = Field(2, ge=1, description="Dask LocalCluster worker processes")
+    scheduler_address: str | None = Field(None, description="an existing Dask scheduler instead")
+    progress: bool = Field(False, description="progress bars on stderr")
+    rephrase_deployment: str | None = Field(
+        None, description="flow/deployment of rephrase-captions that runs the caption stage on the GPU pool; "
+        "None: the stage runs on the build's own workers with the named backend",
+    )
+    rephrase_workers: int = Field(1, ge=1, description="caption-stage workers, each with one backend/engine")
+    rephrase_timeout_s: float = Field(48 * 3600, gt=0, description="longest wait for the GPU pool's runs")
+    engine: EngineOptions = Field(
+        EngineOptions(), description="the rephraser's endpoint and engine (OpenAI server, vLLM parallelism "
+        "and memory, transformers device)",
+    )
+
+
+class BuildResult(BaseModel):
+    """What a build made, and how much of it was already there (cached chunks, skipped shards)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uri: str
+    dataset: str
+    version: str
+    samples: int
+    rejects: int
+    shards: dict[str, int] = Field(description="shard count per outcome: uploaded, skipped, adopted, empty")
+    rir_chunks_cached: int
+    rir_chunks_rendered: int
+    card: str
