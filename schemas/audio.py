@@ -140,6 +140,8 @@ class RenderedInfo(BaseModel):
     gain_db: float = Field(description="The single gain applied to every channel.")
     peak_limited: bool = Field(description="True when the peak ceiling, not the RMS target, won.")
     peak_dbfs: float = Field(description="Peak over all channels after the gain.")
-    rms_dbfs_w: float = Field(description="RMS of channel 0 (W) after the gain.")
+    rms_dbfs_w: float = Field(
+        description="RMS of the renderer's level channels after the gain (W for ambiX, hence the name)."
+    )
     flac_subtype: FlacSubtype
     flac_bytes: int

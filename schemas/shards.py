@@ -28,6 +28,10 @@ SHARD_SAMPLE_RATE = 48000
 DATASET_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 CLIP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
+# The format of a non-spatial original (the dry clip); every other format is a spatial renderer's.
+MONO_FORMAT = "mono"
+FORMAT_RE = r"^[a-z][a-z0-9_]{0,31}$"
+
 DESCRIPTOR_ATTRIBUTES: tuple[str, ...] = ("distance", "direction", "elevation", "reverb", "size")
 
 
@@ -110,14 +114,20 @@ class CaptionInfo(BaseModel):
 
 
 class AudioInfo(BaseModel):
-    """The .flac member: 48 kHz FLAC, ambiX (N+1)^2 channels, or mono for a non-spatial original."""
+    """The .flac member: 48 kHz FLAC in a renderer's format (ambiX (N+1)^2 channels today), or mono
+    for a non-spatial original.
+
+    ``format`` names the renderer (tasks/renderers.py RENDERERS). Records cannot import the
+    registry, so the per-format channel layout is checked by ``tasks.renderers.check_layout`` where
+    samples are built and read; here only what holds for every format is checked.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     sample_rate: Literal[48000] = SHARD_SAMPLE_RATE
     channels: int = Field(ge=1)
-    ambisonic_order: int | None = Field(ge=0, le=7, description="None for a mono original")
-    format: Literal["ambix", "mono"]
+    ambisonic_order: int | None = Field(ge=0, le=7, description="None unless the audio is ambisonic")
+    format: str = Field(pattern=FORMAT_RE, description="the renderer that made it: ambix, mono, ...")
     num_samples: int = Field(gt=0)
     duration_s: float = Field(gt=0.0)
     flac_subtype: FlacSubtype = "PCM_16"
@@ -126,12 +136,12 @@ class AudioInfo(BaseModel):
 
     @model_validator(mode="after")
     def _layout(self) -> Self:
-        if self.format == "mono":
+        if self.format == MONO_FORMAT:
             if self.channels != 1 or self.ambisonic_order is not None:
                 raise ValueError("a mono original has 1 channel and no ambisonic order")
-        elif self.ambisonic_order is None or self.channels != (self.ambisonic_order + 1) ** 2:
+        elif self.ambisonic_order is not None and self.channels != (self.ambisonic_order + 1) ** 2:
             raise ValueError(
-                f"ambiX order {self.ambisonic_order} needs (N+1)^2 channels, got {self.channels}"
+                f"ambisonic order {self.ambisonic_order} needs (N+1)^2 channels, got {self.channels}"
             )
         return self
 
@@ -203,9 +213,9 @@ class SampleRecord(BaseModel):
         if self.captions and [c.spatial for c in self.captions] != self.text:
             raise ValueError("text must list captions[*].spatial in order")
         if self.spatial:
-            if self.labels is None or self.descriptors is None or self.audio.format != "ambix":
-                raise ValueError("a spatial sample needs labels, descriptors and ambiX audio")
-        elif self.audio.format != "mono":
+            if self.labels is None or self.descriptors is None or self.audio.format == MONO_FORMAT:
+                raise ValueError("a spatial sample needs labels, descriptors and a spatial audio format")
+        elif self.audio.format != MONO_FORMAT:
             raise ValueError("a non-spatial sample is a mono original")
         return self
 

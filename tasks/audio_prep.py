@@ -1,7 +1,7 @@
 """Audio preparation and rendering: pure functions, no Prefect, no global state.
 
 prepare_clip: decode → mono → resample to 48 kHz → trim silence → loop to >= 4 s.
-render_clip:  convolve with a cached multichannel RIR spectrum → one gain → FLAC bytes.
+render_clip:  convolve with a cached multichannel RIR spectrum → renderer → one gain → FLAC bytes.
 
 Every bad input ends in ``AudioRejected(reason, detail)`` with a ``RejectReason`` code; no
 soundfile or numpy exception escapes ``decode``. The rules for the codes are in ``decode``'s
@@ -37,6 +37,7 @@ from schemas.audio import (
     SourceInfo,
 )
 from tasks.errors import AudioRejected, SpatialAudioCapsError
+from tasks.renderers import DEFAULT_RENDERER, renderer
 
 AudioSource = bytes | bytearray | memoryview | str | os.PathLike[str]
 
@@ -418,10 +419,12 @@ def convolve(x: np.ndarray, spectrum: RirSpectrum) -> np.ndarray:
 # level and FLAC
 
 
-def _rms(w: np.ndarray) -> float:
-    """RMS with float64 accumulation. Not ``w @ w``: that is a BLAS call, and OpenBLAS's idle
-    threads then spin on the other cores, which doubled the measured CPU time of a render."""
-    return math.sqrt(float(np.einsum("i,i->", w, w, dtype=np.float64)) / max(1, w.shape[0]))
+def _rms(y: np.ndarray, channels: tuple[int, ...]) -> float:
+    """RMS over some channels of (C, N) audio, float64 accumulation. Not ``w @ w``: that is a BLAS
+    call, and OpenBLAS's idle threads then spin on the other cores, which doubled the measured CPU
+    time of a render."""
+    energy = sum(float(np.einsum("i,i->", y[c], y[c], dtype=np.float64)) for c in channels)
+    return math.sqrt(energy / max(1, len(channels) * y.shape[1]))
 
 
 def _peak(y: np.ndarray) -> float:
@@ -429,12 +432,17 @@ def _peak(y: np.ndarray) -> float:
     return float(max(np.max(y), -np.min(y)))
 
 
-def normalise_level(y: np.ndarray, cfg: AudioPrepConfig) -> tuple[np.ndarray, float]:
-    """Scale all channels by one gain: W (channel 0) RMS to ``target_rms_dbfs``, unless that
-    would put the peak over ``headroom_db``, in which case the peak sits at the ceiling.
+def normalise_level(
+    y: np.ndarray,
+    cfg: AudioPrepConfig,
+    reference: tuple[int, ...] = renderer(DEFAULT_RENDERER).level_channels,
+) -> tuple[np.ndarray, float]:
+    """Scale all channels by one gain: the RMS of the ``reference`` channels (the renderer's
+    ``level_channels``; W of ambiX by default) to ``target_rms_dbfs``, unless that would put the
+    peak over ``headroom_db``, in which case the peak sits at the ceiling.
 
     One gain keeps the inter-channel ratios, which is what carries direction in ambisonics.
-    Returns (scaled copy, gain in dB). Rejects: nonfinite or silent (zero W) renders.
+    Returns (scaled copy, gain in dB). Rejects: nonfinite or silent (zero reference) renders.
     """
     y = np.asarray(y, dtype=np.float32)
     if y.ndim == 1:
@@ -442,9 +450,9 @@ def normalise_level(y: np.ndarray, cfg: AudioPrepConfig) -> tuple[np.ndarray, fl
     peak = _peak(y)
     if not math.isfinite(peak):
         raise AudioRejected(RejectReason.NONFINITE, "rendered audio has NaN or inf samples")
-    rms = _rms(y[0])
+    rms = _rms(y, reference)
     if rms <= 0.0 or peak <= 0.0:
-        raise AudioRejected(RejectReason.SILENT, "rendered W channel is silent")
+        raise AudioRejected(RejectReason.SILENT, f"rendered reference channels {list(reference)} are silent")
     gain_db = min(cfg.target_rms_dbfs - _db(rms), cfg.headroom_db - _db(peak))
     g = np.float32(10.0 ** (gain_db / 20.0))
     # float32 rounding of g could lift the peak a hair over the ceiling: nudge it back.
@@ -532,13 +540,16 @@ def prepare_clip(data: AudioSource, cfg: AudioPrepConfig) -> tuple[np.ndarray, P
 
 
 def render_clip(
-    clip: np.ndarray, rir_spectrum: RirSpectrum, cfg: AudioPrepConfig
+    clip: np.ndarray, rir_spectrum: RirSpectrum, cfg: AudioPrepConfig, fmt: str = DEFAULT_RENDERER
 ) -> tuple[bytes, RenderedInfo]:
-    """convolve the prepared mono clip with the RIR → one gain → FLAC bytes (cfg.flac_subtype)."""
+    """convolve the prepared mono clip with the ambiX RIR (the scene) → the ``fmt`` renderer →
+    one gain on its level channels → FLAC bytes (cfg.flac_subtype)."""
     if rir_spectrum.sample_rate != cfg.target_sr:
         raise ValueError(f"RIR is at {rir_spectrum.sample_rate} Hz but the clip is at {cfg.target_sr} Hz")
-    y = convolve(clip, rir_spectrum)
-    y, gain_db = normalise_level(y, cfg)
+    out = renderer(fmt)
+    if not out.spatial:
+        raise ValueError(f"renderer {fmt!r} does not render a spatial scene")
+    y, gain_db = normalise_level(out.render(convolve(clip, rir_spectrum)), cfg, out.level_channels)
     flac = encode_flac(y, cfg.target_sr, cfg.flac_subtype, compression_level=cfg.flac_compression_level)
     peak_db = _db(_peak(y))
     info = RenderedInfo(
@@ -552,7 +563,7 @@ def render_clip(
         gain_db=gain_db,
         peak_limited=abs(peak_db - cfg.headroom_db) < 1e-3,
         peak_dbfs=peak_db,
-        rms_dbfs_w=_db(_rms(y[0])),
+        rms_dbfs_w=_db(_rms(y, out.level_channels)),
         flac_subtype=cfg.flac_subtype,
         flac_bytes=len(flac),
     )

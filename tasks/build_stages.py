@@ -165,6 +165,7 @@ def build_shard(job: ShardJob) -> ShardOutcome:
                 captions=infos, provenance=prov,
                 labels=labels_from_rir(done.rir, room) if done.rir and room else None,
                 descriptors=descriptors_of(done.rir, rooms) if done.rir else None,
+                audio_format=done.format,
             )
         except SampleRejected as exc:
             rejects.append(RejectRow(stage="shard", reason=exc.reason, detail=exc.detail, key=item.key,

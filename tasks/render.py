@@ -1,7 +1,8 @@
 """Render the samples of one shard: decode each clip once, convolve with its placements' RIRs.
 
 Work per shard is grouped so that a clip used by several augmentations is decoded and prepared
-once, and a RIR used by several clips has its spectrum computed once.
+once, and a RIR used by several clips has its spectrum computed once. Spatial samples go through
+one renderer (tasks/renderers.py, ambiX by default), non-spatial originals through ``mono``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import numpy as np
 
 from schemas.audio import AudioPrepConfig, PreparedClip, RenderedInfo
 from schemas.rooms import RirRecord
+from schemas.shards import MONO_FORMAT
 from tasks.audio_prep import RirSpectrum, encode_flac, normalise_level, prepare_clip, render_clip
 from tasks.errors import AudioRejected
 from tasks.plan import PlanItem
+from tasks.renderers import DEFAULT_RENDERER, renderer
 from tasks.sources import read_audio
 
 
@@ -24,6 +27,7 @@ class RenderedSample:
 
     item: PlanItem
     flac: bytes
+    format: str  # the renderer that made ``flac``: AudioInfo.format
     prepared: PreparedClip
     rendered: RenderedInfo | None  # None for the non-spatial original
     rir: RirRecord | None
@@ -44,8 +48,11 @@ def render_items(
     rirs: dict[str, np.ndarray],
     records: dict[str, RirRecord],
     cfg: AudioPrepConfig,
+    fmt: str = DEFAULT_RENDERER,
 ) -> tuple[list[RenderedSample], list[RenderReject]]:
-    """Render ``items`` in order; a bad clip or a missing RIR rejects its samples, nothing else."""
+    """Render ``items`` in order, spatial ones with the ``fmt`` renderer; a bad clip or a missing
+    RIR rejects its samples, nothing else."""
+    mono_out = renderer(MONO_FORMAT)
     prepared: dict[str, tuple[np.ndarray, PreparedClip] | AudioRejected] = {}
     spectra: dict[str, RirSpectrum] = {}
     done: list[RenderedSample] = []
@@ -63,11 +70,11 @@ def render_items(
             continue
         mono, clip_info = got
         if item.placement_id is None:
-            y, gain_db = normalise_level(mono[None, :], cfg)
+            y, gain_db = normalise_level(mono_out.render(mono[None, :]), cfg, mono_out.level_channels)
             flac = encode_flac(
                 y, cfg.target_sr, cfg.flac_subtype, compression_level=cfg.flac_compression_level
             )
-            done.append(RenderedSample(item, flac, clip_info, None, None, gain_db))
+            done.append(RenderedSample(item, flac, MONO_FORMAT, clip_info, None, None, gain_db))
             continue
         if item.placement_id not in rirs:
             rejects.append(RenderReject(item.key, item.dataset, item.clip_id, "rir_failed",
@@ -76,9 +83,11 @@ def render_items(
         if item.placement_id not in spectra:
             spectra[item.placement_id] = RirSpectrum.from_rir(rirs[item.placement_id], cfg.target_sr)
         try:
-            flac, info = render_clip(mono, spectra[item.placement_id], cfg)
+            flac, info = render_clip(mono, spectra[item.placement_id], cfg, fmt)
         except AudioRejected as exc:
             rejects.append(RenderReject(item.key, item.dataset, item.clip_id, exc.reason, exc.detail))
             continue
-        done.append(RenderedSample(item, flac, clip_info, info, records[item.placement_id], info.gain_db))
+        done.append(
+            RenderedSample(item, flac, fmt, clip_info, info, records[item.placement_id], info.gain_db)
+        )
     return done, rejects

@@ -1,8 +1,9 @@
 """WebDataset shards: deterministic sample→shard plans and byte-identical tars (read by tasks.shard_reader).
 
-A shard is an uncompressed tar written by webdataset's TarWriter. Each sample's two members,
-``{key}.flac`` then ``{key}.json``, sit next to each other; every header has a fixed mtime,
-uid/gid 0, fixed user/group names and mode 0444, so the same samples give the same bytes.
+A shard is written by a registered ``ShardWriter`` that declares the members of each sample. The
+default (``webdataset``) is an uncompressed tar written by webdataset's TarWriter: each sample's
+two members, ``{key}.flac`` then ``{key}.json``, sit next to each other; every header has a fixed
+mtime, uid/gid 0, fixed user/group names and mode 0444, so the same samples give the same bytes.
 
 The plan orders each split's samples by sha256(key), not by input order: shards mix clips and
 augmentations, and the same set of samples gives the same shards however it arrives. A shard
@@ -16,9 +17,9 @@ import io
 import json
 import re
 import tarfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -28,6 +29,7 @@ from schemas.audio import RejectReason
 from schemas.rooms import RirRecord, RoomSpec
 from schemas.shards import (
     CLIP_RE,
+    MONO_FORMAT,
     AudioInfo,
     CaptionInfo,
     Descriptors,
@@ -38,7 +40,8 @@ from schemas.shards import (
     SpatialLabels,
     make_key,
 )
-from tasks.errors import AudioRejected
+from tasks.errors import AudioRejected, SpatialAudioCapsError, registered
+from tasks.renderers import DEFAULT_RENDERER, renderer
 
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: any fixed value makes the headers reproducible
 TAR_USER = "spatial"
@@ -102,28 +105,30 @@ class ShardSample:
 
     @property
     def tar_bytes(self) -> int:
-        """Bytes this sample takes in a tar (two headers, two padded members)."""
-        return _member_bytes(len(self.flac)) + _member_bytes(len(self.json_bytes))
+        """Bytes this sample takes in a default shard (a header and the padded data per member)."""
+        return sum(_member_bytes(len(encode(self))) for encode in WRITERS[DEFAULT_WRITER].members.values())
 
 
 def _member_bytes(n: int) -> int:
     return _BLOCK + -(-n // _BLOCK) * _BLOCK
 
 
-def audio_info(flac: bytes, *, ambisonic: bool = True) -> AudioInfo:
-    """AudioInfo of FLAC bytes (header only) for building a SampleRecord."""
+def audio_info(flac: bytes, fmt: str = DEFAULT_RENDERER) -> AudioInfo:
+    """AudioInfo of FLAC bytes (header only) in the ``fmt`` renderer's format, for a SampleRecord;
+    the channel count must fit that renderer's layout."""
     try:
         info = sf.info(io.BytesIO(flac))
     except (sf.SoundFileError, RuntimeError) as e:
         raise SampleRejected(RejectReason.UNDECODABLE, f"FLAC header: {e}") from e
-    order = None
-    if ambisonic:
-        order = round(info.channels**0.5) - 1
+    try:
+        order = renderer(fmt).ambisonic_order(int(info.channels))
+    except SpatialAudioCapsError as e:
+        raise SampleRejected(ShardRejectReason.INVALID_RECORD, f"audio: {e}") from e
     return AudioInfo(
         sample_rate=int(info.samplerate),  # type: ignore[arg-type]
         channels=int(info.channels),
         ambisonic_order=order,
-        format="ambix" if ambisonic else "mono",
+        format=fmt,
         num_samples=int(info.frames),
         duration_s=info.frames / info.samplerate,
         flac_subtype="PCM_24" if info.subtype == "PCM_24" else "PCM_16",
@@ -163,14 +168,19 @@ def build_sample(
     provenance: Provenance,
     labels: SpatialLabels | None = None,
     descriptors: Descriptors | None = None,
+    audio_format: str | None = None,
 ) -> ShardSample:
     """A ShardSample from rendered FLAC bytes and what the earlier stages produced.
 
-    Spatial when labels are given (ambiX audio), else a mono original. ``clip_id`` is passed
-    through ``safe_clip_id``; the raw id belongs in ``provenance.source_id``.
+    Spatial when labels are given, else a mono original. ``audio_format`` is the renderer that
+    made the FLAC (RenderedSample.format); unset, the default renderer for a spatial sample and
+    ``mono`` otherwise. ``clip_id`` is passed through ``safe_clip_id``; the raw id belongs in
+    ``provenance.source_id``.
     """
     cid = safe_clip_id(clip_id)
     key = make_key(dataset, split, cid, aug)
+    fmt = audio_format or (DEFAULT_RENDERER if labels is not None else MONO_FORMAT)
+    audio = audio_info(flac, fmt)
     try:
         record = SampleRecord(
             text=[c.spatial for c in captions],
@@ -184,7 +194,7 @@ def build_sample(
             captions=list(captions),
             labels=labels,
             descriptors=descriptors,
-            audio=audio_info(flac, ambisonic=labels is not None),
+            audio=audio,
             provenance=provenance,
         )
     except ValidationError as e:
@@ -317,36 +327,100 @@ def plan_samples(
 # writing
 
 
+MemberEncoder = Callable[[ShardSample], bytes]
+"""The bytes of one member of a sample (its FLAC, its json, ...)."""
+
+
 @dataclass(frozen=True)
 class MemberOffsets:
-    """Where a sample's members sit in its tar (for ranged reads of a single sample)."""
+    """Where a sample's members sit in its shard, by extension: (data offset, size), for ranged
+    reads of one sample. The manifest keeps the audio and json spans."""
 
     key: str
-    flac_offset: int
-    flac_size: int
-    json_offset: int
-    json_size: int
+    spans: dict[str, tuple[int, int]]
+
+    @property
+    def flac_offset(self) -> int:
+        return self.spans["flac"][0]
+
+    @property
+    def flac_size(self) -> int:
+        return self.spans["flac"][1]
+
+    @property
+    def json_offset(self) -> int:
+        return self.spans["json"][0]
+
+    @property
+    def json_size(self) -> int:
+        return self.spans["json"][1]
 
 
-def write_tar(samples: Iterable[ShardSample], fh: BinaryIO) -> list[MemberOffsets]:
-    """Write samples in order as one uncompressed tar with reproducible headers."""
-    offsets: list[MemberOffsets] = []
-    writer = TarWriter(
-        fh, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, compress=False, encoder=False, mtime=TAR_MTIME
-    )
-    try:
-        for s in samples:
-            start = writer.tarstream.offset
-            js = s.json_bytes
-            writer.write({"__key__": s.key, "flac": s.flac, "json": js})
-            flac_off = start + _BLOCK
-            json_off = flac_off + -(-len(s.flac) // _BLOCK) * _BLOCK + _BLOCK
-            if writer.tarstream.offset != json_off + -(-len(js) // _BLOCK) * _BLOCK:
-                raise RuntimeError(f"unexpected tar layout for {s.key} (long name?)")
-            offsets.append(MemberOffsets(s.key, flac_off, len(s.flac), json_off, len(js)))
-    finally:
-        writer.close()
-    return offsets
+class ShardWriter(Protocol):
+    """The seam on the write side: how samples become one shard object.
+
+    ``members`` declares each member a sample gets (extension -> encoder); the writer lays them
+    out and says where each one landed. A new container or an extra member (issue 13's ``.csv``
+    labels, issue 14's ``.binaural.flac``) is a writer here plus a ``WRITERS`` entry.
+    """
+
+    name: str
+    suffix: str
+    """The shard object's file suffix (``.tar``)."""
+    members: Mapping[str, MemberEncoder]
+
+    def write(self, samples: Iterable[ShardSample], fh: BinaryIO) -> list[MemberOffsets]: ...
+
+
+@dataclass(frozen=True)
+class WebDatasetTar:
+    """An uncompressed WebDataset tar with reproducible headers; members in webdataset's order
+    (sorted by extension, as TarWriter writes them), each ``{key}.{ext}``."""
+
+    name: str
+    members: Mapping[str, MemberEncoder]
+    suffix: str = ".tar"
+
+    def write(self, samples: Iterable[ShardSample], fh: BinaryIO) -> list[MemberOffsets]:
+        """Write samples in order as one tar; offsets come from the layout and are checked
+        against the stream, so a header webdataset writes differently (a long name) fails loudly."""
+        offsets: list[MemberOffsets] = []
+        writer = TarWriter(
+            fh, user=TAR_USER, group=TAR_USER, mode=TAR_MODE, compress=False, encoder=False, mtime=TAR_MTIME
+        )
+        try:
+            for s in samples:
+                data = {ext: encode(s) for ext, encode in self.members.items()}
+                pos = writer.tarstream.offset
+                spans: dict[str, tuple[int, int]] = {}
+                for ext in sorted(data):
+                    spans[ext] = (pos + _BLOCK, len(data[ext]))
+                    pos += _member_bytes(len(data[ext]))
+                writer.write({"__key__": s.key, **data})
+                if writer.tarstream.offset != pos:
+                    raise RuntimeError(f"unexpected tar layout for {s.key} (long name?)")
+                offsets.append(MemberOffsets(s.key, spans))
+        finally:
+            writer.close()
+        return offsets
+
+
+DEFAULT_WRITER = "webdataset"
+WRITERS: dict[str, ShardWriter] = {
+    DEFAULT_WRITER: WebDatasetTar(DEFAULT_WRITER, {"flac": lambda s: s.flac, "json": lambda s: s.json_bytes}),
+}
+
+
+def shard_writer(name: str) -> ShardWriter:
+    """The registered writer called ``name`` (UnknownComponentError lists the others)."""
+    return registered(WRITERS, name, "shard writer")
+
+
+def write_tar(
+    samples: Iterable[ShardSample], fh: BinaryIO, writer: str = DEFAULT_WRITER
+) -> list[MemberOffsets]:
+    """Write samples in order as one shard with a registered writer (a WebDataset tar by default)."""
+    return shard_writer(writer).write(samples, fh)
 
 
 def tar_bytes_of(samples: Sequence[ShardSample]) -> bytes:
@@ -359,10 +433,15 @@ def tar_bytes_of(samples: Sequence[ShardSample]) -> bytes:
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_SAMPLES",
+    "DEFAULT_WRITER",
+    "WRITERS",
+    "MemberEncoder",
     "MemberOffsets",
     "SampleRejected",
     "ShardPlan",
     "ShardSample",
+    "ShardWriter",
+    "WebDatasetTar",
     "audio_info",
     "build_sample",
     "canonical_json",
@@ -373,6 +452,7 @@ __all__ = [
     "plan_shards",
     "reject_row",
     "safe_clip_id",
+    "shard_writer",
     "tar_bytes_of",
     "write_tar",
 ]

@@ -1,0 +1,105 @@
+"""Renderers: the seam between a sample's ambisonic scene and the audio its shard carries.
+
+The scene of a spatial sample is the prepared mono clip convolved with its ambiX RIR
+((order + 1)^2 channels, ACN/SN3D, from any room source). A ``Renderer`` turns that scene into
+the channels of one output format and declares three things the rest of the pipeline must not
+guess:
+
+- ``name``: the format, written as ``AudioInfo.format`` in every sample's json;
+- the channel layout: how many channels it outputs and whether they are ambisonic (the order
+  recorded in ``AudioInfo.ambisonic_order``), checked when a sample is built and when it is read;
+- ``level_channels``: the channels whose RMS sets the sample's one gain (one gain for every
+  channel keeps the inter-channel ratios that carry direction): W for ambiX; both ears would be
+  the reference of a binaural renderer.
+
+The non-spatial original is the ``mono`` renderer of the dry clip. A new output format (issue
+14's binaural and tetrahedral-mic renders) is one class here plus a ``RENDERERS`` entry.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import numpy as np
+
+from schemas.shards import MONO_FORMAT, AudioInfo
+from tasks.errors import SpatialAudioCapsError, registered
+
+
+class LayoutError(SpatialAudioCapsError):
+    """Audio whose channel count does not fit the format it claims."""
+
+
+class Renderer(Protocol):
+    """One output format of a sample."""
+
+    name: str
+    """``AudioInfo.format``; the registry key."""
+    spatial: bool
+    """True: renders an ambiX scene (a spatial sample). False: the dry clip (a non-spatial original)."""
+    level_channels: tuple[int, ...]
+    """Output channels whose RMS is levelled to the target (tasks.audio_prep.normalise_level)."""
+
+    def render(self, scene: np.ndarray) -> np.ndarray:
+        """(scene channels, N) float32 -> (output channels, N)."""
+        ...
+
+    def ambisonic_order(self, channels: int) -> int | None:
+        """``AudioInfo.ambisonic_order`` of output with this many channels (None: not ambisonic);
+        raises LayoutError when the format cannot have that many channels."""
+        ...
+
+
+class Ambix:
+    """ambiX order N (ACN/SN3D), (N+1)^2 channels: the scene itself, levelled on W."""
+
+    name = "ambix"
+    spatial = True
+    level_channels = (0,)
+
+    def render(self, scene: np.ndarray) -> np.ndarray:
+        self.ambisonic_order(int(scene.shape[0]))
+        return scene
+
+    def ambisonic_order(self, channels: int) -> int | None:
+        order = math.isqrt(channels) - 1
+        if channels < 1 or (order + 1) ** 2 != channels:
+            raise LayoutError(f"ambiX needs (N+1)^2 channels, got {channels}")
+        return order
+
+
+class Mono:
+    """The dry clip as it is: one channel, the non-spatial original of a clip."""
+
+    name = MONO_FORMAT
+    spatial = False
+    level_channels = (0,)
+
+    def render(self, scene: np.ndarray) -> np.ndarray:
+        self.ambisonic_order(int(scene.shape[0]))
+        return scene
+
+    def ambisonic_order(self, channels: int) -> int | None:
+        if channels != 1:
+            raise LayoutError(f"a mono original has 1 channel, got {channels}")
+        return None
+
+
+DEFAULT_RENDERER = "ambix"
+RENDERERS: dict[str, Renderer] = {"ambix": Ambix(), MONO_FORMAT: Mono()}
+
+
+def renderer(name: str) -> Renderer:
+    """The registered renderer called ``name`` (UnknownComponentError lists the others)."""
+    return registered(RENDERERS, name, "renderer")
+
+
+def check_layout(info: AudioInfo) -> None:
+    """The record's format is a registered renderer whose layout has its channels and order."""
+    order = renderer(info.format).ambisonic_order(info.channels)
+    if order != info.ambisonic_order:
+        raise LayoutError(
+            f"{info.format} audio with {info.channels} channels has ambisonic order {order}, "
+            f"the record says {info.ambisonic_order}"
+        )
