@@ -241,3 +241,28 @@ def test_an_object_changed_during_the_upload_gets_no_receipt(s3, samples, tmp_pa
     assert verified_receipt(st, base, plan) is None
     done = commit_shard(st, base, plan, by_key, tmp_dir=tmp_path)
     assert done.outcome == "uploaded" and verified_receipt(st, base, plan) == done.rows
+
+
+def test_a_failure_mid_dataset_keeps_the_finished_shards(s3, samples, tmp_path):
+    """The connection drops right after the third shard's PUT, before its check: the two shards
+    before it keep their receipts, the third has none, no manifest is written; the rerun skips two,
+    adopts the third (its bytes did arrive) and uploads the rest."""
+    puts: list[int] = []
+
+    def reset_on_third(n: int) -> None:
+        puts.append(n)
+        if len(puts) == 3:
+            raise StorageError("injected: connection reset by peer")
+
+    with pytest.raises(StorageError, match="injected"):
+        commit_samples(samples, s3.root, max_samples=4, tmp_dir=tmp_path, progress=reset_on_third)
+    st = open_storage(s3.root)
+    base = dataset_uri(s3.root, DS, VER)
+    plans = plan_samples(samples, max_samples=4)
+    assert [st.exists(receipt_uri(base, p)) for p in plans] == [True, True, False, False, False]
+    assert st.exists(join_uri(base, plans[2].name)) and not st.exists(join_uri(base, MANIFEST))
+    assert not list(tmp_path.glob("*.partial"))
+    done = commit_samples(samples, s3.root, max_samples=4, tmp_dir=tmp_path)
+    outcomes = [done.shards[p.name].outcome for p in plans]
+    assert outcomes == ["skipped", "skipped", "adopted", "uploaded", "uploaded"]
+    assert sorted(r.key for r in read_manifest(st, base)) == sorted(s.key for s in samples)

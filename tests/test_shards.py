@@ -9,59 +9,34 @@ import logging
 import os
 import random
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import webdataset as wds
-from conftest import FAKE_KEY_ID, FAKE_SECRET, FoaClip, make_sample
+from committed import DS, VER, commit_samples, many
+from conftest import FAKE_KEY_ID, FAKE_SECRET, make_sample
 
 from schemas.shards import SampleRecord
-from tasks.commit import (
-    MANIFEST,
-    commit_dataset,
-    commit_shard,
-    prune_manifest,
-    read_manifest,
-    read_rejects,
-    verify_shards,
-)
-from tasks.inspect_dataset import inspect_dataset, inspect_shard
+from tasks.commit import MANIFEST, read_manifest, read_rejects
+from tasks.inspect_dataset import inspect_shard
+from tasks.shard_reader import iter_tar_samples
 from tasks.shard_writer import (
     TAR_MTIME,
-    ShardSample,
     build_sample,
-    iter_tar_samples,
     plan_samples,
     plan_shards,
     safe_clip_id,
     write_tar,
 )
 from tasks.storage import (
-    S3Storage,
     StorageConfig,
-    StorageError,
-    clear_storage_cache,
     join_uri,
     open_storage,
     register_webdataset_s3,
     webdataset_url,
 )
-
-DS, VER = "spatial_audiocaps", "v1"
-SMALL_PARTS = StorageConfig(
-    multipart_threshold=5 << 20, multipart_chunksize=5 << 20, max_attempts=2, max_concurrency=2
-)
-
-
-def many(clips: list[FoaClip], n: int, split: str = "train", start: int = 0) -> list[ShardSample]:
-    """n distinct samples (distinct clip ids) reusing the rendered audio."""
-    return [
-        make_sample(clips[i % len(clips)], split=split, clip_id=f"c{start + i:05d}", aug=1 + i % 2, n=i)
-        for i in range(n)
-    ]
 
 
 def shard_uris(storage, base: str, split: str) -> list[str]:
@@ -90,10 +65,11 @@ def laion_clap_size(sizes: dict[str, int], urls: list[str]) -> int:
 
 
 def test_write_list_read_back_with_plain_webdataset(s3, samples, tmp_path):
-    rep = commit_dataset(samples, root=s3.root, dataset=DS, version=VER, max_samples=5, tmp_dir=tmp_path)
-    assert rep.uploaded == rep.shards == 5 and rep.samples == len(samples) and rep.rejects == 0
+    rep = commit_samples(samples, s3.root, max_samples=5, tmp_dir=tmp_path)
+    assert rep.outcomes == {"uploaded": 5} and len(rep.rows) == len(samples)
     st = open_storage(s3.root)
     base = join_uri(s3.root, DS, VER)
+    assert read_rejects(st, base) == []
     by_key = {s.key: s for s in samples}
     names = [o.uri[len(base) + 1 :] for o in st.list(base + "/")]
     assert {
@@ -134,10 +110,8 @@ def test_multipart_shard_over_100mb_reads_back(s3, foa_clips, tmp_path):
     big = many(foa_clips, 240)
     total = sum(s.tar_bytes for s in big)
     assert total > 100 * 2**20
-    rep = commit_dataset(
-        big, root=s3.root, dataset=DS, version=VER, max_samples=1000, max_bytes=1 << 30, tmp_dir=tmp_path
-    )
-    assert rep.shards == 1 and rep.uploaded == 1
+    rep = commit_samples(big, s3.root, max_samples=1000, max_bytes=1 << 30, tmp_dir=tmp_path)
+    assert rep.outcomes == {"uploaded": 1}
     st = open_storage(s3.root)
     base = join_uri(s3.root, DS, VER)
     uri = join_uri(base, "train/train-000000.tar")
@@ -198,36 +172,25 @@ def test_safe_clip_ids_and_keys():
 
 
 def test_no_key_duplicated_across_shards(samples, tmp_path):
-    twice = samples + samples[:3] + [samples[5]]
-    rep = commit_dataset(
-        twice, root=str(tmp_path / "out"), dataset=DS, version=VER, max_samples=3, tmp_dir=tmp_path
-    )
+    """Every key in exactly one shard and one manifest row (a plan, and the manifest, refuse a
+    key twice: test_commit.py)."""
+    rep = commit_samples(samples, str(tmp_path / "out"), max_samples=3, tmp_dir=tmp_path)
     st = open_storage(str(tmp_path / "out"))
-    base = join_uri(str(tmp_path / "out"), DS, VER)
     keys = []
     for split in ("train", "val", "test"):
-        for u in shard_uris(st, base, split):
+        for u in shard_uris(st, rep.base, split):
             keys += [s["__key__"] for s in read_wds([u])]
-    assert len(keys) == len(set(keys)) == len(samples)
-    rejects = read_rejects(st, base)
-    assert rep.rejects == 4 and {r.reason for r in rejects} == {"duplicate_key"}
-    assert sorted(r.key for r in rejects) == sorted(s.key for s in [*samples[:3], samples[5]])
+    assert len(rep.shards) > 3 and len(keys) == len(set(keys)) == len(samples)
+    listed = sorted(r.key for r in read_manifest(st, rep.base))
+    assert sorted(keys) == listed == sorted(s.key for s in samples)
 
 
 def test_same_inputs_same_manifest_and_byte_identical_tars(samples, s3, tmp_path):
     roots = [str(tmp_path / "a"), str(tmp_path / "b"), s3.root]
     shuffled = samples[:]
     random.Random(7).shuffle(shuffled)
-    for i, (root, items) in enumerate(zip(roots, (samples, shuffled, shuffled), strict=True)):
-        commit_dataset(
-            items,
-            root=root,
-            dataset=DS,
-            version=VER,
-            max_samples=6,
-            tmp_dir=tmp_path,
-            clock=lambda i=i: f"2030-01-0{i + 1}T00:00:00Z",
-        )
+    for root, items in zip(roots, (samples, shuffled, shuffled), strict=True):
+        commit_samples(items, root, max_samples=6, tmp_dir=tmp_path)
     blobs = []
     for root in roots:
         st = open_storage(root)
@@ -259,7 +222,7 @@ def test_corrupt_members_in_input_are_skipped_with_reasons(foa_clips, tmp_path):
     raw[f : f + 64] = bytes(64)  # flipped audio bytes (the record's sha256 catches it)
     cut = bytes(raw[: offs[6].flac_offset + 1000])  # and the stream ends inside the last sample
     items = list(iter_tar_samples(io.BytesIO(cut), "staging.tar"))
-    rep = commit_dataset(items, root=str(tmp_path / "out"), dataset=DS, version=VER, tmp_dir=tmp_path)
+    rep = commit_samples(items, str(tmp_path / "out"), tmp_dir=tmp_path)
     st = open_storage(str(tmp_path / "out"))
     base = join_uri(str(tmp_path / "out"), DS, VER)
     assert sorted(r.key for r in read_manifest(st, base)) == sorted(good[i].key for i in (0, 4, 5))
@@ -272,7 +235,7 @@ def test_corrupt_members_in_input_are_skipped_with_reasons(foa_clips, tmp_path):
         good[6].key: "truncated",
     }
     assert sum(r.reason == "corrupt_member" for r in rejects) == 2  # the bad header, the cut tail
-    assert all(r.detail for r in rejects) and rep.samples == 3
+    assert all(r.detail for r in rejects) and len(rep.rows) == 3
 
 
 def test_invalid_records_are_refused_at_the_boundary(foa_clips):
@@ -294,98 +257,6 @@ def test_invalid_records_are_refused_at_the_boundary(foa_clips):
 
 
 # --------------------------------------------------------------------------------------------
-# commit protocol and faults
-
-
-def test_rerun_skips_verified_and_repairs_missing_or_altered_shards(s3, samples, tmp_path):
-    kw = dict(root=s3.root, dataset=DS, version=VER, max_samples=4, tmp_dir=tmp_path)
-    first = commit_dataset(samples, **kw)
-    again = commit_dataset(samples, **kw)
-    assert (again.skipped, again.uploaded, again.bytes_uploaded) == (first.shards, 0, 0)
-    st = open_storage(s3.root)
-    base = join_uri(s3.root, DS, VER)
-    rows = read_manifest(st, base)
-    gone, altered = "train/train-000000.tar", "val/val-000000.tar"
-    st.delete(join_uri(base, gone))
-    info = st.info(join_uri(base, altered))
-    key = f"datasets/{DS}/{VER}/{altered}"  # same size and even the same sha256 metadata, other bytes
-    s3.client().put_object(
-        Bucket=s3.bucket,
-        Key=key,
-        Body=os.urandom(info.size),
-        ChecksumAlgorithm="SHA256",
-        Metadata={"sha256": info.sha256},
-    )
-    bad = {c.shard: c.reason for c in verify_shards(st, base, rows) if not c.ok}
-    assert bad == {gone: "missing", altered: "checksum"}
-    _, dropped = prune_manifest(st, base)
-    assert {c.shard for c in dropped} == {gone, altered}
-    assert {r.shard for r in read_manifest(st, base)}.isdisjoint({gone, altered})
-    assert all(c.ok for c in verify_shards(st, base, read_manifest(st, base)))
-    fixed = commit_dataset(samples, **kw)
-    assert fixed.uploaded == 2 and fixed.skipped == first.shards - 2
-    after = read_manifest(st, base)
-    assert len(after) == len(samples)
-    assert all(c.ok for c in verify_shards(st, base, after, deep=True))
-    # A crash between upload and manifest: the objects are adopted, not uploaded again.
-    st.delete(join_uri(base, MANIFEST))
-    adopted = commit_dataset(samples, **kw)
-    assert (adopted.adopted, adopted.uploaded) == (first.shards, 0)
-    assert inspect_dataset(base, doa_samples=0)["ok"]
-
-
-def test_failed_upload_leaves_only_verified_shards_listed(s3, samples, tmp_path, monkeypatch):
-    orig = S3Storage.upload_file
-    calls: list[str] = []
-
-    def flaky(self, path, uri, **kw):
-        calls.append(uri)
-        if len(calls) == 3:
-            raise StorageError("injected: connection reset by peer")
-        return orig(self, path, uri, **kw)
-
-    monkeypatch.setattr(S3Storage, "upload_file", flaky)
-    kw = dict(root=s3.root, dataset=DS, version=VER, max_samples=4, tmp_dir=tmp_path)
-    with pytest.raises(StorageError):
-        commit_dataset(samples, **kw)
-    st = open_storage(s3.root)
-    base = join_uri(s3.root, DS, VER)
-    rows = read_manifest(st, base)
-    assert {join_uri(base, r.shard) for r in rows} == set(calls[:2])
-    assert all(c.ok for c in verify_shards(st, base, rows))
-    assert not list(tmp_path.glob("*.partial"))
-    monkeypatch.setattr(S3Storage, "upload_file", orig)
-    rep = commit_dataset(samples, **kw)
-    assert rep.skipped == 2 and rep.uploaded == rep.shards - 2 and rep.samples == len(samples)
-
-
-def test_server_killed_mid_upload_fails_cleanly_then_rerun_completes(s3, foa_clips, tmp_path):
-    items = many(foa_clips, 40)  # one ~19 MB shard: 4 parts of 5 MiB
-    kw = dict(
-        root=s3.root, dataset=DS, version=VER, max_samples=100, tmp_dir=tmp_path, storage_config=SMALL_PARTS
-    )
-    sent = [0]
-
-    def kill_after_first_part(name: str, n: int) -> None:
-        sent[0] += n
-        if sent[0] > 4 << 20 and s3.server.running():  # part 1 done, part 2 in flight
-            s3.server.kill()
-
-    with pytest.raises(StorageError) as ei:
-        commit_dataset(items, progress=kill_after_first_part, **kw)
-    assert not s3.server.running()
-    assert FAKE_KEY_ID not in str(ei.value) and FAKE_SECRET not in str(ei.value)
-    assert not list(tmp_path.glob("*.partial"))  # the local temporary shard is gone
-    s3.server.start()  # a fresh, empty server on the same endpoint
-    s3.make_bucket()
-    clear_storage_cache()
-    rep = commit_dataset(items, **kw)
-    assert rep.uploaded == 1 and rep.samples == 40
-    out = inspect_dataset(join_uri(s3.root, DS, VER), doa_samples=4)
-    assert out["ok"] and out["samples"] == 40, out
-
-
-# --------------------------------------------------------------------------------------------
 # secrets
 
 
@@ -397,7 +268,7 @@ def test_fake_keys_appear_in_no_log_output_or_stored_byte(s3, samples, tmp_path,
 
     caplog.set_level(logging.DEBUG)
     base = join_uri(s3.root, DS, VER)
-    commit_dataset(samples, root=s3.root, dataset=DS, version=VER, max_samples=7, tmp_dir=tmp_path)
+    commit_samples(samples, s3.root, max_samples=7, tmp_dir=tmp_path)
     write_card(base)
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command"))
@@ -461,7 +332,7 @@ def test_inspect_flags_a_label_that_disagrees_with_the_audio(foa_clips, tmp_path
         descriptors=ref.record.descriptors,
     )
     root = str(tmp_path / "out")
-    commit_dataset([*good, bad], root=root, dataset=DS, version=VER, tmp_dir=tmp_path)
+    commit_samples([*good, bad], root, tmp_dir=tmp_path)
     base = join_uri(root, DS, VER)
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command"))
@@ -477,24 +348,6 @@ def test_inspect_flags_a_label_that_disagrees_with_the_audio(foa_clips, tmp_path
     assert shard["doa_check"]["median_error_deg"] < 10
 
 
-def test_commit_shard_outcomes_and_paths(samples, tmp_path):
-    root = str(tmp_path / "out")
-    st = open_storage(root)
-    base = join_uri(root, DS, VER)
-    plan = plan_samples(samples, max_samples=50)[0]
-    by_key = {s.key: s for s in samples}
-    outcome, rows, sent = commit_shard(st, base, plan, by_key, tmp_dir=tmp_path)
-    assert outcome == "uploaded" and sent == rows[0].shard_size and len(rows) == len(plan.sample_keys)
-    assert Path(base, plan.name).stat().st_size == sent
-    outcome, rows2, sent = commit_shard(st, base, plan, by_key, listed=rows, tmp_dir=tmp_path)
-    assert (outcome, sent) == ("skipped", 0) and rows2 == rows
-    outcome, _, _ = commit_shard(st, base, plan, by_key, tmp_dir=tmp_path)
-    assert outcome == "adopted"
-    r = rows[0]
-    data = st.read_range(join_uri(base, r.shard), r.flac_offset, r.flac_size)
-    assert data == by_key[r.key].flac
-
-
 def test_cli_inspect_and_report_through_the_real_entry_point(samples, tmp_path):
     """Once cli.py registers these commands: one JSON line out, exit 2 on a bad URI (report: test_card)."""
     import subprocess
@@ -505,7 +358,7 @@ def test_cli_inspect_and_report_through_the_real_entry_point(samples, tmp_path):
     if "inspect" not in build_parser()._subparsers._group_actions[0].choices:  # type: ignore[union-attr]
         pytest.skip("inspect/report are not wired into spatial_audiocaps/cli.py yet")
     root = str(tmp_path / "out")
-    commit_dataset(samples[:6], root=root, dataset=DS, version=VER, tmp_dir=tmp_path)
+    commit_samples(samples[:6], root, tmp_dir=tmp_path)
     base = join_uri(root, DS, VER)
 
     def run(*args: str) -> subprocess.CompletedProcess:
