@@ -14,6 +14,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+from committed import commit_samples
 from conftest import PREP, FoaClip
 from fixtures_llm import tiny_llm  # noqa: F401  (a session fixture used below)
 
@@ -21,7 +22,6 @@ from schemas.captions import BatchReport, RephraseRequest, RephraseSettings, Val
 from schemas.shards import CaptionInfo, DatasetCard, Provenance, RejectRow
 from tasks import audio_prep as ap
 from tasks.build_stages import _caption_infos, descriptors_of
-from tasks.commit import commit_dataset
 from tasks.dataset_card import LABELS, compute_card, render_readme, write_card
 from tasks.plan import PlanItem
 from tasks.rephrase.base import Generated, Generation, RephraseBackend
@@ -181,7 +181,7 @@ def carded(samples, foa_clips, flaky, tmp_path_factory) -> tuple[str, DatasetCar
         RejectRow(stage="render", reason="silent", detail="peak -120 dBFS", source="audiocaps/123"),
         RejectRow(stage="caption", reason="empty_caption", detail="caption is empty", source="audiocaps/9"),
     ]
-    commit_dataset(items, root=str(tmp / "out"), dataset=DS, version=VER, max_samples=6, tmp_dir=tmp)
+    commit_samples(items, str(tmp / "out"), max_samples=6, tmp_dir=tmp)
     uri = join_uri(str(tmp / "out"), DS, VER)
     return uri, write_card(uri)
 
@@ -286,7 +286,7 @@ def test_plots_exist_and_are_not_trivial(carded):
 def test_report_command_on_s3_rebuilds_the_card(s3, samples, tmp_path):
     from spatial_audiocaps.cli_shards import add_commands
 
-    commit_dataset(samples, root=s3.root, dataset=DS, version=VER, tmp_dir=tmp_path)
+    commit_samples(samples, s3.root, tmp_dir=tmp_path)
     base = join_uri(s3.root, DS, VER)
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command"))
@@ -302,7 +302,7 @@ def test_report_command_on_s3_rebuilds_the_card(s3, samples, tmp_path):
 
 def test_card_of_an_empty_dataset_still_renders(tmp_path):
     rej = [RejectRow(stage="source", reason="unreadable", detail="no such file", source="x.wav")]
-    commit_dataset(rej, root=str(tmp_path / "out"), dataset=DS, version=VER, tmp_dir=tmp_path)
+    commit_samples(rej, str(tmp_path / "out"), tmp_dir=tmp_path)
     card = write_card(join_uri(str(tmp_path / "out"), DS, VER))
     assert card.totals.samples == 0 and card.rejects == {"unreadable": 1}
     assert card.captions.validated_rate is None and card.ranges["test"]["t30_s"].min is None
