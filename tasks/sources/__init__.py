@@ -1,6 +1,7 @@
 """One small reader per source dataset, all yielding SourceClip and SourceReject records.
 
-``read_source`` dispatches on the source name; ``read_audio`` resolves any clip's audio URI.
+``read_source`` dispatches on the source name; every file-based source takes a local path or an
+``s3://`` URI. ``ClipAudio`` (one per shard task) and ``read_audio`` resolve a clip's audio URI.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from pathlib import Path
 from schemas.sources import SourceClip, SourceName, SourceReject
 from tasks.errors import SpatialAudioCapsError
 from tasks.sources import audiocaps, clotho, csv_generic, demo, freesound
-from tasks.sources.audio_uri import read_audio
+from tasks.sources.audio_uri import ClipAudio, read_audio
 
-__all__ = ["read_audio", "read_source"]
+__all__ = ["ClipAudio", "read_audio", "read_source"]
 
 
 def read_source(
@@ -24,13 +25,13 @@ def read_source(
     elif input_path is None:
         raise SpatialAudioCapsError(f"source {source!r} needs an input path")
     elif source == "audiocaps":
-        clips, rejects = audiocaps.read(Path(input_path))
+        clips, rejects = audiocaps.read(str(input_path))
     elif source == "clotho":
-        clips, rejects = clotho.read(Path(input_path))
+        clips, rejects = clotho.read(str(input_path))
     elif source == "freesound":
-        clips, rejects = freesound.read(Path(input_path))
+        clips, rejects = freesound.read(str(input_path))
     elif source == "csv":
-        clips, rejects = csv_generic.read(Path(input_path))
+        clips, rejects = csv_generic.read(str(input_path))
     else:
         raise SpatialAudioCapsError(f"unknown source {source!r}")
     return (clips[:limit] if limit else clips), rejects
