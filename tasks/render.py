@@ -7,6 +7,7 @@ one renderer (tasks/renderers.py, ambiX by default), non-spatial originals throu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ from tasks.audio_prep import RirSpectrum, encode_flac, normalise_level, prepare_
 from tasks.errors import AudioRejected
 from tasks.plan import PlanItem
 from tasks.renderers import DEFAULT_RENDERER, renderer
-from tasks.sources import read_audio
+from tasks.sources import ClipAudio
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,20 @@ def render_items(
     fmt: str = DEFAULT_RENDERER,
 ) -> tuple[list[RenderedSample], list[RenderReject]]:
     """Render ``items`` in order, spatial ones with the ``fmt`` renderer; a bad clip or a missing
-    RIR rejects its samples, nothing else."""
+    RIR rejects its samples, nothing else. One ClipAudio reads the shard's clips, so each source
+    tar is opened once per shard, not once per clip."""
+    with ClipAudio() as audio:
+        return _render_items(items, rirs, records, cfg, fmt, audio.read)
+
+
+def _render_items(
+    items: list[PlanItem],
+    rirs: dict[str, np.ndarray],
+    records: dict[str, RirRecord],
+    cfg: AudioPrepConfig,
+    fmt: str,
+    read_audio: Callable[[str], bytes],
+) -> tuple[list[RenderedSample], list[RenderReject]]:
     mono_out = renderer(MONO_FORMAT)
     prepared: dict[str, tuple[np.ndarray, PreparedClip] | AudioRejected] = {}
     spectra: dict[str, RirSpectrum] = {}
