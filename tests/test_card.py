@@ -249,22 +249,31 @@ def test_card_reports_caption_quality_per_backend(carded, flaky):
 
 @pytest.mark.slow
 def test_a_build_with_an_llm_rephraser_reports_its_caption_quality(tmp_path, tiny_llm):  # noqa: F811
-    """The build flow's own body with the real transformers backend (a tiny random LLaMA, whose
-    attempts all fail validation): the card counts every failed attempt's flaws."""
-    from flows.build import BuildConfig, call_directly, run_build
-    from schemas.captions import TransformersOptions
+    """The build (CLI, real flow on an ephemeral Prefect) with the real transformers backend (a tiny
+    random LLaMA, whose attempts all fail validation): the card counts every failed attempt's flaws."""
+    import os
+    import subprocess
+    import sys
 
-    settings = RephraseSettings(backend="transformers", model=str(tiny_llm), max_tokens=24, max_retries=1,
-                                transformers=TransformersOptions(device="cpu", dtype="float32"))
-    cfg = BuildConfig(source="demo", n_rooms=8, limit=6, rephraser=settings, shard_size=8)
-    res = run_build(cfg, str(tmp_path / "out"), submit=call_directly)
-    card = DatasetCard.model_validate_json(open_storage(res.uri).read_bytes(join_uri(res.uri, "card.json")))
-    assert_backends_match(card, res.uri)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "spatial_audiocaps.cli", "build", "--out", str(tmp_path / "out"),
+           "--n-rooms", "8", "--limit", "6", "--shard-size", "8", "--workers", "1",
+           "--rephraser", "transformers", "--rephraser-model", str(tiny_llm),
+           "--set", "rephraser.max_tokens=24", "--set", "rephraser.max_retries=1",
+           "--set", "engine.transformers={device: cpu, dtype: float32}"]
+    proc = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    uri = json.loads(next(ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")))["uri"]
+    card = DatasetCard.model_validate_json(open_storage(uri).read_bytes(join_uri(uri, "card.json")))
+    assert_backends_match(card, uri)
     [b] = card.captions.backends
     assert (b.backend, b.model) == ("transformers", str(tiny_llm)) and b.captions > 0
     assert b.fallback == b.retried == b.captions and b.retries == b.captions and b.first_pass == 0
     assert sum(b.flaw_counts.values()) >= 2 * b.captions and len(b.flaw_counts) >= 2
-    assert write_card(res.uri, generated_at=card.generated_at) == card  # what `report URI` rebuilds
+    assert write_card(uri, generated_at=card.generated_at) == card  # what `report URI` rebuilds
 
 
 def test_plots_exist_and_are_not_trivial(carded):

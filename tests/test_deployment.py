@@ -106,9 +106,16 @@ def test_two_pools_build_with_vllm_captions_resumes_after_the_llm_worker_is_kill
     server = spawn([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], "server.log",
                    tmp_path)
     workers: list[subprocess.Popen] = []
-    params = {"source": "demo", "input": None, "output": s3.root, "limit": 4, "n_rooms": 30, "shard_size": 8,
-              "n_workers": 1, "rephraser_model": str(tiny_vllm_llm), "caption_batch": 1,
-              "rephraser_options": {"max_tokens": 24, "vllm": TINY_VLLM_OPTIONS}}
+    # The deployment's own config/run (vLLM on the GPU pool), with a small demo build on top: a
+    # --param replaces the whole dict, so the overrides go into prefect.yaml's.
+    deployed = next(d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+                    if d["name"] == BUILD.split("/")[1])["parameters"]
+    config = deployed["config"] | {"source": "demo", "input": None, "limit": 4, "n_rooms": 30,
+                                   "shard_size": 8}
+    config["rephraser"] = deployed["config"]["rephraser"] | {"model": str(tiny_vllm_llm), "max_tokens": 24}
+    run = deployed["run"] | {"n_workers": 1, "caption_batch": 1, "engine": {"vllm": TINY_VLLM_OPTIONS}}
+    assert config["rephraser"]["backend"] == "vllm" and run["rephrase_deployment"]
+    params = {"config": config, "run": run, "output": s3.root}
     args = [f"--param={k}={json.dumps(v)}" for k, v in params.items()]
     try:
         _wait_healthy(api, server)

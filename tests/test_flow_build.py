@@ -107,8 +107,10 @@ def test_regeneration_lands_beside_the_old_version(tmp_path, flow_env):
     script = tmp_path / "regen.py"
     script.write_text(
         "import json\nfrom flows.regenerate import regenerate_room_set\n"
+        "from schemas.build import BuildConfig, RunOptions\n"
         "if __name__ == '__main__':\n"
-        f"    r = regenerate_room_set(output={str(tmp_path / 'out')!r}, limit=4, n_rooms=40)\n"
+        "    r = regenerate_room_set(config=BuildConfig(limit=4, n_rooms=40), run=RunOptions(n_workers=2),\n"
+        f"                            output={str(tmp_path / 'out')!r})\n"
         "    print(json.dumps(r.model_dump(mode='json')))\n"
     )
     res = subprocess.run([sys.executable, str(script)], env=flow_env, cwd=REPO, capture_output=True,
