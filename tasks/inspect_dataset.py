@@ -28,7 +28,8 @@ from tasks.ambisonics import angular_distance_deg
 from tasks.commit import MANIFEST, SIZES, read_manifest, read_rejects, sizes_json, verify_shards
 from tasks.doa import DoaError, first_arrival_index, intensity_doa
 from tasks.errors import SpatialAudioCapsError
-from tasks.shard_writer import ShardSample, iter_tar_samples, shard_order
+from tasks.shard_reader import iter_tar_samples
+from tasks.shard_writer import ShardSample, shard_order
 from tasks.storage import ObjectMissing, Storage, StorageError, join_uri, open_storage, safe_uri
 
 DEFAULT_TOLERANCE_DEG = 30.0
