@@ -1,8 +1,10 @@
 """Shard write + upload throughput to a local S3 server, against raw boto3 upload_file; read-back.
 
-Ours (timed): ``tasks.commit.commit_dataset`` on real FOA samples: plan, write each tar to a
-local temporary file (hashing on the way), upload (multipart, SHA256 checksums), verify (HEAD
-against the server's checksum), rewrite the manifest, then sizes.json and rejects.parquet.
+Ours (timed): the commit protocol the build flow runs (tasks.commit), on real FOA samples: per
+planned shard ``commit_shard`` (write the tar to a local temporary file, hashing on the way;
+upload, multipart with SHA256 checksums; verify with a HEAD against the server's checksum; write
+the shard's receipt), shards one after another as one shard task would; then ``finalize_dataset``
+(verify every shard, write manifest.parquet, sizes.json and rejects.parquet).
 
 Baseline (same run, same server, same TransferConfig): ``boto3 client.upload_file`` of the very
 same tar bytes, already on disk, with boto3's default checksum behaviour. Repeats alternate
@@ -45,7 +47,7 @@ from schemas.audio import AudioPrepConfig
 from schemas.rooms import RirSettings
 from schemas.shards import CaptionInfo, Descriptors, Provenance
 from tasks import audio_prep as ap
-from tasks.commit import build_shard, commit_dataset, read_manifest
+from tasks.commit import commit_shard, dataset_uri, finalize_dataset, read_manifest, write_shard_file
 from tasks.rir_engine import ENGINE_VERSION, measure, render_rir
 from tasks.room_sampling import load_config, sample_room_set
 from tasks.shard_writer import ShardSample, build_sample, labels_from_rir, plan_samples
@@ -182,7 +184,7 @@ def main() -> None:
         plans = plan_samples(samples, max_samples=10**9, max_bytes=max_bytes)
         by_key = {s.key: s for s in samples}
         st = open_storage(f"s3://{bucket}", cfg)
-        built = [build_shard(p, by_key, st, work) for p in plans]  # the baseline's files: the same bytes
+        built = [write_shard_file(p, by_key, st, work) for p in plans]  # the baseline's files: the same bytes
         total = sum(b.size for b in built)
         raw_s, ours_s, raw_cpu, ours_cpu, raw_srv, ours_srv = [], [], [], [], [], []
         for r in range(args.repeats):
@@ -196,22 +198,16 @@ def main() -> None:
             for b in built:
                 client.delete_object(Bucket=bucket, Key=f"raw/{r}/{b.plan.name}")
             root = f"s3://{bucket}/ours{r}"
+            base = dataset_uri(root, "bench", "v1")
             c0, s0 = time.process_time(), server_cpu(proc.pid)
             t = time.perf_counter()
-            rep = commit_dataset(
-                samples,
-                root=root,
-                dataset="bench",
-                version="v1",
-                max_samples=10**9,
-                max_bytes=max_bytes,
-                storage_config=cfg,
-                tmp_dir=work,
-            )
+            done = [commit_shard(st, base, p, by_key, tmp_dir=work) for p in plans]
+            finalize_dataset(st, base, [row for d in done for row in d.rows], [], {"dataset": "bench"})
             ours_s.append(time.perf_counter() - t)
             ours_cpu.append(time.process_time() - c0)
             ours_srv.append(server_cpu(proc.pid) - s0)
-            assert rep.uploaded == len(plans) and rep.samples == len(samples)
+            assert [d.outcome for d in done] == ["uploaded"] * len(plans)
+            assert sum(len(d.rows) for d in done) == len(samples)
             if r < args.repeats - 1:
                 for o in st.list(root + "/"):
                     st.delete(o.uri)
