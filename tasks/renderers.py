@@ -86,8 +86,8 @@ class Mono:
         return None
 
 
-DEFAULT_RENDERER = "ambix"
-RENDERERS: dict[str, Renderer] = {"ambix": Ambix(), MONO_FORMAT: Mono()}
+DEFAULT_RENDERER = Ambix.name
+RENDERERS: dict[str, Renderer] = {r.name: r for r in (Ambix(), Mono())}
 
 
 def renderer(name: str) -> Renderer:
