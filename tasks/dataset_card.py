@@ -37,6 +37,8 @@ from schemas.shards import (
     SplitStats,
 )
 from tasks.commit import MANIFEST, read_manifest, read_rejects
+from tasks.descriptors import SLOT_LABELS
+from tasks.descriptors import descriptor_bands as table_bands
 from tasks.errors import SpatialAudioCapsError
 from tasks.storage import Storage, join_uri, open_storage, safe_uri
 
@@ -54,22 +56,15 @@ SPLIT_GROUPS: dict[str, tuple[str, ...]] = {"train_val": ("train", "val"), "test
 
 
 def descriptor_bands(cfg: DescriptorConfig | None = None) -> dict[str, list[tuple[str, float, float]]]:
-    """The descriptor table's bands per label, from the same config the captions use (for shading)."""
-    cfg = cfg or DescriptorConfig()
-    return {
-        "azimuth_deg": [
-            ("front", -cfg.front_max_deg, cfg.front_max_deg),
-            ("left", cfg.side_min_deg, cfg.side_max_deg),
-            ("right", -cfg.side_max_deg, -cfg.side_min_deg),
-            ("back", cfg.back_above_deg, 180),
-            ("back", -180, -cfg.back_above_deg),
-        ],
-        "elevation_deg": [("up", cfg.up_above_deg, 90), ("down", -90, cfg.down_below_deg)],
-        "distance_m": [("near", 0, cfg.near_below_m), ("far", cfg.far_above_m, math.inf)],
-        "floor_area_m2": [("small", 0, cfg.small_below_m2), ("large", cfg.large_above_m2, math.inf)],
-        "t30_s": [("acoustically dampened", 0, cfg.dampened_below_s),
-                  ("highly reverberant", cfg.reverberant_above_s, math.inf)],
-    }
+    """The descriptor table's bands per label column (tasks.descriptors, the table the captions use),
+    clipped to each label's range, for shading."""
+    ranges = {"azimuth_deg": (-180.0, 180.0), "elevation_deg": (-90.0, 90.0)}
+    out = {}
+    for slot, bands in table_bands(cfg or DescriptorConfig()).items():
+        column = SLOT_LABELS[slot]
+        lo, hi = ranges.get(column, (0.0, math.inf))
+        out[column] = [(b.word, max(b.lo, lo), min(b.hi, hi)) for b in bands]
+    return out
 
 
 DESCRIPTOR_BANDS = descriptor_bands()
@@ -327,10 +322,11 @@ def room_scatter(rows: Sequence[ManifestRow]) -> bytes:
                 edgecolor="k",
                 lw=0.3,
             )
-    for x, word, ha in ((50, "small ← ", "right"), (100, " → large", "left")):
+    (small, large), (dampened, reverberant) = DESCRIPTOR_BANDS["floor_area_m2"], DESCRIPTOR_BANDS["t30_s"]
+    for x, word, ha in ((small[2], "small ← ", "right"), (large[1], " → large", "left")):
         ax.axvline(x, color="#777777", ls="--", lw=0.8)
         ax.text(x, 1.0, word, transform=ax.get_xaxis_transform(), ha=ha, va="bottom", fontsize=7)
-    for y, word in ((0.2, "dampened <"), (1.0, "> highly reverberant")):
+    for y, word in ((dampened[2], "dampened <"), (reverberant[1], "> highly reverberant")):
         ax.axhline(y, color="#777777", ls=":", lw=0.8)
         ax.text(1.0, y, f" {word}", transform=ax.get_yaxis_transform(), va="center", fontsize=7)
     ax.set_xscale("log")

@@ -1,12 +1,16 @@
 """Numbers to words: DESIGN.md's table, one band per slot, values in the gaps get no word.
 
-Scalar functions state each edge once; ``describe_arrays`` is the same rule over numpy arrays for
-whole sample plans. Both read their thresholds from a DescriptorConfig (the edge sides are
-documented there), so the words of a dataset follow from its config and labels alone.
+``descriptor_bands`` is the table: every word's interval, with its edges' sides, read from a
+DescriptorConfig (the sides are documented there). Everything else derives from it: the scalar
+``*_word`` functions and ``describe``, ``describe_arrays`` (the same rule over numpy arrays for
+whole sample plans), the dataset card's shaded bands and evaluation's zero-shot classes, so the
+words of a dataset follow from its config and labels alone.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,57 @@ from schemas.captions import DescriptorConfig, Descriptors, SpatialAttributes
 from tasks.errors import SpatialAudioCapsError
 
 DEFAULT_DESCRIPTOR_CONFIG = _DEFAULT = DescriptorConfig()
+SLOT_LABELS: dict[str, str] = {
+    "distance": "distance_m",
+    "elevation": "elevation_deg",
+    "direction": "azimuth_deg",
+    "size": "floor_area_m2",
+    "reverb": "t30_s",
+}
+"""The measured label each descriptor slot reads (azimuth wrapped to (-180, 180] first)."""
+
+
+@dataclass(frozen=True)
+class Band:
+    """One word's interval of a label; ``closed`` says whether the (lo, hi) edges belong to it."""
+
+    word: str
+    lo: float
+    hi: float
+    closed: tuple[bool, bool] = (False, False)
+
+    def holds(self, x: np.ndarray | float) -> np.ndarray | bool:
+        """Whether x (a number or an array; NaN never) lies in the band."""
+        above = x >= self.lo if self.closed[0] else x > self.lo
+        below = x <= self.hi if self.closed[1] else x < self.hi
+        return above & below
+
+
+def descriptor_bands(cfg: DescriptorConfig = _DEFAULT) -> dict[str, tuple[Band, ...]]:
+    """DESIGN.md's table: slot → its words' bands, first match wins (back spans ±180°)."""
+    inf = math.inf
+    return {
+        "distance": (Band("near", -inf, cfg.near_below_m), Band("far", cfg.far_above_m, inf)),
+        "elevation": (Band("up", cfg.up_above_deg, inf), Band("down", -inf, cfg.down_below_deg)),
+        "direction": (
+            Band("front", -cfg.front_max_deg, cfg.front_max_deg, (True, True)),
+            Band("left", cfg.side_min_deg, cfg.side_max_deg, (True, True)),
+            Band("right", -cfg.side_max_deg, -cfg.side_min_deg, (True, True)),
+            Band("back", cfg.back_above_deg, 180.0, (False, True)),
+            Band("back", -180.0, -cfg.back_above_deg),
+        ),
+        "size": (Band("small", -inf, cfg.small_below_m2), Band("large", cfg.large_above_m2, inf)),
+        "reverb": (
+            Band("acoustically dampened", -inf, cfg.dampened_below_s),
+            Band("highly reverberant", cfg.reverberant_above_s, inf),
+        ),
+    }
+
+
+def _word(slot: str, value: float | None, cfg: DescriptorConfig) -> str | None:
+    if value is None:
+        return None
+    return next((b.word for b in descriptor_bands(cfg)[slot] if b.holds(value)), None)
 
 
 def load_descriptor_config(path: str | Path) -> DescriptorConfig:
@@ -28,69 +83,34 @@ def load_descriptor_config(path: str | Path) -> DescriptorConfig:
         raise SpatialAudioCapsError(f"invalid descriptor config {path}: {exc}") from exc
 
 
-def wrap_azimuth(azimuth_deg: float) -> float:
-    """Map any angle to (-180, 180], the convention's range (so -180 becomes +180)."""
+def wrap_azimuth(azimuth_deg: float | np.ndarray) -> float | np.ndarray:
+    """Map any angle (or array of angles) to (-180, 180], the convention's range (-180 becomes +180)."""
     return -((-azimuth_deg + 180.0) % 360.0 - 180.0)
 
 
 def distance_word(distance_m: float | None, cfg: DescriptorConfig = _DEFAULT) -> str | None:
     """near below near_below_m, far above far_above_m, both exclusive."""
-    if distance_m is None:
-        return None
-    if distance_m < cfg.near_below_m:
-        return "near"
-    if distance_m > cfg.far_above_m:
-        return "far"
-    return None
+    return _word("distance", distance_m, cfg)
 
 
 def direction_word(azimuth_deg: float | None, cfg: DescriptorConfig = _DEFAULT) -> str | None:
     """front/left/right inclusive of their edges, back exclusive, after wrapping to (-180, 180]."""
-    if azimuth_deg is None:
-        return None
-    az = wrap_azimuth(azimuth_deg)
-    if -cfg.front_max_deg <= az <= cfg.front_max_deg:
-        return "front"
-    if cfg.side_min_deg <= az <= cfg.side_max_deg:
-        return "left"
-    if -cfg.side_max_deg <= az <= -cfg.side_min_deg:
-        return "right"
-    if abs(az) > cfg.back_above_deg:
-        return "back"
-    return None
+    return _word("direction", None if azimuth_deg is None else wrap_azimuth(azimuth_deg), cfg)
 
 
 def elevation_word(elevation_deg: float | None, cfg: DescriptorConfig = _DEFAULT) -> str | None:
     """up above up_above_deg, down below down_below_deg, both exclusive."""
-    if elevation_deg is None:
-        return None
-    if elevation_deg > cfg.up_above_deg:
-        return "up"
-    if elevation_deg < cfg.down_below_deg:
-        return "down"
-    return None
+    return _word("elevation", elevation_deg, cfg)
 
 
 def reverb_word(t30_s: float | None, cfg: DescriptorConfig = _DEFAULT) -> str | None:
     """Full-band T30 in seconds; both edges exclusive."""
-    if t30_s is None:
-        return None
-    if t30_s < cfg.dampened_below_s:
-        return "acoustically dampened"
-    if t30_s > cfg.reverberant_above_s:
-        return "highly reverberant"
-    return None
+    return _word("reverb", t30_s, cfg)
 
 
 def size_word(floor_area_m2: float | None, cfg: DescriptorConfig = _DEFAULT) -> str | None:
     """Floor area in m²; both edges exclusive."""
-    if floor_area_m2 is None:
-        return None
-    if floor_area_m2 < cfg.small_below_m2:
-        return "small"
-    if floor_area_m2 > cfg.large_above_m2:
-        return "large"
-    return None
+    return _word("size", floor_area_m2, cfg)
 
 
 def describe(attrs: SpatialAttributes, cfg: DescriptorConfig = _DEFAULT) -> Descriptors:
@@ -104,14 +124,6 @@ def describe(attrs: SpatialAttributes, cfg: DescriptorConfig = _DEFAULT) -> Desc
     )
 
 
-def _bands(values: np.ndarray, conditions: list[tuple[np.ndarray, str]]) -> np.ndarray:
-    """First matching word per element, None elsewhere (NaN, i.e. unknown, matches nothing)."""
-    out = np.full(values.shape, None, dtype=object)
-    for cond, word in reversed(conditions):
-        out[cond] = word
-    return out
-
-
 def describe_arrays(
     azimuth_deg: np.ndarray,
     elevation_deg: np.ndarray,
@@ -123,19 +135,13 @@ def describe_arrays(
     """``describe`` over whole columns (NaN = unknown), for sample plans of ~1e6 rows."""
     az, el, dist, area, t30 = (np.asarray(a, dtype=np.float64) for a in
                                (azimuth_deg, elevation_deg, distance_m, floor_area_m2, t30_s))
-    az = -(np.mod(-az + 180.0, 360.0) - 180.0)
-    words = {
-        "distance": _bands(dist, [(dist < cfg.near_below_m, "near"), (dist > cfg.far_above_m, "far")]),
-        "elevation": _bands(el, [(el > cfg.up_above_deg, "up"), (el < cfg.down_below_deg, "down")]),
-        "direction": _bands(az, [
-            ((az >= -cfg.front_max_deg) & (az <= cfg.front_max_deg), "front"),
-            ((az >= cfg.side_min_deg) & (az <= cfg.side_max_deg), "left"),
-            ((az >= -cfg.side_max_deg) & (az <= -cfg.side_min_deg), "right"),
-            (np.abs(az) > cfg.back_above_deg, "back"),
-        ]),
-        "size": _bands(area, [(area < cfg.small_below_m2, "small"), (area > cfg.large_above_m2, "large")]),
-        "reverb": _bands(t30, [(t30 < cfg.dampened_below_s, "acoustically dampened"),
-                               (t30 > cfg.reverberant_above_s, "highly reverberant")]),
-    }
+    az = wrap_azimuth(az)
+    values = {"distance": dist, "elevation": el, "direction": az, "size": area, "reverb": t30}
+    words = {}
+    for slot, bands in descriptor_bands(cfg).items():
+        column = np.full(values[slot].shape, None, dtype=object)
+        for band in reversed(bands):  # the first band that holds a value writes last
+            column[band.holds(values[slot])] = band.word
+        words[slot] = column
     columns = list(words)
     return [Descriptors(**dict(zip(columns, row, strict=True))) for row in zip(*words.values(), strict=True)]

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.captions import (
+    SLOT_WORDS,
     SLOTS,
     CaptionRejectReason,
     DescriptorConfig,
@@ -113,6 +114,26 @@ def test_describe_arrays_matches_describe_everywhere_including_edges():
             floor_area_m2=area[i], t30_s=None if np.isnan(t30[i]) else t30[i],
         )
         assert fast[i] == dsc.describe(attrs), attrs
+
+
+def test_one_table_feeds_words_card_and_zero_shot():
+    """The card's shading and evaluation's zero-shot classes are derived from tasks.descriptors'
+    table, with the schema's vocabulary, and follow a changed config."""
+    from tasks.dataset_card import descriptor_bands as card_bands
+    from training.zero_shot import prompts
+
+    cfg = DescriptorConfig(near_below_m=0.5, side_min_deg=60.0, reverberant_above_s=1.5)
+    table = dsc.descriptor_bands(cfg)
+    assert {slot: {b.word for b in bands} for slot, bands in table.items()} == {
+        slot: set(words) for slot, words in SLOT_WORDS.items()
+    }
+    card = card_bands(cfg)
+    assert ("near", 0.0, 0.5) in card["distance_m"] and ("left", 60.0, 125.0) in card["azimuth_deg"]
+    assert ("highly reverberant", 1.5, math.inf) in card["t30_s"]
+    assert {attr: classes for attr, (classes, _) in prompts().items()} == {
+        slot: list(words) for slot, words in SLOT_WORDS.items()
+    }
+    assert dsc.distance_word(0.7, cfg) is None and dsc.direction_word(57.0, cfg) is None
 
 
 def test_thresholds_come_from_config_and_yaml(tmp_path):

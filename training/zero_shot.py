@@ -14,9 +14,9 @@ as ``query_top1``: per class prompt, whether its nearest test audio has that cla
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.captions import DescriptorConfig
+from schemas.captions import SLOT_WORDS, DescriptorConfig
 from tasks.descriptors import DEFAULT_DESCRIPTOR_CONFIG, describe_arrays
 from training.metrics import CountMismatchError, check_embeddings
 
@@ -52,6 +52,15 @@ class ZeroShotConfig(BaseModel):
     )
     descriptors: DescriptorConfig = DEFAULT_DESCRIPTOR_CONFIG
 
+    @model_validator(mode="after")
+    def _phrases_name_the_table_words(self) -> ZeroShotConfig:
+        """Classes are the descriptor table's words (schemas.captions.SLOT_WORDS); a phrase may only
+        reword one, so a typo cannot make a class no sample ever has."""
+        for attr in ATTRIBUTES:
+            if set(self.phrases.get(attr, {})) != set(SLOT_WORDS[attr]):
+                raise ValueError(f"phrases[{attr!r}] must give exactly the words {list(SLOT_WORDS[attr])}")
+        return self
+
 
 class ZeroShotResult(BaseModel):
     """One attribute: accuracy over the test samples that have a word, and what it rests on."""
@@ -78,8 +87,8 @@ def prompts(cfg: ZeroShotConfig | None = None) -> dict[str, tuple[list[str], lis
     cfg = cfg or ZeroShotConfig()
     out = {}
     for attr in ATTRIBUTES:
-        words = cfg.phrases.get(attr, {})
-        out[attr] = (list(words), [cfg.template.format(p) for p in words.values()])
+        words = list(SLOT_WORDS[attr])
+        out[attr] = (words, [cfg.template.format(cfg.phrases[attr][w]) for w in words])
     return out
 
 
