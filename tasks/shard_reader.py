@@ -28,6 +28,8 @@ from pydantic import ValidationError
 
 from schemas.audio import RejectReason
 from schemas.shards import SHARD_SAMPLE_RATE, RejectRow, SampleRecord, ShardRejectReason
+from tasks.errors import SpatialAudioCapsError
+from tasks.renderers import check_layout
 from tasks.shard_writer import DEFAULT_WRITER, WRITERS, SampleRejected, ShardSample, reject_row
 from tasks.storage import Storage, open_storage, safe_uri
 
@@ -45,17 +47,23 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 def read_record(raw: bytes) -> SampleRecord:
-    """The .json member as a SampleRecord; SampleRejected (invalid_json / invalid_record) if not."""
+    """The .json member as a SampleRecord; SampleRejected (invalid_json / invalid_record) if not,
+    or if its audio's channels do not fit the layout of the renderer it names."""
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SampleRejected(ShardRejectReason.INVALID_JSON, str(e)[:200]) from e
     try:
-        return SampleRecord.model_validate(data)
+        record = SampleRecord.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise SampleRejected(ShardRejectReason.INVALID_RECORD, f"{where}: {first.get('msg')}"[:200]) from e
+    try:
+        check_layout(record.audio)
+    except SpatialAudioCapsError as e:
+        raise SampleRejected(ShardRejectReason.INVALID_RECORD, f"audio: {e}"[:200]) from e
+    return record
 
 
 def decode_audio(flac: bytes, record: SampleRecord, dtype: str = "float32") -> np.ndarray:

@@ -181,6 +181,11 @@ def test_a_renderer_is_one_class_and_a_registry_entry(scene, monkeypatch):
         renderers.check_layout(back[0].record.audio.model_copy(update={"format": "ambix", "channels": 2}))
     with pytest.raises(UnknownComponentError, match="cardioid_pair"):
         renderers.renderer("binaural")
+    # The reader checks layouts against the registry: without the entry, the samples are refused.
+    monkeypatch.delitem(renderers.RENDERERS, "cardioid_pair")
+    refused = list(iter_tar_samples(io.BytesIO(tar_bytes_of(back)), "test"))
+    assert {r.reason for r in refused if not isinstance(r, ShardSample)} == {"invalid_record"}
+    assert sum(isinstance(r, ShardSample) for r in refused) == sum(not s.record.spatial for s in back)
 
 
 def test_a_writer_is_one_class_and_a_registry_entry(scene, monkeypatch, tmp_path):
