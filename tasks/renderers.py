@@ -51,16 +51,23 @@ class Renderer(Protocol):
         ...
 
 
-class Ambix:
+class _AsIs:
+    """A format whose audio is its input as it is, once the channel count fits the layout."""
+
+    def ambisonic_order(self, channels: int) -> int | None:
+        raise NotImplementedError
+
+    def render(self, scene: np.ndarray) -> np.ndarray:
+        self.ambisonic_order(int(scene.shape[0]))
+        return scene
+
+
+class Ambix(_AsIs):
     """ambiX order N (ACN/SN3D), (N+1)^2 channels: the scene itself, levelled on W."""
 
     name = "ambix"
     spatial = True
     level_channels = (0,)
-
-    def render(self, scene: np.ndarray) -> np.ndarray:
-        self.ambisonic_order(int(scene.shape[0]))
-        return scene
 
     def ambisonic_order(self, channels: int) -> int | None:
         order = math.isqrt(channels) - 1
@@ -69,16 +76,12 @@ class Ambix:
         return order
 
 
-class Mono:
+class Mono(_AsIs):
     """The dry clip as it is: one channel, the non-spatial original of a clip."""
 
     name = MONO_FORMAT
     spatial = False
     level_channels = (0,)
-
-    def render(self, scene: np.ndarray) -> np.ndarray:
-        self.ambisonic_order(int(scene.shape[0]))
-        return scene
 
     def ambisonic_order(self, channels: int) -> int | None:
         if channels != 1:
