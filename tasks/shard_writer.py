@@ -221,30 +221,6 @@ def reject_row(e: AudioRejected, *, key: str | None, source: str, stage: str = "
     )
 
 
-def dedupe(
-    samples: Iterable[ShardSample], *, source: str = "input"
-) -> tuple[list[ShardSample], list[RejectRow]]:
-    """Keep the first sample of each key; later ones become duplicate_key rejects."""
-    seen: set[str] = set()
-    kept: list[ShardSample] = []
-    rejects: list[RejectRow] = []
-    for s in samples:
-        if s.key in seen:
-            rejects.append(
-                reject_row(
-                    SampleRejected(
-                        ShardRejectReason.DUPLICATE_KEY, f"key {s.key} already taken by an earlier sample"
-                    ),
-                    key=s.key,
-                    source=source,
-                )
-            )
-            continue
-        seen.add(s.key)
-        kept.append(s)
-    return kept, rejects
-
-
 # --------------------------------------------------------------------------------------------
 # plans
 
@@ -277,7 +253,7 @@ def plan_shards(
 ) -> list[ShardPlan]:
     """Shards from (key, split, tar bytes) triples; bytes may be 0 when unknown (count-only plans).
 
-    Keys must be unique (see ``dedupe``). Splits come out in sorted order, shards numbered from 0
+    Keys must be unique. Splits come out in sorted order, shards numbered from 0
     within each split.
     """
     if max_samples < 1 or max_bytes < 1:
@@ -286,7 +262,7 @@ def plan_shards(
     seen: set[str] = set()
     for key, split, nbytes in entries:
         if key in seen:
-            raise ValueError(f"duplicate key {key}: dedupe the samples before planning")
+            raise ValueError(f"duplicate key {key}: a key is planned once")
         seen.add(key)
         by_split.setdefault(split, []).append((shard_order(key), key, int(nbytes)))
     plans: list[ShardPlan] = []
@@ -445,7 +421,6 @@ __all__ = [
     "audio_info",
     "build_sample",
     "canonical_json",
-    "dedupe",
     "labels_from_rir",
     "make_key",
     "plan_samples",
