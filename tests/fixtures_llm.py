@@ -1,5 +1,7 @@
 """A tiny LLaMA-architecture model with random weights and a tokenizer trained here, saved to a
 directory: what the LLM backends load through the same ``from_pretrained(dir)`` path as real models.
+``memorize`` trains it on one prompt -> answer pair first, so that a test knows what a real engine
+must produce for that prompt (a random model's text always fails validation).
 
 Import the fixtures into a test module (``from fixtures_llm import tiny_llm, ...``). The models are
 built once per session (a module-level cache: several test modules import these fixtures).
@@ -41,9 +43,10 @@ _BUILT: dict[tuple, Path] = {}
 
 def build_tiny_llama(
     out: Path, *, hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-    chat_template: str | None = None, seed: int = 0,
+    chat_template: str | None = None, seed: int = 0, memorize: tuple[str, str] | None = None,
 ) -> Path:
-    """Train a byte-level BPE on CORPUS, wrap it as a fast tokenizer, build a random LlamaForCausalLM."""
+    """Train a byte-level BPE on CORPUS, wrap it as a fast tokenizer, build a random LlamaForCausalLM
+    (then teach it ``memorize``'s answer to its prompt)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -69,8 +72,48 @@ def build_tiny_llama(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(out)
+    model = LlamaForCausalLM(config)
+    if memorize:
+        _memorize(model, tok, *memorize)
+    model.save_pretrained(out)
     return out
+
+
+def _memorize(model, tok, prompt: str, answer: str, steps: int = 300) -> None:
+    """Fit the answer (then EOS) after the prompt as the engine will render it (through the chat
+    template when there is one) until each answer token is the model's first choice with p > 0.9,
+    then scale the output layer until every other token is e^-20 of it: sampled at any usual
+    temperature, with any seed, in bfloat16, the model then says exactly ``answer`` (in a tenth
+    of the training that p ~ 1 would take). One thread: on a busy 2-core box two threads of this
+    tiny model spin-wait on each other, 30x slower."""
+    import torch
+
+    if tok.chat_template:
+        prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    head = tok(prompt, add_special_tokens=False)["input_ids"]
+    tail = torch.tensor([*tok(answer, add_special_tokens=False)["input_ids"], tok.eos_token_id])
+    ids = torch.cat([torch.tensor(head), tail])[None]
+    labels = torch.cat([torch.full((len(head),), -100), tail])[None]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model.train()
+    for _ in range(steps):
+        out = model(input_ids=ids, labels=labels)
+        logits = out.logits[0, len(head) - 1 : -1].detach()
+        if (logits.log_softmax(-1).gather(1, tail[:, None]) > -0.1).all():
+            break
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    else:
+        raise AssertionError(f"the tiny model did not learn its answer in {steps} steps")
+    torch.set_num_threads(threads)
+    model.eval()
+    margin = (logits.gather(1, tail[:, None])[:, 0] - logits.scatter(1, tail[:, None], -torch.inf).amax(-1))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(max(1.0, 20 / margin.min().item()))
 
 
 def _cached(tmp_path_factory: pytest.TempPathFactory, name: str, **kwargs) -> Path:
@@ -92,7 +135,17 @@ def tiny_chat_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _cached(tmp_path_factory, "tiny_chat_llm", chat_template=CHAT_TEMPLATE)
 
 
+VLLM_SHAPE = {"hidden": 128, "heads": 2, "kv_heads": 2}
+"""Head size 64: vLLM's attention kernels (CPU ones included) reject head sizes 8 and 16."""
+
+
 @pytest.fixture(scope="session")
 def tiny_vllm_llm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Head size 64 (hidden 128, 2 heads): vLLM's attention kernels do not take head size 8."""
-    return _cached(tmp_path_factory, "tiny_vllm_llm", hidden=128, heads=2, kv_heads=2)
+    """The random model in vLLM's shape, no chat template (plain completion)."""
+    return _cached(tmp_path_factory, "tiny_vllm_llm", **VLLM_SHAPE)
+
+
+def tiny_vllm_chat_llm(tmp_path_factory: pytest.TempPathFactory, prompt: str, answer: str) -> Path:
+    """vLLM's shape with a chat template, taught to answer ``prompt`` (rendered as a chat) with ``answer``."""
+    return _cached(tmp_path_factory, "tiny_vllm_chat_llm", chat_template=CHAT_TEMPLATE,
+                   memorize=(prompt, answer), **VLLM_SHAPE)

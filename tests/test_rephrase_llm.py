@@ -1,6 +1,7 @@
 # ruff: noqa: F811 - pytest fixtures imported from fixtures_llm are parameters by design
 """The LLM backends for real, on a tiny random LLaMA built here: transformers on CPU, the OpenAI
-client against a real HTTP server on 127.0.0.1, and vLLM where a GPU and vllm exist.
+client against a real HTTP server on 127.0.0.1. vLLM runs in its own environment:
+tests/test_rephrase_vllm.py (under .venv-llm); here only its import guard is checked.
 
 A random model's text fails validation, so every caption falls back to the template: that is
 the fallback path under test. Nothing in the backends or the HTTP client is mocked.
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from fixtures_llm import tiny_chat_llm, tiny_llm, tiny_vllm_llm  # noqa: F401 - fixtures
+from fixtures_llm import tiny_chat_llm, tiny_llm  # noqa: F401 - fixtures
 
 from schemas.captions import (
     Descriptors,
@@ -28,7 +29,6 @@ from schemas.captions import (
     RephraseRequest,
     RephraseSettings,
     TransformersOptions,
-    VllmOptions,
 )
 from tasks.rephrase.base import BackendUnavailable, make_backend
 from tasks.rephrase.runner import summarize
@@ -243,20 +243,7 @@ def test_openai_gives_up_on_a_dead_server_with_a_typed_error():
 
 # ----------------------------------------------------------------------------- vllm
 
-@pytest.mark.gpu
-@pytest.mark.skipif(VLLM_MISSING is not None, reason=f"vllm backend: {VLLM_MISSING}")
-def test_vllm_backend_on_the_tiny_model(tiny_vllm_llm):
-    vllm = VllmOptions(gpu_memory_utilization=0.3, max_model_len=1024, data_parallel_size=1)
-    settings = _settings(tiny_vllm_llm, backend="vllm", vllm=vllm)
-    with make_backend(settings) as backend:
-        results = backend.rephrase(_requests())
-        again = backend.rephrase(_requests())
-    _check_batch(results, "vllm")
-    assert again == results  # per-request seeds
-    assert backend.stats.generate_calls == 4 and backend.stats.generated_tokens > 0
-
-
-@pytest.mark.skipif(VLLM_MISSING is None, reason="vllm and a GPU are here: the gpu test covers the backend")
+@pytest.mark.skipif(VLLM_MISSING is None, reason="vllm is here: tests/test_rephrase_vllm.py covers it")
 def test_vllm_is_import_guarded():
     with pytest.raises(BackendUnavailable, match=re.escape(VLLM_MISSING)):
         make_backend(RephraseSettings(backend="vllm"))
