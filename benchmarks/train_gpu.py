@@ -115,7 +115,7 @@ def throughput(batch: int, iters: int) -> dict:
 
 def smoke(shards: str) -> dict:
     from training.config import DataConfig, ModelConfig, OptimConfig, ShardSource, TrainConfig
-    from training.synthetic import train_tiny_tokenizer
+    from training.tiny_tokenizer import train_tiny_tokenizer
     from training.train import run
 
     with tempfile.TemporaryDirectory() as d:

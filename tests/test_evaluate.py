@@ -1,6 +1,6 @@
 """ELSA evaluation end to end: a tiny model trained here on rendered shards, evaluated through the CLI.
 
-The shards are physically rendered (training.synthetic: the repo's RIR engine, measured labels),
+The shards come from a real demo build (tests/training_helpers: the pipeline's flow, measured labels),
 the model is trained for a few steps by the real training loop (training.train.run), and the
 report is produced by the same code users call. Also: the pieces on embeddings whose answers are
 known, the real-recording loaders on real label files (and the TAU SSE 2019 sample when
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from training_helpers import shards, tokenizer_dir
 
 from training.metrics import CountMismatchError, EmptyEvaluationSetError, NonFiniteEmbeddingError
 
@@ -36,26 +37,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import torch
 
     from training.config import DataConfig, FeatureConfig, ModelConfig, OptimConfig, ShardSource, TrainConfig
-    from training.synthetic import SyntheticSpec, build_synthetic_shards, train_tiny_tokenizer
     from training.train import run
 
     root = tmp_path_factory.mktemp("eval")
-    spec = SyntheticSpec(
-        n_rooms=12,
-        seed=0,
-        sounds_per_placement=2,
-        holdout_placements_per_room=6,
-        holdout_sounds_per_placement=2,
-        sound_s=1.0,
-        samples_per_shard=16,
-        splits=("train", "test"),
-    )
-    summary = build_synthetic_shards(root / "shards", spec)
-    tok = train_tiny_tokenizer(root / "tok")
+    built = shards()
+    tok = tokenizer_dir()
     cfg = TrainConfig(
         run_dir=str(root / "run"),
         data=DataConfig(
-            sources=[ShardSource(root=str(root / "shards"))],
+            sources=[ShardSource(root=str(built))],
             batch_size=8,
             num_workers=0,
             batches_per_epoch=4,
@@ -74,13 +64,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
         out = run(cfg)
     finally:
         torch.set_num_threads(threads)
-    return {
-        "root": root,
-        "shards": str(root / "shards"),
-        "run": out["run_dir"],
-        "cfg": cfg,
-        "summary": summary,
-    }
+    return {"root": root, "shards": str(built), "run": out["run_dir"], "cfg": cfg}
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +129,7 @@ def test_cli_evaluate_writes_the_report(trained: dict, tmp_path: Path):
 
     for row in rep["rows"].values():
         sets = {r["set"]: r for r in row["retrieval"]}
-        assert {"synthetic/spatial", "synthetic/spatial_small", "synthetic/nonspatial"} <= set(sets)
+        assert {"demo/spatial", "demo/spatial_small", "demo/nonspatial"} <= set(sets)
         for r in sets.values():
             assert len(r["metrics"]) == 8
             assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in r["metrics"].values())
@@ -225,9 +209,9 @@ def test_empty_test_set_is_a_clear_error(trained: dict, loaded: dict, tmp_path: 
     from training.evaluate import EvaluationConfig, evaluate
 
     cfg = EvaluationConfig(
-        checkpoint=trained["run"], shards=trained["shards"], test_split="val", device="cpu"
+        checkpoint=trained["run"], shards=trained["shards"], test_split="holdout", device="cpu"
     )
-    with pytest.raises(EmptyEvaluationSetError, match=r"'val'.*no shards"):
+    with pytest.raises(EmptyEvaluationSetError, match=r"'holdout'.*no shards"):
         evaluate(cfg, **loaded)
     (tmp_path / "test").mkdir()
     with tarfile.open(tmp_path / "test" / "test-000000.tar", "w"):

@@ -1,7 +1,10 @@
-"""Shared builders for the training tests: rendered shards, a tiny tokenizer, a tiny CLAP checkpoint.
+"""Shared builders for the training tests: shards built by the pipeline, a tiny tokenizer, a tiny CLAP.
 
-Built once per pytest process (lru_cache) into a temporary directory, so every training test
-module reuses the same files; nothing is downloaded.
+Every shard the training, loader and evaluation tests read comes from a real ``spatial-audiocaps
+build`` of the demo corpus (the Prefect flow: rooms, RIR bank, template captions, render, commit),
+so the loader is tested on exactly what the pipeline writes and the labels are measured on the
+rendered RIRs. Built once per pytest process (lru_cache) into a temporary directory; nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -16,53 +19,83 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from room_specs import DEFAULT_CONFIG
 from training.config import TINY_AUDIO_CONFIG, TINY_TEXT_CONFIG, FeatureConfig, ModelConfig
-from training.synthetic import SyntheticSpec, build_synthetic_shards, train_tiny_tokenizer
+from training.tiny_tokenizer import train_tiny_tokenizer
 
 _ROOT = Path(tempfile.mkdtemp(prefix="elsa-tests-"))
 atexit.register(shutil.rmtree, _ROOT, True)
 
 # 1 s clips keep the tiny HTSAT (spec_size 128: at most 256 frames) and the CPU budget happy.
 TEST_FEATURES = FeatureConfig(clip_s=1.0)
-# 12 rooms: 12 train placements x 2 sounds + their mono originals, and held-out val/test placements.
-SMALL = SyntheticSpec(n_rooms=12, sounds_per_placement=2, sound_s=1.2, samples_per_shard=6, seed=3)
-# The learning test: 80 directions x 3 sounds to train on, 32 held-out directions in test rooms.
-LEARN = SyntheticSpec(
-    n_rooms=80,
-    sounds_per_placement=3,
-    sound_s=1.5,
-    nonspatial_originals=False,
-    samples_per_shard=32,
-    holdout_placements_per_room=4,
-    holdout_sounds_per_placement=1,
-    splits=("train", "test"),
-    seed=0,
-)
 
 
-@lru_cache(maxsize=4)
-def shards(spec: SyntheticSpec = SMALL) -> Path:
-    root = _ROOT / f"shards-{abs(hash(spec.model_dump_json()))}"
-    build_synthetic_shards(root, spec)
-    return root
+class BuildSpec(BaseModel):
+    """A demo build for tests: clips, rooms and placements per room (the room YAML's), shard size.
+
+    The RIR bank renders uncalibrated with image order 6 (the labels are still measured on each
+    rendered RIR), which keeps a build of hundreds of samples within seconds of CPU.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    clips: int
+    n_rooms: int
+    train_placements: int = 1
+    holdout_placements: int = 1
+    shard_size: int = 8
+    seed: int = 0
+
+    def overrides(self, room_config: Path) -> list[str]:
+        return [f"room_config={room_config}", f"n_rooms={self.n_rooms}", f"limit={self.clips}",
+                f"shard_size={self.shard_size}", f"seed={self.seed}", "rir.calibrate=false",
+                "rir.max_ism_order=6", "run.n_workers=1"]
+
+    def room_yaml(self) -> str:
+        rooms = yaml.safe_load(Path(DEFAULT_CONFIG).read_text())
+        for split, n in (("train", self.train_placements), ("val", self.holdout_placements),
+                         ("test", self.holdout_placements)):
+            rooms["splits"][split]["placements_per_room"] = n
+        return yaml.safe_dump(rooms)
 
 
-def demo_build(out_root: str) -> str:
-    """A real ``spatial-audiocaps build`` of the demo corpus into ``out_root`` (local or s3://, with the
-    AWS environment of this process); returns the dataset version's root, which the loader reads."""
+# 48 clips (about 40 train, the rest val/test), each with two spatial augmentations and its mono
+# original; the loader, training and evaluation tests share it.
+SMALL = BuildSpec(clips=48, n_rooms=12, holdout_placements=3, shard_size=8, seed=3)
+# The learning test: about 160 train clips x 2 augmentations over about 110 of the 128 train
+# directions (64 rooms x 2), and test samples at 32 held-out directions (8 test rooms x 4).
+LEARN = BuildSpec(clips=200, n_rooms=80, train_placements=2, holdout_placements=4, shard_size=32)
+
+
+def pipeline_build(out_root: str, spec: BuildSpec = SMALL) -> dict:
+    """A real ``spatial-audiocaps build`` of the demo corpus into ``out_root`` (local or s3://, with
+    the AWS environment of this process); returns the flow's result, whose ``uri`` is the dataset
+    version's root, which the loader reads."""
+    room_config = _ROOT / f"rooms-{spec.train_placements}-{spec.holdout_placements}.yaml"
+    room_config.write_text(spec.room_yaml())
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
         "PREFECT_HOME": str(_ROOT / "prefect-home"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "OMP_NUM_THREADS": "1",
     }
-    cmd = [sys.executable, "-m", "spatial_audiocaps.cli", "build", "--out", out_root, "--limit", "12",
-           "--n-rooms", "30", "--shard-size", "6", "--workers", "1"]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    cmd = [sys.executable, "-m", "spatial_audiocaps.cli", "build", "--out", out_root]
+    for o in spec.overrides(room_config):
+        cmd += ["--set", o]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(next(line for line in reversed(res.stdout.splitlines()) if line.startswith("{")))
-    assert result["samples"] == 36 and result["rejects"] == 0, result
-    return result["uri"]
+    assert result["samples"] > 0 and result["rejects"] == 0, result
+    return result
+
+
+@lru_cache(maxsize=4)
+def shards(spec: BuildSpec = SMALL) -> Path:
+    """The dataset version root of a local build of ``spec``."""
+    return Path(pipeline_build(str(_ROOT / f"build-{abs(hash(spec))}"), spec)["uri"])
 
 
 @lru_cache(maxsize=1)

@@ -5,8 +5,9 @@ Pipeline, per rank and DataLoader worker (all in worker processes; the main proc
   shard URLs ─ resampled: drawn with replacement by an RNG of (seed, epoch, rank, worker, source)
              └ finite:    split by node (every world-th shard from rank, as wds.split_by_node, but
                           with the rank explicit) → wds.split_by_worker
-  → streamed through tasks.storage (boto3 for s3://, no aws CLI) → wds tar_file_expander/group_by_keys
-  → JSON parsed and filtered (spatial / non-spatial per source) → sources mixed by weight
+  → streamed through tasks.storage (boto3 for s3://, no aws CLI) and read by tasks.shard_reader (the
+    one reader: json → SampleRecord, sha256 of the FLAC; unusable samples logged with their reason)
+  → filtered (spatial / non-spatial per source) → sources mixed by weight
   → shuffle buffer → raw batches → decode FLAC + features → collated, tokenised batch
 
 Determinism, for resume: every random choice (shard draw, mix, shuffle, caption, crop) comes
@@ -19,8 +20,6 @@ batches without decoding them (yielding None), so batch k+1 is exactly what it w
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
 import zlib
@@ -29,16 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import soundfile as sf
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
 
+from schemas.shards import SHARD_SAMPLE_RATE, RejectRow, SampleRecord
+from tasks.shard_reader import decode_audio as read_audio
+from tasks.shard_reader import read_shard
 from training.config import DataConfig, FeatureConfig, ShardSource
 from training.features import clip_features, fit_length, to_foa
 
 log = logging.getLogger(__name__)
-
-LABEL_FIELDS = ("azimuth_deg", "elevation_deg", "distance_m", "floor_area_m2", "t30_s", "drr_db")
 
 
 class DataError(ValueError):
@@ -47,14 +45,6 @@ class DataError(ValueError):
 
 # --------------------------------------------------------------------------------------------
 # storage
-
-
-def split_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` → (bucket, prefix without slashes at the ends)."""
-    if not url.startswith("s3://"):
-        raise DataError(f"not an s3:// URL: {url}")
-    bucket, _, prefix = url[5:].partition("/")
-    return bucket, prefix.strip("/")
 
 
 def list_shards(root: str, split: str) -> list[str]:
@@ -75,85 +65,34 @@ def list_shards(root: str, split: str) -> list[str]:
     return urls
 
 
-def open_url(url: str) -> io.BufferedIOBase:
-    """A streaming reader for a shard (tasks.storage: boto3 get_object for s3://, else a file)."""
-    from tasks.storage import open_storage
-
-    return open_storage(url).open_read(url)  # type: ignore[return-value]
-
-
 # --------------------------------------------------------------------------------------------
 # samples
-
-
-class SampleMeta(BaseModel):
-    """What the loader reads from a sample's .json (schemas.shards.SampleRecord, or flat labels)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    text: list[str]
-    spatial: bool = True
-    azimuth_deg: float | None = None
-    elevation_deg: float | None = None
-    distance_m: float | None = None
-    floor_area_m2: float | None = None
-    t30_s: float | None = None
-    drr_db: float | None = None
-
-    @classmethod
-    def parse(cls, raw: bytes) -> SampleMeta:
-        d = json.loads(raw)
-        if not isinstance(d, dict):
-            raise DataError("sample json is not an object")
-        labels = d.get("labels")
-        if isinstance(labels, dict):
-            d = {**d, **{k: labels.get(k) for k in LABEL_FIELDS}}
-        text = d.get("text") or d.get("original_text") or d.get("original_captions")
-        if isinstance(text, str):
-            text = [text]
-        d["text"] = [t for t in (text or []) if isinstance(t, str) and t.strip()]
-        if not d["text"]:
-            raise DataError("sample has no caption")
-        return cls.model_validate(d)
 
 
 def _raw_samples(
     urls: Iterable[str], only: str | None, max_barren: int | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Tar members grouped into samples with parsed meta; bad JSON or filtered samples dropped.
+    """The usable samples of the shards (tasks.shard_reader), filtered; every other one is logged.
 
     ``max_barren``: raise once that many shards in a row gave no usable sample (a resampled
     source whose filter matches nothing would otherwise spin forever).
     """
-    import webdataset as wds
-
-    state = {"opened": 0, "at_last_yield": 0}
-
-    def opened() -> Iterator[dict[str, Any]]:
-        for url in urls:
-            if max_barren is not None and state["opened"] - state["at_last_yield"] >= max_barren:
-                raise DataError(
-                    f"{max_barren} shards in a row without a usable {only or ''} sample (last {url})"
-                )
-            state["opened"] += 1
-            try:
-                yield {"url": url, "stream": open_url(url)}
-            except Exception as e:  # a missing or unreadable shard must not end a long run
-                log.warning("skipping shard %s: %s", url, e)
-
-    expanded = wds.tariterators.tar_file_expander(opened(), handler=wds.warn_and_continue)
-    for s in wds.tariterators.group_by_keys(expanded, handler=wds.warn_and_continue):
-        if "flac" not in s or "json" not in s:
-            continue
+    opened = at_last_yield = 0
+    for url in urls:
+        if max_barren is not None and opened - at_last_yield >= max_barren:
+            raise DataError(f"{max_barren} shards in a row without a usable {only or ''} sample (last {url})")
+        opened += 1
         try:
-            meta = SampleMeta.parse(s["json"])
-        except (ValueError, ValidationError) as e:
-            log.warning("skipping sample %s: bad json (%s)", s.get("__key__"), str(e).splitlines()[0])
-            continue
-        if only is not None and meta.spatial != (only == "spatial"):
-            continue
-        state["at_last_yield"] = state["opened"]
-        yield {"key": s["__key__"], "flac": s["flac"], "meta": meta}
+            for item in read_shard(url, decode=False):
+                if isinstance(item, RejectRow):
+                    log.warning("skipping sample %s of %s: %s (%s)", item.key, url, item.reason, item.detail)
+                    continue
+                if only is not None and item.record.spatial != (only == "spatial"):
+                    continue
+                at_last_yield = opened
+                yield {"key": item.key, "flac": item.flac, "record": item.record}
+        except Exception as e:  # a missing or unreadable shard must not end a long run
+            log.warning("skipping shard %s: %s", url, e)
 
 
 def direction_vector(az_deg: float, el_deg: float) -> np.ndarray:
@@ -162,14 +101,12 @@ def direction_vector(az_deg: float, el_deg: float) -> np.ndarray:
     return np.array([math.cos(az) * math.cos(el), math.sin(az) * math.cos(el), math.sin(el)], np.float32)
 
 
-def decode_audio(flac: bytes, sample_rate: int) -> np.ndarray:
-    """FLAC bytes → (4, N) float32 (mono copied to four channels; HOA keeps its first-order part)."""
-    x, sr = sf.read(io.BytesIO(flac), dtype="float32", always_2d=True)
-    if sr != sample_rate:
-        raise DataError(f"audio is at {sr} Hz, the features expect {sample_rate} Hz")
-    if x.shape[0] == 0:
-        raise DataError("empty audio")
-    return to_foa(x.T)
+def decode_audio(flac: bytes, record: SampleRecord, sample_rate: int) -> np.ndarray:
+    """A sample's FLAC → (4, N) float32 (mono copied to four channels; HOA keeps its first-order
+    part), decoded and checked against its record by tasks.shard_reader."""
+    if sample_rate != SHARD_SAMPLE_RATE:
+        raise DataError(f"shards hold {SHARD_SAMPLE_RATE} Hz audio, the features expect {sample_rate} Hz")
+    return to_foa(read_audio(flac, record))
 
 
 @dataclass(frozen=True)
@@ -184,22 +121,24 @@ def decode_sample(
     raw: dict[str, Any], feat: FeatureConfig, rng: np.random.Generator, mode: SampleMode
 ) -> dict:
     """One raw sample → tensors: random caption, random crop / repeat-pad, features, labels (NaN if none)."""
-    meta: SampleMeta = raw["meta"]
-    audio = decode_audio(raw["flac"], feat.sample_rate)
-    text = meta.text[int(rng.integers(len(meta.text)))]
-    spatial = bool(meta.spatial and meta.azimuth_deg is not None and meta.elevation_deg is not None)
+    record: SampleRecord = raw["record"]
+    audio = decode_audio(raw["flac"], record, feat.sample_rate)
+    text = record.text[int(rng.integers(len(record.text)))]
+    labels = record.labels if record.spatial else None
     nan = float("nan")
     out: dict[str, Any] = {
         "key": raw["key"],
         "text": text,
-        "spatial": spatial,
+        "spatial": labels is not None,
         "direction": torch.from_numpy(
-            direction_vector(meta.azimuth_deg, meta.elevation_deg) if spatial else np.full(3, nan, np.float32)
+            direction_vector(labels.azimuth_deg, labels.elevation_deg)
+            if labels is not None
+            else np.full(3, nan, np.float32)
         ),
     }
     for name in ("distance_m", "floor_area_m2", "t30_s", "drr_db"):
-        v = getattr(meta, name)
-        out[name] = nan if (v is None or not meta.spatial) else float(v)
+        v = getattr(labels, name) if labels is not None else None
+        out[name] = nan if v is None else float(v)
     if mode.features:
         f = clip_features(audio, feat, rng)
         out["mel"], out["iv"] = f.mel, f.iv

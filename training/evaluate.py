@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,8 +29,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.shards import RejectRow
+from tasks.shard_reader import read_shard
+from tasks.shard_writer import SampleRejected, ShardSample
+from tasks.storage import StorageError
 from training.direction_swap import DIRECTIONS, direction_swap
 from training.doa_probe import (
     ProbeConfig,
@@ -122,15 +125,11 @@ class SplitData:
         return np.asarray(self.spatial, dtype=bool)
 
 
-def iter_shard_records(
-    root: str, split: str, shuffle_seed: int | None = None
-) -> Iterator[tuple[str, bytes, bytes]]:
-    """(key, json bytes, flac bytes) of every complete sample of a split, shard by shard.
-
-    Streams each tar (tasks.storage: local or s3://) without extracting it. ``shuffle_seed``
-    visits the shards in a seeded random order (for a capped, less biased train subset).
-    """
-    from training.data import DataError, list_shards, open_url
+def iter_split(root: str, split: str, shuffle_seed: int | None = None) -> Iterator[ShardSample | RejectRow]:
+    """Every sample of a split, shard by shard, through tasks.shard_reader (local or s3://), or the
+    RejectRow of one that cannot be read. ``shuffle_seed`` visits the shards in a seeded random
+    order (for a capped, less biased train subset)."""
+    from training.data import DataError, list_shards
 
     try:
         urls = list_shards(root, split)
@@ -139,23 +138,10 @@ def iter_shard_records(
     if shuffle_seed is not None:
         urls = [urls[i] for i in np.random.default_rng(shuffle_seed).permutation(len(urls))]
     for url in urls:
-        pending: dict[str, dict[str, bytes]] = {}
         try:
-            with open_url(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-                for m in tar:
-                    if not m.isfile():
-                        continue
-                    key, _, ext = m.name.rpartition("/")[2].partition(".")
-                    fh = tar.extractfile(m)
-                    if fh is None or ext not in ("json", "flac"):
-                        continue
-                    d = pending.setdefault(key, {})
-                    d[ext] = fh.read()
-                    if "json" in d and "flac" in d:
-                        del pending[key]
-                        yield key, d["json"], d["flac"]
-        except (OSError, tarfile.TarError) as e:
-            log.warning("shard %s could not be read to the end: %s", url, e)
+            yield from read_shard(url, decode=False)
+        except (OSError, StorageError) as e:
+            log.warning("shard %s could not be read: %s", url, e)
 
 
 def read_split(
@@ -174,7 +160,7 @@ def read_split(
     """Read, decode and embed a split: one audio embedding matrix per row ("elsa", "semantic_only")."""
     import torch
 
-    from training.data import SampleMeta, decode_audio
+    from training.data import decode_audio
     from training.features import clip_features
 
     out = SplitData()
@@ -192,33 +178,33 @@ def read_split(
         buf_mel.clear()
         buf_iv.clear()
 
-    for key, raw_json, flac in iter_shard_records(root, split, shuffle_seed):
+    for item in iter_split(root, split, shuffle_seed):
         if max_samples is not None and len(out) >= max_samples:
             break
-        try:
-            meta = SampleMeta.parse(raw_json)
-            d = json.loads(raw_json)
-            spatial = bool(meta.spatial and meta.azimuth_deg is not None and meta.elevation_deg is not None)
-            if only_spatial and not spatial:
-                continue
-            f = clip_features(decode_audio(flac, feat.sample_rate), feat, offset=0)
-        except (ValueError, ValidationError, RuntimeError) as e:  # bad json or undecodable audio
-            log.warning("skipping %s: %s", key, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        if isinstance(item, RejectRow):
+            log.warning("skipping %s: %s (%s)", item.key or item.source, item.reason, item.detail)
             out.skipped += 1
             continue
-        originals = d.get("original_text") or meta.text
-        out.keys.append(key)
-        out.dataset.append(str(d.get("dataset") or key.split("-")[0]))
-        out.clip_id.append(str(d.get("clip_id") or key))
-        out.aug.append(int(d.get("aug", 1 if spatial else 0)))
-        out.spatial.append(spatial)
-        out.text.append(list(meta.text))
-        out.original_text.append(
-            [t for t in originals if isinstance(t, str) and t.strip()] or list(meta.text)
-        )
+        rec = item.record
+        labels = rec.labels if rec.spatial else None
+        if only_spatial and labels is None:
+            continue
+        try:
+            f = clip_features(decode_audio(item.flac, rec, feat.sample_rate), feat, offset=0)
+        except (SampleRejected, ValueError, RuntimeError) as e:  # undecodable audio
+            log.warning("skipping %s: %s", item.key, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            out.skipped += 1
+            continue
+        out.keys.append(item.key)
+        out.dataset.append(rec.dataset)
+        out.clip_id.append(rec.clip_id)
+        out.aug.append(rec.aug)
+        out.spatial.append(labels is not None)
+        out.text.append(list(rec.text))
+        out.original_text.append(list(rec.original_text))
         for k in LABEL_KEYS:
-            v = getattr(meta, k)
-            out.labels[k].append(float(v) if (spatial and v is not None) else float("nan"))
+            v = getattr(labels, k) if labels is not None else None
+            out.labels[k].append(float("nan") if v is None else float(v))
         buf_mel.append(f.mel)
         buf_iv.append(f.iv)
         if len(buf_mel) >= batch_size:
