@@ -65,8 +65,8 @@ class BuildSpec(BaseModel):
 # 48 clips (about 40 train, the rest val/test), each with two spatial augmentations and its mono
 # original; the loader, training and evaluation tests share it.
 SMALL = BuildSpec(clips=48, n_rooms=12, holdout_placements=3, shard_size=8, seed=3)
-# The learning test: about 160 train clips x 2 augmentations over about 110 of the 128 train
-# directions (64 rooms x 2), and test samples at 32 held-out directions (8 test rooms x 4).
+# The learning test: 157 train clips x 2 spatial augmentations at 136 source positions, and 26 test
+# clips x 2 at 23 of the test rooms' held-out positions (4 per room).
 LEARN = BuildSpec(clips=200, n_rooms=80, train_placements=2, holdout_placements=4, shard_size=32)
 
 
