@@ -58,8 +58,8 @@ def _cmd_rir(args: argparse.Namespace) -> dict[str, Any]:
         "drr_db": record.drr_db,
         "c50_db": record.c50_db,
         "direct_doa_error_deg": record.direct_doa_error_deg,
-        "absorption_scale": record.absorption_scale,
-        "calibration_iterations": record.calibration_iterations,
+        "absorption_scale": rendered.absorption_scale,
+        "calibration_iterations": rendered.calibration_iterations,
     }
 
 

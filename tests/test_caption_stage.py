@@ -28,7 +28,8 @@ CAPTIONS = ["A dog barks", "Rain falls on a tin roof", "A man speaks while a car
 
 
 def _requests(n: int) -> list[RephraseRequest]:
-    d = [Descriptors(direction="left", distance="far"), Descriptors(elevation="up", reverb="highly reverberant")]
+    d = [Descriptors(direction="left", distance="far"),
+         Descriptors(elevation="up", reverb="highly reverberant")]
     return [RephraseRequest(sample_id=f"s{i}", caption=CAPTIONS[i % len(CAPTIONS)] + f" {i}" * (i % 3),
                             descriptors=d[i % 2], seed=i) for i in range(n)]
 
@@ -94,7 +95,7 @@ def test_stage_on_s3(s3):
 
 
 def test_bad_stage_inputs_are_typed_errors(tmp_path):
-    with pytest.raises(SpatialAudioCapsError, match="stage.json missing"):
+    with pytest.raises(SpatialAudioCapsError, match=r"stage\.json missing"):
         read_stage(str(tmp_path / "nowhere"))
     stage = str(tmp_path / "captions")
     spec = write_stage(_requests(3), RephraseSettings(), stage, batch_size=2)
