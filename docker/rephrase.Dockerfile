@@ -23,4 +23,4 @@ RUN pip install --no-cache-dir ".[llm]"
 ENV PREFECT_SERVER_ANALYTICS_ENABLED=false \
     PYTHONUNBUFFERED=1
 ENTRYPOINT ["prefect"]
-CMD ["worker", "start", "--pool", "gpu-process", "--type", "process"]
+CMD ["worker", "start", "--pool", "llm-process", "--type", "process"]

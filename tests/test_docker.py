@@ -81,8 +81,14 @@ def test_compose_stack():
     assert (DOCKER / worker["build"]["context"] / worker["build"]["dockerfile"]).resolve().exists()
     assert worker["environment"]["PREFECT_API_URL"].startswith("http://prefect-server:")
     assert worker["environment"]["AWS_ENDPOINT_URL"].startswith("http://minio:")
-    pool = yaml.safe_load((REPO / "prefect.yaml").read_text())["definitions"]["work_pools"]["cpu"]["name"]
-    assert pool in worker["command"]
+    pools = yaml.safe_load((REPO / "prefect.yaml").read_text())["definitions"]["work_pools"]
+    assert pools["cpu"]["name"] in worker["command"]
+    # The caption stage's worker: the vLLM image, on the GPU pool the rephrase deployment targets.
+    llm = services["llm-worker"]
+    assert llm["build"]["dockerfile"].endswith("rephrase.Dockerfile")
+    assert pools["gpu"]["name"] in llm["command"]
+    assert pools["gpu"]["name"] in (DOCKER / "rephrase.Dockerfile").read_text()
+    assert llm["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     # Credentials are variables filled from an untracked env file, never literals.
     for svc in services.values():
         for key, value in (svc.get("environment") or {}).items():
