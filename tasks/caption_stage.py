@@ -92,6 +92,17 @@ def _finished(batch: list[RephraseRequest], settings: RephraseSettings, cache: R
     return all(cache_key(r, model, settings) in cache for r in batch)
 
 
+def finished_batches(uri: str) -> set[int]:
+    """The batches whose every result is in the stage's cache: what no worker will generate again.
+
+    The cache, not batches/, is the truth: a worker killed between writing a batch's results and
+    its BatchRecord leaves a finished batch without a record.
+    """
+    spec, requests = read_stage(uri)
+    cache = RephraseCache(join_uri(uri, "cache"))
+    return {b for b in range(spec.n_batches) if _finished(_batch(spec, requests, b), spec.settings, cache)}
+
+
 def run_stage_worker(
     uri: str,
     worker: int = 0,

@@ -15,6 +15,7 @@ from tasks.caption_stage import (
     batch_records,
     collect_results,
     engine_records,
+    finished_batches,
     read_stage,
     run_stage_worker,
     worker_batches,
@@ -71,6 +72,7 @@ def test_killed_worker_resumes_without_generating_finished_batches(tmp_path):
         run_stage_worker(stage, on_batch=die_after_three)
     with pytest.raises(StageIncomplete, match="18 of 30"):
         collect_results(stage)
+    assert finished_batches(stage) == {0, 1, 2}
     report = run_stage_worker(stage)
     assert (report.batches_skipped, report.batches_generated) == (3, 5)
     assert report.captions_generated == 30 - 12
