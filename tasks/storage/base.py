@@ -43,6 +43,17 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class Upload:
+    """One ``upload_file`` call: the local file, where it goes, and what it must hash to."""
+
+    path: str | os.PathLike[str]
+    uri: str
+    sha256: str
+    progress: Callable[[int], None] | None
+    digest: Digest | None
+
+
+@dataclass(frozen=True)
 class Verification:
     ok: bool
     reason: str  # "ok", "missing", "size", "sha256", "checksum"
@@ -107,7 +118,6 @@ class Storage(ABC):
     def put_bytes(self, uri: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         """Write a small object atomically (a reader sees the old or the new bytes, never half)."""
 
-    @abstractmethod
     def upload_file(
         self,
         path: str | os.PathLike[str],
@@ -122,6 +132,11 @@ class Storage(ABC):
         With ``digest`` (what was hashed while the file was written) the checksums are sent, not
         recomputed: no extra pass over the bytes, and the server checks them against the data.
         """
+        self._upload(Upload(path=path, uri=uri, sha256=sha256, progress=progress, digest=digest))
+
+    @abstractmethod
+    def _upload(self, job: Upload) -> None:
+        """The backend's half of ``upload_file``."""
 
     @abstractmethod
     def list(self, prefix: str) -> list[ObjectInfo]:

@@ -10,7 +10,7 @@ from typing import IO
 
 from fsspec.implementations.local import LocalFileSystem
 
-from tasks.storage.base import ObjectInfo, Storage
+from tasks.storage.base import ObjectInfo, Storage, Upload
 from tasks.storage.config import READ_CHUNK, StorageConfig
 from tasks.storage.digests import Digest
 from tasks.storage.errors import StorageError
@@ -62,23 +62,15 @@ class LocalStorage(Storage):
     def put_bytes(self, uri: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         self._atomic_write(uri, lambda fh: fh.write(data))
 
-    def upload_file(
-        self,
-        path: str | os.PathLike[str],
-        uri: str,
-        *,
-        sha256: str,
-        progress: Callable[[int], None] | None = None,
-        digest: Digest | None = None,
-    ) -> None:
+    def _upload(self, job: Upload) -> None:
         def copy(fh: IO[bytes]) -> None:
-            with open(path, "rb") as src:
+            with open(job.path, "rb") as src:
                 while chunk := src.read(READ_CHUNK):
                     fh.write(chunk)
-                    if progress:
-                        progress(len(chunk))
+                    if job.progress:
+                        job.progress(len(chunk))
 
-        self._atomic_write(uri, copy)
+        self._atomic_write(job.uri, copy)
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         """Files under the directory ``prefix`` (or ``prefix`` itself when it is a file).

@@ -22,10 +22,9 @@ import base64
 import hashlib
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
-from tasks.storage.base import ObjectInfo, Storage
+from tasks.storage.base import ObjectInfo, Storage, Upload
 from tasks.storage.config import StorageConfig
 from tasks.storage.digests import Digest, part_size_for
 from tasks.storage.errors import StorageError
@@ -127,20 +126,13 @@ class S3Storage(Storage):
         except self._errors as e:
             raise self._fail("PUT", uri, e) from None
 
-    def upload_file(
-        self,
-        path: str | os.PathLike[str],
-        uri: str,
-        *,
-        sha256: str,
-        progress: Callable[[int], None] | None = None,
-        digest: Digest | None = None,
-    ) -> None:
+    def _upload(self, job: Upload) -> None:
+        path, uri, progress, digest = job.path, job.uri, job.progress, job.digest
         bucket, key = split_s3(uri)
         install_log_redaction()
         size = os.path.getsize(path)
         part = part_size_for(size, self.config)
-        meta = {"sha256": sha256}
+        meta = {"sha256": job.sha256}
         try:
             if digest is not None and digest.size == size and (part is None or digest.part_size == part):
                 if part is None:
@@ -156,7 +148,7 @@ class S3Storage(Storage):
                     if progress:
                         progress(size)
                 else:
-                    self._multipart(path, bucket, key, size, part, digest.part_digests(), meta, progress)
+                    self._multipart(job, part, digest.part_digests(), meta)
                 return
             self.client.upload_file(  # boto3's transfer manager computes the checksums itself
                 os.fspath(path),
@@ -173,19 +165,13 @@ class S3Storage(Storage):
         except self._errors as e:
             raise self._fail("upload to", uri, e) from None
 
-    def _multipart(
-        self,
-        path: str | os.PathLike[str],
-        bucket: str,
-        key: str,
-        size: int,
-        part: int,
-        digests: list[bytes],
-        meta: dict[str, str],
-        progress: Callable[[int], None] | None,
-    ) -> None:
+    def _multipart(self, job: Upload, part: int, digests: list[bytes], meta: dict[str, str]) -> None:
         """Multipart upload with our per-part SHA256 checksums; aborted on any failure."""
         from concurrent.futures import ThreadPoolExecutor
+
+        path, progress = job.path, job.progress
+        bucket, key = split_s3(job.uri)
+        size = os.path.getsize(path)
 
         n = len(digests)
         if n != -(-size // part):
