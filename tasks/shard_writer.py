@@ -315,22 +315,6 @@ class MemberOffsets:
     key: str
     spans: dict[str, tuple[int, int]]
 
-    @property
-    def flac_offset(self) -> int:
-        return self.spans["flac"][0]
-
-    @property
-    def flac_size(self) -> int:
-        return self.spans["flac"][1]
-
-    @property
-    def json_offset(self) -> int:
-        return self.spans["json"][0]
-
-    @property
-    def json_size(self) -> int:
-        return self.spans["json"][1]
-
 
 class ShardWriter(Protocol):
     """The seam on the write side: how samples become one shard object.

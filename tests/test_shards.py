@@ -215,12 +215,13 @@ def test_corrupt_members_in_input_are_skipped_with_reasons(foa_clips, tmp_path):
     buf = io.BytesIO()
     offs = write_tar(good, buf)
     raw = bytearray(buf.getvalue())
-    raw[offs[1].json_offset - 512 : offs[1].json_offset] = b"\xff" * 512  # a destroyed member header
-    j = offs[2].json_offset
+    h = offs[1].spans["json"][0]
+    raw[h - 512 : h] = b"\xff" * 512  # a destroyed member header
+    j = offs[2].spans["json"][0]
     raw[j : j + 8] = b"\x00garbage"  # a json member that is not JSON
-    f = offs[3].flac_offset + offs[3].flac_size // 2
+    f = offs[3].spans["flac"][0] + offs[3].spans["flac"][1] // 2
     raw[f : f + 64] = bytes(64)  # flipped audio bytes (the record's sha256 catches it)
-    cut = bytes(raw[: offs[6].flac_offset + 1000])  # and the stream ends inside the last sample
+    cut = bytes(raw[: offs[6].spans["flac"][0] + 1000])  # and the stream ends inside the last sample
     items = list(iter_tar_samples(io.BytesIO(cut), "staging.tar"))
     rep = commit_samples(items, str(tmp_path / "out"), tmp_dir=tmp_path)
     st = open_storage(str(tmp_path / "out"))
