@@ -24,7 +24,6 @@ Prints one JSON line. Target: flow (1 worker) wall / plain loop wall <= 1.3.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import os
@@ -42,6 +41,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.measure import live_descendants_cpu_s, rusage_cpu_s  # noqa: E402
+
 # Before anything imports prefect (children inherit these; each gets its own PREFECT_HOME).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -55,27 +56,6 @@ TARGET_OVERHEAD = 1.3
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------------------------
-# CPU accounting
-
-
-def _rusage_s(who: int) -> float:
-    r = resource.getrusage(who)
-    return r.ru_utime + r.ru_stime
-
-
-def _live_descendants_cpu_s() -> tuple[float, list[str]]:
-    import psutil
-
-    total, names = 0.0, []
-    for p in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            t = p.cpu_times()
-            total += t.user + t.system
-            names.append(" ".join(p.cmdline()[1:4]))
-    return total, names
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,15 +111,15 @@ def child_flow(spec: dict) -> dict:
         client.hello()
     server_s = time.perf_counter() - t
 
-    self0, reaped0 = _rusage_s(resource.RUSAGE_SELF), _rusage_s(resource.RUSAGE_CHILDREN)
-    live0, _ = _live_descendants_cpu_s()
+    self0, reaped0 = rusage_cpu_s(resource.RUSAGE_SELF), rusage_cpu_s(resource.RUSAGE_CHILDREN)
+    live0, _ = live_descendants_cpu_s()
     t = time.perf_counter()
     result = build_spatial_dataset(config=_config(spec), run=RunOptions(n_workers=spec["workers"]),
                                    output=spec["out"])
     wall = time.perf_counter() - t
-    live1, live = _live_descendants_cpu_s()
-    split = {"main_process": _rusage_s(resource.RUSAGE_SELF) - self0,
-             "reaped_children": _rusage_s(resource.RUSAGE_CHILDREN) - reaped0,
+    live1, live = live_descendants_cpu_s()
+    split = {"main_process": rusage_cpu_s(resource.RUSAGE_SELF) - self0,
+             "reaped_children": rusage_cpu_s(resource.RUSAGE_CHILDREN) - reaped0,
              "live_descendants": live1 - live0}
     return {"import_s": import_s, "server_start_s": server_s, "wall_s": wall, "cpu_s": sum(split.values()),
             "cpu_split": split, "live_after": live, "uri": result.uri, "version": result.version,
@@ -148,60 +128,38 @@ def child_flow(spec: dict) -> dict:
 
 
 def plain_build(cfg: Any, output: str) -> str:
-    """The flow's stages as a plain loop in this process: the same functions of tasks/ on the same
-    inputs (RIR chunks, the caption stage with one worker, typed shard jobs, finalize and card),
-    with no Prefect, Dask or retries. Its version and samples must equal the flow's."""
+    """The flow's stages as a plain loop in this process: the same functions of tasks.build_stages
+    on the same inputs (plan, RIR chunks, caption join, the caption stage with one worker, typed
+    shard jobs, finalize and card), with no Prefect, Dask or retries. Its version and samples must
+    equal the flow's."""
     from schemas.build import RunOptions
     from schemas.captions import RephraseSettings
-    from schemas.shards import RejectRow
-    from tasks.build_stages import build_shard, caption_requests, provenance_fields, rir_chunk
-    from tasks.caption_stage import collect_results, run_stage_worker, stage_uri, write_stage
-    from tasks.commit import config_hash, dataset_uri, dataset_version, finalize_dataset
-    from tasks.dataset_card import write_card
-    from tasks.plan import PlanConfig, build_plan
-    from tasks.room_sampling import load_config, parquet_bytes, placements_table, rooms_table, sample_room_set
-    from tasks.shard_jobs import shard_jobs
-    from tasks.sources import read_source
-    from tasks.storage import join_uri, open_storage
+    from tasks import build_stages as bs
+    from tasks.caption_stage import run_stage_worker, stage_uri, write_results
+    from tasks.commit import config_hash, dataset_uri, dataset_version
+    from tasks.room_sampling import load_config, sample_room_set
+    from tasks.storage import join_uri
 
     run = RunOptions()
     dataset = cfg.dataset or cfg.source
     rooms, placements, room_hash = sample_room_set(load_config(cfg.room_config), cfg.room_seed, cfg.n_rooms)
     cfg_hash = config_hash(cfg.versioned())
     base = dataset_uri(output, dataset, dataset_version(room_hash, cfg_hash))
-    storage = open_storage(base)
-    storage.put_bytes(join_uri(base, "rooms.parquet"), parquet_bytes(rooms_table(rooms, room_hash)))
-    storage.put_bytes(join_uri(base, "placements.parquet"),
-                      parquet_bytes(placements_table(placements, room_hash)))
-    storage.put_bytes(join_uri(base, "build.json"), json.dumps(cfg.versioned(), indent=1).encode())
-    clips, source_rejects = read_source(cfg.source, cfg.input, limit=cfg.limit, seed=cfg.seed)
-    items = build_plan(clips, placements, PlanConfig(augmentations=cfg.augmentations), cfg.seed)
-    rooms_by_id = {r.room_id: r for r in rooms}
-    by_id = {p.placement_id: p for p in placements}
-    used = sorted({i.placement_id for i in items if i.placement_id})
-    chunks = [rir_chunk({by_id[p].room_id: rooms_by_id[by_id[p].room_id] for p in part},
-                        [by_id[p] for p in part], cfg.rir, join_uri(base, "rirs"))
-              for part in (used[i : i + run.rir_chunk] for i in range(0, len(used), run.rir_chunk))]
-    records = {r.placement_id: r for c in chunks for r in c.records}
+    rooms_uri = bs.write_room_set(base, cfg, rooms, placements, room_hash)
+    summary = bs.plan_stage(cfg, placements, base)
+    chunks = [bs.rir_chunk(*job, cfg.rir, join_uri(base, "rirs"), base)
+              for job in bs.bank_jobs(summary.placements, rooms, placements, run.rir_chunk)]
     stage = stage_uri(base)
-    write_stage(caption_requests(items, records, rooms_by_id), RephraseSettings.of(cfg.rephraser, run.engine),
-                stage, run.caption_batch)
+    inputs = bs.caption_join(summary, [c.uri for c in chunks], rooms_uri, stage,
+                             RephraseSettings.of(cfg.rephraser, run.engine), run.caption_batch)
     run_stage_worker(stage)
-    captions = {r.sample_id: r for r in collect_results(stage)}
-    jobs = shard_jobs(items, {c.uri: c.records for c in chunks}, captions, rooms_by_id,
-                      shard_size=cfg.shard_size, base=base,
-                      provenance=provenance_fields(room_hash, cfg_hash, cfg.rephraser, dataset),
-                      audio=cfg.audio, screening=cfg.rephraser.validation)
-    outcomes = [build_shard(job) for job in jobs]
-    rejects = [RejectRow(stage=r.stage, reason=r.reason, detail=r.detail, source=r.clip_id, dataset=r.dataset)
-               for r in source_rejects]
-    rejects += [RejectRow(stage="rir", reason="rir_failed", detail=f"{r.reason}: {r.detail}",
-                          source=r.placement_id) for c in chunks for r in c.rejects]
-    rejects += [r for o in outcomes for r in o.rejects]
+    write_results(stage)
+    for job in bs.shard_jobs(summary, inputs, cfg=cfg, rir_cache_mib=run.rir_cache_mib, stage=stage,
+                             rooms_uri=rooms_uri, base=base, room_hash=room_hash, cfg_hash=cfg_hash):
+        bs.build_shard(job)
     meta = {"dataset": dataset, "version": Path(base).name, "room_set_hash": room_hash,
             "config_hash": cfg_hash}
-    finalize_dataset(storage, base, [r for o in outcomes for r in o.rows], rejects, meta)
-    write_card(base, storage=storage)
+    bs.finalize_stage(summary, base, meta)
     return base
 
 
@@ -211,11 +169,11 @@ def child_plain(spec: dict) -> dict:
 
     import_s = time.perf_counter() - t
     cfg = _config(spec)
-    cpu0 = _rusage_s(resource.RUSAGE_SELF) + _rusage_s(resource.RUSAGE_CHILDREN)
+    cpu0 = rusage_cpu_s(resource.RUSAGE_SELF) + rusage_cpu_s(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     base = plain_build(cfg, spec["out"])
     wall = time.perf_counter() - t
-    cpu = _rusage_s(resource.RUSAGE_SELF) + _rusage_s(resource.RUSAGE_CHILDREN) - cpu0
+    cpu = rusage_cpu_s(resource.RUSAGE_SELF) + rusage_cpu_s(resource.RUSAGE_CHILDREN) - cpu0
     return {"import_s": import_s, "server_start_s": 0.0, "wall_s": wall, "cpu_s": cpu, "uri": base,
             "version": Path(base).name}
 
@@ -263,12 +221,12 @@ def run_child(spec: dict, root: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "AWS_"))}
     env |= ONE_THREAD | {"PREFECT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     load = os.getloadavg()[0]
-    cpu0 = _rusage_s(resource.RUSAGE_CHILDREN)
+    cpu0 = rusage_cpu_s(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, cwd=REPO,
                          capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
-    cpu = _rusage_s(resource.RUSAGE_CHILDREN) - cpu0
+    cpu = rusage_cpu_s(resource.RUSAGE_CHILDREN) - cpu0
     if res.returncode != 0:
         raise SystemExit(f"{spec['name']} failed ({res.returncode}):\n{res.stderr[-4000:]}")
     out = json.loads(next(ln for ln in reversed(res.stdout.splitlines()) if ln.startswith("{")))

@@ -1,23 +1,25 @@
-"""The ``build-spatial-dataset`` flow: rooms -> placements -> RIR bank -> plan -> captions ∥
-render -> shards -> manifest -> card. Wiring only: every step is a function in tasks/.
+"""The ``build-spatial-dataset`` flow: rooms -> plan -> RIR bank -> captions -> shards ->
+manifest -> card. Wiring only: every step is a function in tasks/ (tasks.build_stages).
 
 CPU stages fan out one Prefect task per RIR-bank chunk or shard (never per sample) on a Dask
-task runner: a LocalCluster by default, or an existing scheduler's address. The flow's parameters
+task runner: a LocalCluster by default, or an existing scheduler's address. The flow process
+streams: per-sample tables live on storage, tasks get references (URIs and row ranges), shard
+tasks are submitted through a window, so its memory does not grow with the dataset. The flow's parameters
 are the build's two models (schemas.build): ``config`` names the version, ``run`` only says how
 to run it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import dask
-from prefect import flow, get_client, get_run_logger, task
+from prefect import Task, flow, get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
@@ -26,36 +28,15 @@ from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 from tqdm import tqdm
 
-from schemas.build import BuildConfig, BuildResult, RunOptions
+from schemas.build import BuildConfig, BuildResult, RunOptions, ShardStats
 from schemas.caption_stage import StageWorkerReport
 from schemas.captions import RephraseSettings
 from schemas.rooms import RirSettings
-from schemas.shards import RejectRow
 from tasks import build_stages
-from tasks.caption_stage import (
-    StageIncomplete,
-    collect_results,
-    run_stage_worker,
-    stage_uri,
-    write_stage,
-)
-from tasks.commit import (
-    config_hash,
-    dataset_uri,
-    dataset_version,
-    finalize_dataset,
-)
-from tasks.dataset_card import write_card
-from tasks.plan import PlanConfig, build_plan
-from tasks.room_sampling import (
-    load_config,
-    parquet_bytes,
-    placements_table,
-    rooms_table,
-    sample_room_set,
-)
-from tasks.shard_jobs import ShardJob, shard_jobs
-from tasks.sources import read_source
+from tasks.caption_stage import StageIncomplete, run_stage_worker, stage_uri, write_results
+from tasks.commit import config_hash, dataset_uri, dataset_version
+from tasks.room_sampling import load_config, sample_room_set
+from tasks.shard_jobs import ShardInputs, ShardJob
 from tasks.storage import install_log_redaction, join_uri, open_storage, safe_uri
 
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2)}
@@ -66,16 +47,22 @@ def sample_rooms_task(cfg: BuildConfig) -> tuple[list, list, str]:
     return sample_room_set(load_config(cfg.room_config), cfg.room_seed, cfg.n_rooms)
 
 
-@task(name="read-source", cache_policy=NO_CACHE)
-def read_source_task(cfg: BuildConfig) -> tuple[list, list]:
-    return read_source(cfg.source, cfg.input, limit=cfg.limit, seed=cfg.seed)
+@task(name="plan", cache_policy=NO_CACHE, **IO_RETRIES)
+def plan_task(cfg: BuildConfig, placements: list, base: str) -> build_stages.PlanSummary:
+    return build_stages.plan_stage(cfg, placements, base)
 
 
 @task(name="rir-bank-chunk", cache_policy=NO_CACHE, **IO_RETRIES)
-def rir_chunk_task(
-    rooms: dict, placements: list, settings: RirSettings, bank_dir: str
-) -> build_stages.BankChunk:
-    return build_stages.rir_chunk(rooms, placements, settings, bank_dir)
+def rir_chunk_task(job: tuple[dict, list, RirSettings, str, str]) -> build_stages.BankChunk:
+    return build_stages.rir_chunk(*job)
+
+
+@task(name="caption-join", cache_policy=NO_CACHE, **IO_RETRIES)
+def caption_join_task(
+    summary: build_stages.PlanSummary, chunk_uris: list[str], rooms_uri: str, stage: str,
+    settings: RephraseSettings, batch_size: int,
+) -> list[ShardInputs]:
+    return build_stages.caption_join(summary, chunk_uris, rooms_uri, stage, settings, batch_size)
 
 
 @task(name="caption-stage-worker", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -83,21 +70,19 @@ def caption_worker_task(stage: str, worker: int, workers: int) -> StageWorkerRep
     return run_stage_worker(stage, worker, workers)
 
 
+@task(name="caption-results", cache_policy=NO_CACHE, **IO_RETRIES)
+def caption_results_task(stage: str) -> int:
+    return write_results(stage)
+
+
 @task(name="build-shard", cache_policy=NO_CACHE, **IO_RETRIES)
-def shard_task(job: ShardJob) -> build_stages.ShardOutcome:
+def shard_task(job: ShardJob) -> ShardStats:
     return build_stages.build_shard(job)
 
 
 @task(name="finalize", cache_policy=NO_CACHE, **IO_RETRIES)
-def finalize_task(base: str, rows: list, rejects: list[RejectRow], meta: dict[str, str]) -> str:
-    storage = open_storage(base)
-    finalize_dataset(storage, base, rows, rejects, meta)
-    write_card(base, storage=storage)
-    return join_uri(base, "README.md")
-
-
-def _chunks(seq: list, n: int) -> list[list]:
-    return [seq[i : i + n] for i in range(0, len(seq), n)]
+def finalize_task(summary: build_stages.PlanSummary, base: str, meta: dict[str, str]) -> tuple[str, int]:
+    return build_stages.finalize_stage(summary, base, meta)
 
 
 def _rephrase_tags(cfg: BuildConfig) -> list[str]:
@@ -128,100 +113,99 @@ def run_stage_deployment(name: str, stage: str, workers: int, timeout_s: float) 
     return [str(r.id) for r in runs]
 
 
-def gather(futures: list[PrefectFuture], stage: str, progress: bool) -> list[Any]:
-    """Results in submission order; with ``progress``, a bar on stderr as tasks finish (CLI runs)."""
-    if progress and futures:
-        with tqdm(total=len(futures), desc=stage, unit="task", file=sys.stderr) as bar:
-            for _ in as_completed(futures):
-                bar.update()
-    return [f.result() for f in futures]
+def in_window(fn: Task, jobs: Sequence[Any], window: int, stage: str, progress: bool) -> list[Any]:
+    """``fn`` over ``jobs`` with at most ``window`` task runs in flight; results in job order.
+
+    The flow holds every job (small references) but submits the next one only when a running one
+    finishes, so the task runner never carries thousands of pending futures and their arguments.
+    ``progress``: a bar on stderr as tasks finish (CLI runs).
+    """
+    results: list[Any] = [None] * len(jobs)
+    queue = iter(enumerate(jobs))
+    running: dict[PrefectFuture, int] = {}
+
+    def submit_next() -> None:
+        nxt = next(queue, None)
+        if nxt is not None:
+            running[fn.submit(nxt[1])] = nxt[0]
+
+    for _ in range(window):
+        submit_next()
+    with tqdm(total=len(jobs), desc=stage, unit="task", file=sys.stderr, disable=not progress) as bar:
+        while running:
+            done = next(as_completed(list(running)))
+            results[running.pop(done)] = done.result()
+            bar.update()
+            submit_next()
+    return results
 
 
 def run_build(cfg: BuildConfig, run: RunOptions, output: str) -> BuildResult:
-    """The body of the flow: each stage a task on the task runner, small ones in this process."""
+    """The body of the flow. Every stage whose memory grows with the dataset runs as a task on
+    the task runner; this process holds the room set and O(shards) references only."""
     log = get_run_logger()
     install_log_redaction()
     dataset = cfg.dataset or cfg.source
+    window = run.shard_window or 2 * run.n_workers
     rooms, placements, room_hash = sample_rooms_task(cfg)
     cfg_hash = config_hash(cfg.versioned())
     version = dataset_version(room_hash, cfg_hash)
     base = dataset_uri(output, dataset, version)
-    storage = open_storage(base)
-    storage.put_bytes(join_uri(base, "rooms.parquet"), parquet_bytes(rooms_table(rooms, room_hash)))
-    storage.put_bytes(
-        join_uri(base, "placements.parquet"), parquet_bytes(placements_table(placements, room_hash))
-    )
-    storage.put_bytes(join_uri(base, "build.json"), json.dumps(cfg.versioned(), indent=1).encode())
+    rooms_uri = build_stages.write_room_set(base, cfg, rooms, placements, room_hash)
     log.info("dataset %s version %s at %s (room set %s)", dataset, version, safe_uri(base), room_hash)
 
-    clips, source_rejects = read_source_task(cfg)
-    items = build_plan(clips, placements, PlanConfig(augmentations=cfg.augmentations), cfg.seed)
-    rejects = [RejectRow(stage=r.stage, reason=r.reason, detail=r.detail, source=r.clip_id, dataset=r.dataset)
-               for r in source_rejects]
+    summary = plan_task.submit(cfg, placements, base).result()
+    log.info("plan: %d shards, %d placements, %d source rejects", len(summary.shards),
+             len(summary.placements), summary.n_source_rejects)
 
-    # RIR bank: only the placements the plan uses, a task per chunk.
-    rooms_by_id = {r.room_id: r for r in rooms}
-    used = sorted({i.placement_id for i in items if i.placement_id})
-    by_id = {p.placement_id: p for p in placements}
+    # RIR bank: only the placements the plan uses, a task per chunk of consecutive ids.
     bank_dir = join_uri(base, "rirs")
-    chunk_futures = [
-        rir_chunk_task.submit({by_id[p].room_id: rooms_by_id[by_id[p].room_id] for p in chunk},
-                              [by_id[p] for p in chunk], cfg.rir, bank_dir)
-        for chunk in _chunks(used, run.rir_chunk)
-    ]
-    chunks = gather(chunk_futures, "RIR bank", run.progress)
-    records = {r.placement_id: r for c in chunks for r in c.records}
-    for c in chunks:
-        rejects += [RejectRow(stage="rir", reason="rir_failed", detail=f"{r.reason}: {r.detail}",
-                              source=r.placement_id) for r in c.rejects]
+    chunk_jobs = [(*job, cfg.rir, bank_dir, base)
+                  for job in build_stages.bank_jobs(summary.placements, rooms, placements, run.rir_chunk)]
+    del rooms, placements
+    chunks = in_window(rir_chunk_task, chunk_jobs, window, "RIR bank", run.progress)
     cached = sum(c.cached for c in chunks)
-    log.info("RIR bank: %d chunks (%d cached), %d RIRs, %d failed", len(chunks), cached, len(records),
-             sum(len(c.rejects) for c in chunks))
+    log.info("RIR bank: %d chunks (%d cached), %d RIRs, %d failed", len(chunks), cached,
+             sum(len(c.placement_ids) for c in chunks), sum(c.n_rejects for c in chunks))
 
     # Captions before rendering, which needs them: the caption stage, on the GPU pool's
     # rephrase-captions runs when a deployment is named, else on this build's workers.
     stage = stage_uri(base)
-    write_stage(build_stages.caption_requests(items, records, rooms_by_id),
-                RephraseSettings.of(cfg.rephraser, run.engine), stage, run.caption_batch)
+    settings = RephraseSettings.of(cfg.rephraser, run.engine)
+    inputs = caption_join_task.submit(summary, [c.uri for c in chunks], rooms_uri, stage, settings,
+                                      run.caption_batch).result()
     if run.rephrase_deployment:
         log.info("caption stage: %d run(s) of %s", run.rephrase_workers, run.rephrase_deployment)
         run_stage_deployment(run.rephrase_deployment, stage, run.rephrase_workers, run.rephrase_timeout_s)
     else:
-        worker_futures = [caption_worker_task.with_options(tags=_rephrase_tags(cfg)).submit(
+        workers = [caption_worker_task.with_options(tags=_rephrase_tags(cfg)).submit(
             stage, k, run.rephrase_workers) for k in range(run.rephrase_workers)]
-        gather(worker_futures, "captions", run.progress)
-    captions = {r.sample_id: r for r in collect_results(stage)}
-    log.info("captions: %s", dict(Counter(r.status for r in captions.values())))
+        for w in workers:
+            w.result()
+    log.info("captions: %d results", caption_results_task.submit(stage).result())
 
-    # Shards: one typed job each, planned before rendering (count-based).
-    jobs = shard_jobs(
-        items, {c.uri: c.records for c in chunks}, captions, rooms_by_id, shard_size=cfg.shard_size,
-        base=base, provenance=build_stages.provenance_fields(room_hash, cfg_hash, cfg.rephraser, dataset),
-        audio=cfg.audio, screening=cfg.rephraser.validation,
-    )
-    outcomes = gather(shard_task.map(jobs), "shards", run.progress)
-    rows = [r for o in outcomes for r in o.rows]
-    rejects += [r for o in outcomes for r in o.rejects]
-    counts = Counter(o.outcome for o in outcomes)
+    # Shards: one typed job of references each, at most ``window`` in flight.
+    jobs = build_stages.shard_jobs(summary, inputs, cfg=cfg, rir_cache_mib=run.rir_cache_mib, stage=stage,
+                                   rooms_uri=rooms_uri, base=base, room_hash=room_hash, cfg_hash=cfg_hash)
+    stats = in_window(shard_task, jobs, window, "shards", run.progress)
+    counts = Counter(s.outcome for s in stats)
     log.info("shards: %s", dict(counts))
     meta = {"dataset": dataset, "version": version, "room_set_hash": room_hash, "config_hash": cfg_hash}
-    readme = finalize_task(base, rows, rejects, meta)
-    publish_artifacts(outcomes, readme, dataset, version)
+    readme, n_rejects = finalize_task.submit(summary, base, meta).result()
+    publish_artifacts(stats, readme, dataset, version)
     return BuildResult(
-        uri=safe_uri(base), dataset=dataset, version=version, samples=len(rows), rejects=len(rejects),
-        shards=dict(counts), rir_chunks_cached=cached, rir_chunks_rendered=len(chunks) - cached,
-        card=safe_uri(readme),
+        uri=safe_uri(base), dataset=dataset, version=version, samples=sum(s.samples for s in stats),
+        rejects=n_rejects, shards=dict(counts), rir_chunks_cached=cached,
+        rir_chunks_rendered=len(chunks) - cached, rir_cpu_s=round(sum(c.cpu_s for c in chunks), 3),
+        card=safe_uri(readme), shard_stats=stats,
     )
 
 
-def publish_artifacts(
-    outcomes: list[build_stages.ShardOutcome], readme: str, dataset: str, version: str
-) -> None:
+def publish_artifacts(stats: list[ShardStats], readme: str, dataset: str, version: str) -> None:
     """The shard table and the dataset card, visible in the Prefect UI."""
     create_table_artifact(
-        key="shards", table=[{"shard": o.shard, "outcome": o.outcome, "samples": len(o.rows),
-                              "rejects": len(o.rejects)} for o in outcomes],
-        description=f"{dataset} {version}: shard outcomes (skipped = verified receipt, cache hit)",
+        key="shards", table=[s.model_dump() for s in stats],
+        description=f"{dataset} {version}: shard outcomes (skipped = verified receipt, cache hit) and costs",
     )
     create_markdown_artifact(
         key="dataset-card", markdown=open_storage(readme).read_bytes(readme).decode(),

@@ -54,6 +54,13 @@ class RunOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     rir_chunk: int = Field(16, ge=1, description="placements per RIR-bank task")
+    rir_cache_mib: int = Field(
+        512, ge=0, description="RIR-bank chunks each worker process keeps between its shard tasks (LRU)"
+    )
+    shard_window: int | None = Field(
+        None, ge=1, description="shard tasks in flight at once (default: 2 per worker); the rest wait "
+        "in the flow as small references, so a 3,500-shard build never submits 3,500 tasks at once",
+    )
     caption_batch: int = Field(512, ge=1, description="captions per caption-stage batch (the resume unit)")
     n_workers: int = Field(2, ge=1, description="Dask LocalCluster worker processes")
     scheduler_address: str | None = Field(None, description="an existing Dask scheduler instead")
@@ -70,6 +77,20 @@ class RunOptions(BaseModel):
     )
 
 
+class ShardStats(BaseModel):
+    """One shard task's outcome and costs: what a scale benchmark needs, O(shards) in the flow."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    shard: str
+    outcome: str = Field(description="uploaded, adopted, empty, or skipped (verified receipt)")
+    samples: int
+    rejects: int
+    render_cpu_s: float = Field(description="CPU seconds of decoding, convolving and encoding its samples")
+    bank_bytes_read: int = Field(description="RIR-bank bytes this task fetched from storage (cache misses)")
+    bank_bytes_used: int = Field(description="bytes of the RIRs its samples use")
+
+
 class BuildResult(BaseModel):
     """What a build made, and how much of it was already there (cached chunks, skipped shards)."""
 
@@ -83,4 +104,7 @@ class BuildResult(BaseModel):
     shards: dict[str, int] = Field(description="shard count per outcome: uploaded, skipped, adopted, empty")
     rir_chunks_cached: int
     rir_chunks_rendered: int
+    rir_cpu_s: float = Field(description="CPU seconds of rendering the RIR-bank chunks that were not cached")
     card: str
+    shard_stats: list[ShardStats] = Field(description="what each shard task did and read, in shard order")
+

@@ -1,5 +1,10 @@
 """The build's stages as plain functions over storage: what each Prefect task of the flow runs.
 
+Every per-sample table lives on storage, not in the flow process: the plan task writes
+plan.parquet (in shard order), the caption join writes the stage's requests in the same order and
+returns each shard's row ranges and chunks, and a shard task reads only its own rows. What comes
+back to the flow is O(shards) and O(room set): shard references, chunk URIs, ShardStats.
+
 Each stage is idempotent and content-addressed, so a rerun after a crash redoes only what is
 missing: RIR-bank chunks are named by the hash of what they depend on, rephrased captions live
 in the caption stage's content-keyed cache (tasks.caption_stage), and a shard goes through the
@@ -9,68 +14,162 @@ and only then given its receipt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import io
+import itertools
+import json
+import time
+from collections.abc import Iterator
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.build import BuildConfig, ShardStats
 from schemas.captions import (
     CaptionSettings,
     Descriptors,
     RephraseRequest,
     RephraseResult,
+    RephraseSettings,
     SpatialAttributes,
     ValidationConfig,
 )
 from schemas.rooms import Placement, RirRecord, RirSettings, RoomSpec
-from schemas.shards import CaptionInfo, ManifestRow, Provenance, RejectRow
+from schemas.shards import CaptionInfo, Provenance, RejectRow
 from spatial_audiocaps import __version__
-from tasks.commit import commit_shard, verified_receipt
+from tasks.caption_stage import read_results, write_stage
+from tasks.commit import commit_shard, finalize_dataset, put_rejects, verified_receipt
+from tasks.dataset_card import write_card
 from tasks.descriptors import describe
-from tasks.plan import PlanItem
+from tasks.plan import PlanConfig, PlanItem, build_plan, shard_plans
+from tasks.plan_table import PLAN, iter_plan, read_plan, write_plan
 from tasks.prompting import CaptionRejected, screen_caption
-from tasks.render import render_items
-from tasks.rir_bank import BankReject, bank_key, pack_chunk, render_chunk, unpack_chunk
+from tasks.render import RenderedSample, render_items
+from tasks.rir_bank import BankReject, bank_cache, bank_key, pack_chunk, render_chunk
 from tasks.rir_engine import ENGINE_VERSION
-from tasks.shard_jobs import ShardJob
+from tasks.room_sampling import parquet_bytes, placements_table, read_rooms, rooms_table
+from tasks.shard_jobs import ShardInputs, ShardJob, ShardRef, request_ids, shard_inputs, shard_refs
 from tasks.shard_writer import SampleRejected, ShardSample, build_sample, labels_from_rir
+from tasks.sources import read_source
 from tasks.storage import join_uri, open_storage
 
 
 class BankChunk(BaseModel):
-    """Where one chunk of the RIR bank lives and what it measured."""
+    """Where one chunk of the RIR bank lives, which placements it holds, and how many failed."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     uri: str
-    records: list[RirRecord]
-    rejects: list[BankReject]
+    placement_ids: list[str]
+    n_rejects: int
     cached: bool
+    cpu_s: float = Field(description="CPU seconds spent rendering it here (0 when it was cached)")
 
 
-class ShardOutcome(BaseModel):
-    """What one shard task did: skipped (receipt verified), uploaded, adopted, or empty."""
+class PlanSummary(BaseModel):
+    """What the plan task leaves the flow: shard references and the placements to render, never
+    the samples (those are in plan.parquet)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    shard: str
-    outcome: str
-    rows: list[ManifestRow]
-    rejects: list[RejectRow]
+    plan_uri: str
+    shards: list[ShardRef]
+    placements: list[str] = Field(description="placement ids the plan uses, sorted (the RIR bank's order)")
+    n_source_rejects: int
+
+
+def write_room_set(
+    base: str, cfg: BuildConfig, rooms: list[RoomSpec], placements: list[Placement], room_hash: str
+) -> str:
+    """rooms.parquet, placements.parquet and build.json in the version directory; returns the
+    rooms' URI (the shard tasks read their rooms from it)."""
+    storage = open_storage(base)
+    rooms_uri = join_uri(base, "rooms.parquet")
+    storage.put_bytes(rooms_uri, parquet_bytes(rooms_table(rooms, room_hash)))
+    storage.put_bytes(join_uri(base, "placements.parquet"),
+                      parquet_bytes(placements_table(placements, room_hash)))
+    storage.put_bytes(join_uri(base, "build.json"), json.dumps(cfg.versioned(), indent=1).encode())
+    return rooms_uri
+
+
+def bank_jobs(
+    used: list[str], rooms: list[RoomSpec], placements: list[Placement], chunk: int
+) -> list[tuple[dict[str, RoomSpec], list[Placement]]]:
+    """The RIR bank's chunks: ``chunk`` consecutive placement ids of ``used`` (sorted, as the plan
+    orders shards), each with its rooms."""
+    rooms_by_id = {r.room_id: r for r in rooms}
+    by_id = {p.placement_id: p for p in placements}
+    return [({by_id[p].room_id: rooms_by_id[by_id[p].room_id] for p in part}, [by_id[p] for p in part])
+            for part in (used[i : i + chunk] for i in range(0, len(used), chunk))]
+
+
+def records_uri(chunk_uri: str) -> str:
+    """The chunk's records beside it: what the caption join reads without the RIRs (and the
+    marker of a finished chunk: written last)."""
+    return chunk_uri.removesuffix(".npz") + ".records.json"
 
 
 def rir_chunk(
-    rooms: dict[str, RoomSpec], placements: list[Placement], settings: RirSettings, bank_dir: str
+    rooms: dict[str, RoomSpec], placements: list[Placement], settings: RirSettings, bank_dir: str, base: str
 ) -> BankChunk:
-    """Render (or find) one chunk of the RIR bank under ``bank_dir/chunk-<content hash>.npz``."""
+    """Render (or find) one chunk of the RIR bank under ``bank_dir/chunk-<content hash>.npz``.
+
+    Its rejects go to a reject part first, the chunk next, its records last, so a chunk whose
+    records exist is whole and its rejects are already on record.
+    """
     storage = open_storage(bank_dir)
     needed = [rooms[p.room_id] for p in placements]
     uri = join_uri(bank_dir, f"chunk-{bank_key(needed, placements, settings)}.npz")
-    if storage.exists(uri):
-        _, records, rejects = unpack_chunk(storage.read_bytes(uri))
-        return BankChunk(uri=uri, records=records, rejects=rejects, cached=True)
+    if storage.exists(records_uri(uri)):
+        records, rejects = _chunk_records(uri)
+        return BankChunk(uri=uri, placement_ids=[r.placement_id for r in records], n_rejects=len(rejects),
+                         cached=True, cpu_s=0.0)
+    cpu = time.process_time()
     rirs, records, rejects = render_chunk(rooms, placements, settings)
+    cpu = time.process_time() - cpu
+    put_rejects(storage, base, f"rir-{uri.rsplit('/', 1)[-1].removesuffix('.npz')}", [
+        RejectRow(stage="rir", reason="rir_failed", detail=f"{r.reason}: {r.detail}", source=r.placement_id)
+        for r in rejects])
     storage.put_bytes(uri, pack_chunk(rirs, records, rejects))
-    return BankChunk(uri=uri, records=records, rejects=rejects, cached=False)
+    meta = {"records": [r.model_dump(mode="json") for r in records],
+            "rejects": [r.model_dump(mode="json") for r in rejects]}
+    storage.put_bytes(records_uri(uri), json.dumps(meta).encode(), content_type="application/json")
+    return BankChunk(uri=uri, placement_ids=[r.placement_id for r in records], n_rejects=len(rejects),
+                     cached=False, cpu_s=round(cpu, 4))
+
+
+def _chunk_records(uri: str) -> tuple[list[RirRecord], list[BankReject]]:
+    meta = json.loads(open_storage(uri).read_bytes(records_uri(uri)))
+    return ([RirRecord.model_validate(r) for r in meta["records"]],
+            [BankReject.model_validate(r) for r in meta["rejects"]])
+
+
+def plan_stage(cfg: BuildConfig, placements: list[Placement], base: str) -> PlanSummary:
+    """Read the source, plan every sample, order them into shards, and write plan.parquet.
+
+    Shard membership follows the RIR bank (tasks.plan.shard_plans), so a shard task reads few
+    chunks; the source's rejects go to their reject part.
+    """
+    clips, source_rejects = read_source(cfg.source, cfg.input, limit=cfg.limit, seed=cfg.seed)
+    items = build_plan(clips, placements, PlanConfig(augmentations=cfg.augmentations), cfg.seed)
+    del clips
+    storage = open_storage(base)
+    put_rejects(storage, base, "source", [
+        RejectRow(stage=r.stage, reason=r.reason, detail=r.detail, source=r.clip_id, dataset=r.dataset)
+        for r in source_rejects])
+    plans = shard_plans(items, cfg.shard_size)
+    by_key = {i.key: i for i in items}
+    uri = join_uri(base, PLAN)
+    write_plan((by_key[k] for p in plans for k in p.sample_keys), uri)
+    return PlanSummary(plan_uri=uri, shards=shard_refs(plans),
+                       placements=sorted({i.placement_id for i in items if i.placement_id}),
+                       n_source_rejects=len(source_rejects))
+
+
+@functools.lru_cache(maxsize=4)
+def read_rooms_of(uri: str) -> dict[str, RoomSpec]:
+    """rooms.parquet by room id, read once per process (a version's rooms never change); callers
+    must not modify it."""
+    return {r.room_id: r for r in read_rooms(io.BytesIO(open_storage(uri).read_bytes(uri)))}
 
 
 def descriptors_of(rec: RirRecord, rooms: dict[str, RoomSpec]) -> Descriptors:
@@ -81,22 +180,46 @@ def descriptors_of(rec: RirRecord, rooms: dict[str, RoomSpec]) -> Descriptors:
     ))
 
 
-def caption_requests(
-    items: Sequence[PlanItem], records: dict[str, RirRecord], rooms: dict[str, RoomSpec]
-) -> list[RephraseRequest]:
-    """One request per original caption of every spatial sample, with its measured descriptors."""
-    requests = []
-    for item in items:
-        if item.placement_id is None or item.placement_id not in records:
-            continue
-        descriptors = descriptors_of(records[item.placement_id], rooms)
-        requests += [
-            RephraseRequest(
-                sample_id=f"{item.key}#{i}", caption=caption, descriptors=descriptors, seed=item.seed
-            )
-            for i, caption in enumerate(item.captions)
-        ]
-    return requests
+def _requests(item: PlanItem, rec: RirRecord, rooms: dict[str, RoomSpec]) -> list[RephraseRequest]:
+    """One request per original caption of a spatial sample, with its measured descriptors."""
+    descriptors = descriptors_of(rec, rooms)
+    return [RephraseRequest(sample_id=sid, caption=caption, descriptors=descriptors, seed=item.seed)
+            for sid, caption in zip(request_ids(item), item.captions, strict=True)]
+
+
+def _shards_of(summary: PlanSummary) -> Iterator[tuple[ShardRef, list[PlanItem]]]:
+    """Each shard with its items, reading plan.parquet once, front to back."""
+    rows = iter_plan(summary.plan_uri)
+    for ref in summary.shards:
+        yield ref, list(itertools.islice(rows, ref.stop - ref.start))
+
+
+def caption_join(
+    summary: PlanSummary, chunk_uris: list[str], rooms_uri: str, stage: str, settings: RephraseSettings,
+    batch_size: int,
+) -> list[ShardInputs]:
+    """Write the caption stage's requests in shard order, and say where each shard's inputs are.
+
+    Reads the plan once and the bank's records (not its RIRs), so its memory grows with the room
+    set, not the dataset; the requests stream into the stage's table.
+    """
+    records: dict[str, RirRecord] = {}
+    placed: dict[str, str] = {}
+    for uri in chunk_uris:
+        for rec in _chunk_records(uri)[0]:
+            records[rec.placement_id], placed[rec.placement_id] = rec, uri
+    rooms = read_rooms_of(rooms_uri)
+    inputs: list[ShardInputs] = []
+
+    def requests() -> Iterator[RephraseRequest]:
+        for _, items in _shards_of(summary):
+            got, requested = shard_inputs(items, placed, inputs[-1].requests[1] if inputs else 0)
+            inputs.append(got)
+            for item in requested:
+                yield from _requests(item, records[item.placement_id], rooms)  # type: ignore[index]
+
+    write_stage(requests(), settings, stage, batch_size)
+    return inputs
 
 
 def _caption_infos(
@@ -130,50 +253,96 @@ def _caption_infos(
     return infos, rejected
 
 
-def build_shard(job: ShardJob) -> ShardOutcome:
-    """Render, pack, upload and verify one shard, then leave its receipt; skip it if verified."""
-    plan, items, captions, rooms, base = job.plan, job.items, job.captions, job.rooms, job.base
-    chunk_uris, provenance, audio_cfg, screening = job.chunk_uris, job.provenance, job.audio, job.screening
-    storage = open_storage(base)
-    listed = verified_receipt(storage, base, plan)
+def build_shard(job: ShardJob) -> ShardStats:
+    """Render, pack, upload and verify one shard, then leave its receipt; skip it if verified.
+
+    Everything comes by reference: its items from plan.parquet, its captions from the stage's
+    results, its RIRs through this process's bank cache (a chunk is read once per worker while it
+    stays cached). Its rejects are put before its receipt, so a skipped shard's are on record.
+    """
+    items = read_plan(job.plan_uri, job.ref.start, job.ref.stop)
+    plan = job.ref.plan(items)
+    storage = open_storage(job.base)
+    listed = verified_receipt(storage, job.base, plan)
     if listed is not None:
-        return ShardOutcome(shard=plan.name, outcome="skipped", rows=listed, rejects=[])
-    rirs, records = {}, {}
-    for uri in chunk_uris:
-        chunk_rirs, chunk_records, _ = unpack_chunk(open_storage(uri).read_bytes(uri))
-        rirs.update(chunk_rirs)
-        records.update({r.placement_id: r for r in chunk_records})
-    rendered, render_rejects = render_items(items, rirs, records, audio_cfg)
+        return ShardStats(shard=plan.name, outcome="skipped", samples=len(listed), rejects=0,
+                          render_cpu_s=0.0, bank_bytes_read=0, bank_bytes_used=0)
+    first, stop = job.inputs.requests
+    captions = {r.sample_id: r for r in read_results(job.stage_uri, first, stop)} if stop > first else {}
+    rooms = read_rooms_of(job.rooms_uri)
+    bank = bank_cache(job.rir_cache_mib)
+    read_before = bank.bytes_read
+    rirs, records = bank.get(job.inputs.chunk_uris, sorted({i.placement_id for i in items if i.placement_id}))
+    bank_read = bank.bytes_read - read_before
+    cpu = time.process_time()
+    rendered, render_rejects = render_items(items, rirs, records, job.audio)
+    cpu = time.process_time() - cpu
     rejects = [RejectRow(stage="render", reason=r.reason, detail=r.detail, key=r.key, source=r.clip_id,
                          dataset=r.dataset) for r in render_rejects]
     samples: dict[str, ShardSample] = {}
     for done in rendered:
-        item = done.item
-        infos, caption_rejects = _caption_infos(item, captions, screening)
-        if not infos:
-            reason = caption_rejects[0] if caption_rejects else "no_caption"
-            rejects.append(RejectRow(stage="caption", reason=reason,
-                                     detail=f"no usable caption among {len(item.captions)}", key=item.key,
-                                     source=item.clip_id, dataset=item.dataset, split=item.split))
-            continue
-        prov = Provenance(source_id=item.clip_id, seed=item.seed, prepared=done.prepared,
-                          rendered=done.rendered, **provenance)  # type: ignore[arg-type]
-        room = rooms[done.rir.room_id] if done.rir else None
-        try:
-            sample = build_sample(
-                done.flac, dataset=item.dataset, split=item.split, clip_id=item.clip_id, aug=item.aug,
-                captions=infos, provenance=prov,
-                labels=labels_from_rir(done.rir, room) if done.rir and room else None,
-                descriptors=descriptors_of(done.rir, rooms) if done.rir else None,
-                audio_format=done.format,
-            )
-        except SampleRejected as exc:
-            rejects.append(RejectRow(stage="shard", reason=exc.reason, detail=exc.detail, key=item.key,
-                                     source=item.clip_id, dataset=item.dataset, split=item.split))
-            continue
-        samples[sample.key] = sample
-    committed = commit_shard(storage, base, plan, samples)
-    return ShardOutcome(shard=plan.name, outcome=committed.outcome, rows=committed.rows, rejects=rejects)
+        sample = _sample(done, captions, rooms, job, rejects)
+        if sample is not None:
+            samples[sample.key] = sample
+    put_rejects(storage, job.base, plan.name.removesuffix(".tar").replace("/", "-"), rejects)
+    committed = commit_shard(storage, job.base, plan, samples)
+    return ShardStats(shard=plan.name, outcome=committed.outcome, samples=len(samples), rejects=len(rejects),
+                      render_cpu_s=round(cpu, 4), bank_bytes_read=bank_read,
+                      bank_bytes_used=sum(r.nbytes for r in rirs.values()))
+
+
+def _sample(
+    done: RenderedSample, captions: dict[str, RephraseResult], rooms: dict[str, RoomSpec], job: ShardJob,
+    rejects: list[RejectRow],
+) -> ShardSample | None:
+    """A rendered sample with its captions and labels, or None with its reason added to ``rejects``."""
+    item = done.item
+    infos, caption_rejects = _caption_infos(item, captions, job.screening)
+    if not infos:
+        reason = caption_rejects[0] if caption_rejects else "no_caption"
+        rejects.append(RejectRow(stage="caption", reason=reason,
+                                 detail=f"no usable caption among {len(item.captions)}", key=item.key,
+                                 source=item.clip_id, dataset=item.dataset, split=item.split))
+        return None
+    prov = Provenance(source_id=item.clip_id, seed=item.seed, prepared=done.prepared,
+                      rendered=done.rendered, **job.provenance)  # type: ignore[arg-type]
+    room = rooms[done.rir.room_id] if done.rir else None
+    try:
+        return build_sample(
+            done.flac, dataset=item.dataset, split=item.split, clip_id=item.clip_id, aug=item.aug,
+            captions=infos, provenance=prov,
+            labels=labels_from_rir(done.rir, room) if done.rir and room else None,
+            descriptors=descriptors_of(done.rir, rooms) if done.rir else None,
+            audio_format=done.format,
+        )
+    except SampleRejected as exc:
+        rejects.append(RejectRow(stage="shard", reason=exc.reason, detail=exc.detail, key=item.key,
+                                 source=item.clip_id, dataset=item.dataset, split=item.split))
+        return None
+
+
+def finalize_stage(summary: PlanSummary, base: str, meta: dict[str, str]) -> tuple[str, int]:
+    """The manifest, sizes, rejects and card from every shard's receipt and every reject part;
+    returns the card's README URI and the number of rejects."""
+    storage = open_storage(base)
+    plans = [ref.plan(items) for ref, items in _shards_of(summary)]
+    _, n_rejects = finalize_dataset(storage, base, plans, meta)
+    write_card(base, storage=storage)
+    return join_uri(base, "README.md"), n_rejects
+
+
+def shard_jobs(
+    summary: PlanSummary, inputs: list[ShardInputs], *, cfg: BuildConfig, rir_cache_mib: int, stage: str,
+    rooms_uri: str, base: str, room_hash: str, cfg_hash: str,
+) -> list[ShardJob]:
+    """One job per shard of the plan, joined with what the caption join found for it."""
+    common = {
+        "plan_uri": summary.plan_uri, "stage_uri": stage, "rooms_uri": rooms_uri, "base": base,
+        "provenance": provenance_fields(room_hash, cfg_hash, cfg.rephraser, cfg.dataset or cfg.source),
+        "audio": cfg.audio, "screening": cfg.rephraser.validation, "rir_cache_mib": rir_cache_mib,
+    }
+    return [ShardJob(ref=ref, inputs=got, **common)  # type: ignore[arg-type]
+            for ref, got in zip(summary.shards, inputs, strict=True)]
 
 
 def provenance_fields(

@@ -14,6 +14,7 @@ import json
 import math
 from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -247,8 +248,8 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def read_rooms(path: str | Path) -> list[RoomSpec]:
-    """Rooms back from a rooms.parquet, validated."""
+def read_rooms(path: str | Path | BinaryIO) -> list[RoomSpec]:
+    """Rooms back from a rooms.parquet (a path or an open object), validated."""
     rows = pq.read_table(path).to_pylist()
     return [
         RoomSpec.model_validate({k: v for k, v in r.items() if k not in RoomSpec.model_computed_fields})

@@ -1,69 +1,90 @@
-"""One typed job per shard, joined from the build's sample plan, RIR bank, captions and rooms.
+"""One typed job per shard: references into the build's tables on storage, never their rows.
 
 A shard task needs its samples, their captions, the RIR-bank chunks that hold their responses and
-their rooms; this pure function does those joins, so the flow only maps ``build_shard`` over the
-jobs and a plain loop (benchmarks/pipeline.py) runs the very same jobs.
+their rooms. At paper scale none of that may pass through the flow process (890k samples), so a
+job names where each lives and which rows are its own: the plan's rows ``[start, stop)`` in
+``plan.parquet``, the caption stage's rows ``requests`` in ``results.parquet``, the chunk URIs its
+placements need, and ``rooms.parquet``. The pure joins that compute those ranges live here, so the
+flow and a plain loop (benchmarks/pipeline.py) run the very same jobs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.audio import AudioPrepConfig
-from schemas.captions import RephraseResult, ValidationConfig
-from schemas.rooms import RirRecord, RoomSpec
+from schemas.captions import ValidationConfig
 from tasks.plan import PlanItem
-from tasks.shard_writer import ShardPlan, plan_shards
+from tasks.shard_writer import ShardPlan
 
 
-class ShardJob(BaseModel):
-    """Everything one shard task reads besides storage: the unit the flow maps."""
+class ShardRef(BaseModel):
+    """A shard of the plan: its name's parts and its rows ``[start, stop)`` of plan.parquet."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    plan: ShardPlan
-    items: list[PlanItem]
-    captions: dict[str, RephraseResult]
+    split: str
+    index: int = Field(ge=0)
+    start: int = Field(ge=0)
+    stop: int = Field(ge=0)
+
+    def plan(self, items: Sequence[PlanItem]) -> ShardPlan:
+        """The shard's plan, given its items (read from its rows)."""
+        return ShardPlan(split=self.split, index=self.index, sample_keys=tuple(i.key for i in items))
+
+
+class ShardInputs(BaseModel):
+    """What the caption-request join found for one shard: its request rows and RIR-bank chunks."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    requests: tuple[int, int] = Field(description="rows [start, stop) of the caption stage's tables")
     chunk_uris: list[str]
-    rooms: dict[str, RoomSpec]
+
+
+class ShardJob(BaseModel):
+    """Everything one shard task needs, by reference: the unit the flow submits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ref: ShardRef
+    inputs: ShardInputs
+    plan_uri: str
+    stage_uri: str
+    rooms_uri: str
     base: str
     provenance: dict[str, str | None]
     audio: AudioPrepConfig
     screening: ValidationConfig
+    rir_cache_mib: int
 
 
-def shard_jobs(
-    items: Sequence[PlanItem],
-    chunks: Mapping[str, Sequence[RirRecord]],
-    captions: Mapping[str, RephraseResult],
-    rooms: Mapping[str, RoomSpec],
-    *,
-    shard_size: int,
-    base: str,
-    provenance: Mapping[str, str | None],
-    audio: AudioPrepConfig,
-    screening: ValidationConfig,
-) -> list[ShardJob]:
-    """Shards planned by count (before rendering), each with only what its own samples need.
+def shard_refs(plans: Sequence[ShardPlan]) -> list[ShardRef]:
+    """Row ranges of the plans, when plan.parquet holds their keys back to back in this order."""
+    refs, start = [], 0
+    for p in plans:
+        refs.append(ShardRef(split=p.split, index=p.index, start=start, stop=start + len(p.sample_keys)))
+        start += len(p.sample_keys)
+    return refs
 
-    ``chunks`` maps an RIR-bank chunk's URI to its records; a sample whose placement has no record
-    (its RIR failed) gets neither chunk nor room, and is rejected when rendered.
+
+def request_ids(item: PlanItem) -> list[str]:
+    """The caption requests of a sample: one per original caption, spatial samples only."""
+    return [f"{item.key}#{n}" for n in range(len(item.captions))] if item.placement_id else []
+
+
+def shard_inputs(
+    items: Iterable[PlanItem], placed: Mapping[str, str], first_request: int
+) -> tuple[ShardInputs, list[PlanItem]]:
+    """One shard's inputs and its items that get caption requests (in request order).
+
+    ``placed`` maps each placement with an RIR to its chunk's URI; a sample whose placement has no
+    RIR (it failed) gets no requests and no chunk, and is rejected when rendered.
     """
-    records = {r.placement_id: r for recs in chunks.values() for r in recs}
-    chunk_of = {r.placement_id: uri for uri, recs in chunks.items() for r in recs}
-    by_key = {i.key: i for i in items}
-    jobs = []
-    for plan in plan_shards(((i.key, i.split, 0) for i in items), max_samples=shard_size):
-        shard_items = [by_key[k] for k in plan.sample_keys]
-        placed = [records[i.placement_id] for i in shard_items if i.placement_id in records]
-        jobs.append(ShardJob(
-            plan=plan, items=shard_items,
-            captions={sid: captions[sid] for i in shard_items
-                      for sid in (f"{i.key}#{n}" for n in range(len(i.captions))) if sid in captions},
-            chunk_uris=sorted({chunk_of[r.placement_id] for r in placed}),
-            rooms={r.room_id: rooms[r.room_id] for r in placed},
-            base=base, provenance=dict(provenance), audio=audio, screening=screening,
-        ))
-    return jobs
+    requested = [i for i in items if i.placement_id in placed]
+    n = sum(len(request_ids(i)) for i in requested)
+    chunks = sorted({placed[i.placement_id] for i in requested if i.placement_id})
+    return ShardInputs(requests=(first_request, first_request + n), chunk_uris=chunks), requested
+

@@ -19,17 +19,15 @@ from schemas.captions import (
     Descriptors,
     EngineOptions,
     RephraseRequest,
-    RephraseResult,
     RephraseSettings,
 )
-from schemas.rooms import RirRecord
 from spatial_audiocaps.cli import main
 from tasks.build_file import BuildFileError, load_build, parse_override
 from tasks.commit import config_hash
 from tasks.plan import PlanItem
 from tasks.rephrase.cache import cache_key
-from tasks.room_sampling import load_config, sample_room_set
-from tasks.shard_jobs import shard_jobs
+from tasks.shard_jobs import request_ids, shard_inputs, shard_refs
+from tasks.shard_writer import ShardPlan
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "build-demo.yaml"
@@ -128,36 +126,27 @@ def _item(key: str, split: str, placement: str | None, n_captions: int = 2) -> P
                     audio_uri=f"demo://0/{key}", small_eval=False, seed=1)
 
 
-def _result(sample_id: str) -> RephraseResult:
-    return RephraseResult(sample_id=sample_id, status="ok", caption="x", original_caption="x",
-                          descriptors=Descriptors(), prompt=None, backend="template", model="t",
-                          produced_by="template", attempts=0, seed=None)
+def test_shard_inputs_name_exactly_what_their_samples_need():
+    placed = {"p0": "bank/chunk-a.npz", "p1": "bank/chunk-a.npz", "p2": "bank/chunk-b.npz"}
+    spatial = [_item(f"k{n}", "train", f"p{n % 3}", n_captions=1 + n % 2) for n in range(6)]
+    items = [*spatial, _item("orig", "train", None), _item("lost", "train", "no-rir")]
+    got, requested = shard_inputs(items, placed, first_request=10)
+    assert requested == spatial  # the original has no request, the failed RIR neither
+    assert got.requests == (10, 10 + sum(len(i.captions) for i in spatial))
+    assert [sid for i in requested for sid in request_ids(i)][:3] == ["k0#0", "k1#0", "k1#1"]
+    assert got.chunk_uris == ["bank/chunk-a.npz", "bank/chunk-b.npz"]
+    only_a, _ = shard_inputs(spatial[:2], placed, first_request=0)
+    assert only_a.chunk_uris == ["bank/chunk-a.npz"]  # a shard reads only the chunks it uses
 
 
-def test_shard_jobs_carry_exactly_what_their_samples_need():
-    rooms, placements, room_hash = sample_room_set(load_config(BuildConfig().room_config), 0, 8)
-    rooms_by_id = {r.room_id: r for r in rooms}
-    train = [p for p in placements if p.split == "train"][:3]
-    recs = [RirRecord.model_construct(placement_id=p.placement_id, room_id=p.room_id) for p in train]
-    chunks = {"bank/chunk-a.npz": recs[:2], "bank/chunk-b.npz": recs[2:]}
-    items = [_item(f"k{n}", "train", train[n % 3].placement_id) for n in range(6)]
-    items += [_item("orig", "train", None), _item("lost", "train", "no-rir"), _item("v0", "val", None)]
-    captions = {f"{i.key}#{n}": _result(f"{i.key}#{n}") for i in items if i.placement_id for n in range(2)}
-    common = {"base": "out/d/v", "provenance": {"room_set_hash": room_hash}, "audio": BuildConfig().audio,
-              "screening": CaptionSettings().validation}
-    jobs = shard_jobs(items, chunks, captions, rooms_by_id, shard_size=4, **common)
-    assert [j.plan.name for j in jobs] == ["train/train-000000.tar", "train/train-000001.tar",
-                                           "val/val-000000.tar"]  # 8 train samples, 4 per shard
-    assert sorted(k for j in jobs for k in j.plan.sample_keys) == sorted(i.key for i in items)
-    for job in jobs:
-        keys = set(job.plan.sample_keys)
-        assert [i.key for i in job.items] == list(job.plan.sample_keys)
-        assert set(job.captions) == {sid for sid in captions if sid.split("#")[0] in keys}
-        placed = [r for r in recs if any(i.placement_id == r.placement_id for i in job.items)]
-        assert set(job.rooms) == {r.room_id for r in placed}
-        assert job.chunk_uris == sorted({u for u, rs in chunks.items() for r in rs if r in placed})
-        assert job.base == "out/d/v" and job.provenance == {"room_set_hash": room_hash}
-    assert jobs == shard_jobs(items, chunks, captions, rooms_by_id, shard_size=4, **common)  # pure
+def test_shard_refs_are_back_to_back_row_ranges_of_the_plan():
+    plans = [ShardPlan(split="train", index=0, sample_keys=("a", "b", "c")),
+             ShardPlan(split="train", index=1, sample_keys=("d",)), ShardPlan(split="val", index=0,
+                                                                              sample_keys=("e", "f"))]
+    refs = shard_refs(plans)
+    assert [(r.start, r.stop) for r in refs] == [(0, 3), (3, 4), (4, 6)]
+    items = [_item(k, "train", None) for k in "abcdef"]
+    assert [r.plan(items[r.start : r.stop]) for r in refs] == plans
 
 
 # ------------------------------------------------------------------------------------------------
