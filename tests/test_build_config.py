@@ -191,6 +191,7 @@ def test_yaml_build_with_overrides_then_other_run_options_reuse_the_version(tmp_
     assert len(tars) == n_shards
 
     knobs = ["--set", "run.rir_chunk=1", "--set", "run.caption_batch=1", "--workers", "2",
+             "--set", "run.shard_window=1", "--set", "run.rir_cache_mib=0",
              "--set", "engine.openai.base_url=http://10.1.2.3:9999/v1",
              "--set", "engine.openai.concurrency=2",
              "--set", "engine.vllm.tensor_parallel_size=8", "--set", "engine.vllm.kv_cache_gib=1"]
@@ -201,3 +202,11 @@ def test_yaml_build_with_overrides_then_other_run_options_reuse_the_version(tmp_
     assert {p: p.stat().st_mtime_ns for p in version.rglob("*.tar")} == tars
     stage = yaml.safe_load((version / "captions" / "stage.json").read_text())
     assert stage["batch_size"] == 1 and stage["settings"]["openai"]["base_url"] == "http://10.1.2.3:9999/v1"
+
+    # A fresh build with those knobs: the same shards, byte for byte (membership follows the plan,
+    # not the RIR chunking, the window or the workers).
+    fresh = _build(flow_env, *[a.replace(str(out), str(tmp_path / "fresh")) for a in data], *knobs)
+    again = tmp_path / "fresh" / "demo" / fresh["version"]
+    assert fresh["version"] == first["version"] and set(fresh["shards"]) == {"uploaded"}
+    assert {p.relative_to(again): p.read_bytes() for p in again.rglob("*.tar")} == \
+        {p.relative_to(version): p.read_bytes() for p in tars}
