@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from schemas.rooms import Placement, RirRecord, RirSettings, RoomSpec
 from tasks.errors import SpatialAudioCapsError
 from tasks.rir_sources import DEFAULT_RIR_SOURCE, rir_source
-from tasks.storage import Storage, open_storage
+from tasks.storage import ObjectMissing, Storage, open_storage, safe_uri
 
 
 class BankReject(BaseModel):
@@ -257,7 +257,7 @@ class BankCache:
         if chunk is None:
             info = storage.info(uri)
             if info is None:
-                raise SpatialAudioCapsError(f"RIR-bank chunk missing: {uri}")
+                raise ObjectMissing(f"RIR-bank chunk {safe_uri(uri)}: no such object")
             view = _RangeView(storage, uri, info.size)
             tail = view.fetch(info.size - TAIL_BYTES, info.size)
         else:

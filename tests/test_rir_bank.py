@@ -14,7 +14,7 @@ from room_specs import DEFAULT_CONFIG
 from schemas.rooms import RirSettings
 from tasks.rir_bank import BankCache, BankReject, bank_cache, bank_key, pack_chunk, render_chunk, unpack_chunk
 from tasks.room_sampling import load_config, sample_room_set
-from tasks.storage import LocalStorage
+from tasks.storage import LocalStorage, ObjectMissing
 
 FAST = RirSettings(calibrate=False, max_ism_order=4)
 
@@ -163,6 +163,11 @@ def test_a_chunk_larger_than_the_bound_is_kept_alone(bank):
     everything = [pid for rirs in bank.values() for pid in rirs]
     rirs, _ = cache.get(uris[:3], everything)
     assert len(rirs) == 24 and list(cache._chunks) == [uris[2]]
+
+
+def test_a_missing_chunk_is_a_storage_error(tmp_path):
+    with pytest.raises(ObjectMissing, match="no such object"):
+        BankCache(1 << 20).get([str(tmp_path / "chunk-gone.npz")], ["room0-train-0"])
 
 
 def test_the_process_cache_is_one_instance_per_bound():
