@@ -202,7 +202,7 @@ def main() -> None:
             c0, s0 = time.process_time(), server_cpu(proc.pid)
             t = time.perf_counter()
             done = [commit_shard(st, base, p, by_key, tmp_dir=work) for p in plans]
-            finalize_dataset(st, base, [row for d in done for row in d.rows], [], {"dataset": "bench"})
+            finalize_dataset(st, base, plans, {"dataset": "bench"})
             ours_s.append(time.perf_counter() - t)
             ours_cpu.append(time.process_time() - c0)
             ours_srv.append(server_cpu(proc.pid) - s0)
@@ -212,8 +212,8 @@ def main() -> None:
                 for o in st.list(root + "/"):
                     st.delete(o.uri)
         base_uri = f"s3://{bucket}/ours{args.repeats - 1}/bench/v1"
-        rows = read_manifest(st, base_uri)
-        same = {r.shard: r.shard_sha256 for r in rows} == {b.plan.name: b.sha256 for b in built}
+        rows = read_manifest(st, base_uri, ["shard", "shard_sha256"]).to_pylist()
+        same = {r["shard"]: r["shard_sha256"] for r in rows} == {b.plan.name: b.sha256 for b in built}
         for b in built:
             b.path.unlink(missing_ok=True)
 

@@ -2,26 +2,40 @@
 and a receipt beside it says so. One protocol, the one the build flow runs:
 
 1. ``verified_receipt`` (first thing in ``tasks.build_stages.build_shard``, before any rendering):
-   a shard whose receipt ``{split}/{split}-{index:06d}.rows.json`` exists, belongs to this plan
-   and whose object still verifies against it (size, sha256, the store's checksum) is skipped.
+   a shard whose receipt ``{split}/{split}-{index:06d}.rows.parquet`` exists, belongs to this plan
+   and whose object is still the one it vouches for (``check_shard``) is skipped.
 2. ``commit_shard`` (once the shard's samples are built): write the tar to a local temporary
    file, hashing it on the way; adopt the object if it already holds exactly these bytes (an
    upload that finished just before a crash), else upload it (multipart with SHA256 checksums)
-   and verify it. Only then write the receipt: the shard's manifest rows. A shard whose samples
-   were all rejected gets an empty receipt, so a rerun skips it as well.
-3. ``finalize_dataset`` (the flow's finalize task, after every shard task): the only writer of
-   ``manifest.parquet``, from the shard tasks' receipt rows, with the schema key in its metadata;
-   then ``sizes.json`` (LAION-CLAP's shard sizes, at the root and in each split directory) and
-   ``rejects.parquet``.
+   and verify it. Only then write the receipt: the shard's manifest rows, a parquet table with
+   the manifest's schema. A shard whose samples were all rejected gets an empty receipt, so a
+   rerun skips it as well.
+3. ``put_rejects`` (every stage that refuses inputs: the source, each RIR chunk, each shard task
+   before its commit): its rejects as one part ``rejects/{part}.parquet``, so a shard skipped on a
+   rerun keeps the rejects of the run that built it.
+4. ``finalize_dataset`` (the flow's finalize task, after every shard task): the only writer of
+   ``manifest.parquet``, streamed from the plans' receipts in row groups, with the schema key in
+   its metadata; then ``sizes.json`` (LAION-CLAP's shard sizes, at the root and in each split
+   directory) and ``rejects.parquet`` (the parts merged). Its memory is a row group and the keys,
+   whatever the dataset's size.
 
 A receipt is written after a verified upload and never before, so a crash or a server killed
 mid-upload leaves none, and a deleted, truncated or overwritten object fails its receipt's check
 on the next run, which rebuilds and uploads that shard again. So the manifest never lists a
 shard that is not there in full.
 
+How an object is checked against its receipt (``check_shard``) without reading it: on S3 a HEAD
+compares size and the server's own SHA256 checksum with the receipt's. A local file keeps no
+checksum, so its size is compared and its mtime must not be later than its receipt's (the
+receipt is written after the verified copy, so a file written over later shows a later mtime).
+That misses only a same-size rewrite within the clock's tick of the receipt, or one that forges
+the mtime; ``spatial-audiocaps inspect --deep`` re-reads every shard for its sha256.
+
 Layout (DESIGN.md, Storage): ``{root}/{dataset}/{version}/{split}/{split}-{shard:06d}.tar`` and
-its ``.rows.json`` receipt, ``manifest.parquet``, ``sizes.json``, ``rejects.parquet`` (and the
-card, see dataset_card.py).
+its ``.rows.parquet`` receipt, ``rejects/*.parquet`` parts, ``manifest.parquet``, ``sizes.json``,
+``rejects.parquet`` (and the card, see dataset_card.py). A version written before receipts were
+parquet has ``.rows.json`` receipts, which count as absent: the rerun adopts each shard (its bytes
+verify) and writes the new receipt.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
 import tempfile
 import types
@@ -39,9 +54,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
@@ -50,6 +66,7 @@ from tasks.shard_writer import MemberOffsets, ShardPlan, ShardSample, write_tar
 from tasks.storage import (
     Digest,
     HashingWriter,
+    ObjectInfo,
     Storage,
     StorageError,
     digest_file,
@@ -63,8 +80,12 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.parquet"
 SIZES = "sizes.json"
 REJECTS = "rejects.parquet"
-RECEIPT_SUFFIX = ".rows.json"
+REJECTS_DIR = "rejects"
+RECEIPT_SUFFIX = ".rows.parquet"
 MANIFEST_SCHEMA_VERSION = "shards/1"
+ROW_GROUP = 65_536  # rows per row group of the tables finalize streams out (a few tens of MiB)
+_LISTED = 20  # names an error message lists before "and N more"
+_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
 
 
 class CommitError(StorageError):
@@ -90,9 +111,20 @@ def dataset_uri(root: str, dataset: str, version: str) -> str:
     return join_uri(root, dataset, version)
 
 
-def receipt_uri(base: str, plan: ShardPlan) -> str:
-    """The receipt sits beside its shard: ``train/train-000003.tar`` -> ``train/train-000003.rows.json``."""
-    return join_uri(base, plan.name.removesuffix(".tar") + RECEIPT_SUFFIX)
+def receipt_uri(base: str, shard: ShardPlan | str) -> str:
+    """The receipt sits beside its shard: ``train/train-000003.tar`` -> ``train-000003.rows.parquet``."""
+    name = shard.name if isinstance(shard, ShardPlan) else shard
+    return join_uri(base, name.removesuffix(".tar") + RECEIPT_SUFFIX)
+
+
+def rejects_part(shard: str) -> str:
+    """The reject part of a shard's task: ``train/train-000003.tar`` -> ``train-train-000003``."""
+    return shard.removesuffix(".tar").replace("/", "-")
+
+
+def _listing(names: Sequence[str]) -> str:
+    more = f" and {len(names) - _LISTED} more" if len(names) > _LISTED else ""
+    return ", ".join(names[:_LISTED]) + more
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,50 +147,161 @@ def arrow_schema(model: type[BaseModel]) -> pa.Schema:
     return pa.schema([pa.field(name, _arrow_type(hints[name])) for name in model.model_fields])
 
 
+def required_columns(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of a flat model that may not be None."""
+    hints = typing.get_type_hints(model)
+    return frozenset(n for n in model.model_fields if type(None) not in typing.get_args(hints[n]))
+
+
 MANIFEST_SCHEMA = arrow_schema(ManifestRow)
 REJECTS_SCHEMA = arrow_schema(RejectRow)
 
 
-def _put_parquet(
-    storage: Storage, uri: str, rows: Sequence[BaseModel], schema: pa.Schema, meta: dict[str, str]
-) -> None:
-    """One atomic PUT (or os.replace) of the whole table: a reader sees the old file or the new."""
-    table = pa.Table.from_pylist([r.model_dump() for r in rows], schema=schema)
-    table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in meta.items()})
+def rows_table(rows: Sequence[BaseModel], schema: pa.Schema) -> pa.Table:
+    """Model rows as a table of ``schema`` (the writers' one conversion)."""
+    return pa.Table.from_pylist([r.model_dump() for r in rows], schema=schema)
+
+
+def check_table(table: pa.Table, model: type[ManifestRow] | type[RejectRow], what: str) -> pa.Table:
+    """Validate a table of ``model`` rows without a model object per row.
+
+    The flat row models constrain types and nullability (RejectRow its reason's spelling too), so
+    the Arrow types of the columns present, no null in a required column or in a list, and the
+    first row through the model (whatever constraint the model gains later, on a sample) check
+    what pydantic would, vectorised. Raises CommitError naming ``what``.
+    """
+    schema = arrow_schema(model)
+    required = required_columns(model)
+    for field in table.schema:
+        if schema.get_field_index(field.name) < 0 or schema.field(field.name).type != field.type:
+            raise CommitError(f"{what}: column {field.name} ({field.type}) is not {model.__name__}'s")
+        column = table.column(field.name)
+        if field.name in required and column.null_count:
+            raise CommitError(f"{what}: {column.null_count} null(s) in the required column {field.name}")
+        if pa.types.is_list(field.type) and pc.list_flatten(column).null_count:
+            raise CommitError(f"{what}: a null inside the list column {field.name}")
+    if table.num_rows and table.num_columns == len(schema):
+        try:
+            model.model_validate(table.slice(0, 1).to_pylist()[0])
+        except ValidationError as e:
+            raise CommitError(f"{what}: its first row is not a {model.__name__} ({e})") from None
+    return table
+
+
+def _put_table(storage: Storage, uri: str, table: pa.Table, meta: dict[str, str]) -> None:
+    """One atomic PUT (or os.replace) of a small table: a reader sees the old file or the new."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table.replace_schema_metadata(meta), buf, compression="zstd")
     storage.put_bytes(uri, buf.getvalue(), content_type="application/vnd.apache.parquet")
 
 
-def manifest_sort_key(r: ManifestRow) -> tuple[str, int, int]:
-    return (r.split, r.shard_index, r.flac_offset)
+def _read_small(storage: Storage, uri: str) -> pa.Table:
+    """A small table (a receipt, a reject part) in one GET."""
+    return pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
 
 
-def read_manifest(storage: Storage, base: str) -> list[ManifestRow]:
-    """Rows of ``manifest.parquet`` (empty if there is none yet)."""
-    uri = join_uri(base, MANIFEST)
+def _read_columns(storage: Storage, uri: str, schema: pa.Schema, columns: Sequence[str] | None) -> pa.Table:
+    """Only ``columns`` of a parquet object (all when None), read through a seekable stream so the
+    others are never fetched; an empty table of ``schema`` when there is no object."""
+    names = list(schema.names if columns is None else columns)
     if not storage.exists(uri):
-        return []
-    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-    return [ManifestRow.model_validate(r) for r in table.to_pylist()]
+        return pa.schema([schema.field(n) for n in names]).empty_table()
+    with storage.open_read(uri, random_access=True) as fh:
+        return pq.ParquetFile(fh).read(columns=names)
 
 
-def read_rejects(storage: Storage, base: str) -> list[RejectRow]:
-    uri = join_uri(base, REJECTS)
-    if not storage.exists(uri):
-        return []
-    return [
-        RejectRow.model_validate(r) for r in pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()
-    ]
+class _RowGroups:
+    """Tables appended in order, written to a local parquet file in row groups of about
+    ``ROW_GROUP`` rows; ``upload`` then sends the file in one verified upload. Holds one row
+    group at most."""
+
+    def __init__(self, path: Path, schema: pa.Schema, meta: dict[str, str]) -> None:
+        self.path, self.rows = path, 0
+        self._schema = schema.with_metadata(meta)
+        self._writer = pq.ParquetWriter(path, self._schema, compression="zstd")
+        self._pending: list[pa.Table] = []
+        self._held = 0
+
+    def add(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self._held += table.num_rows
+        self.rows += table.num_rows
+        if self._held >= ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        table = pa.concat_tables(self._pending) if self._pending else self._schema.empty_table()
+        self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        self._pending, self._held = [], 0
+
+    def close(self) -> None:
+        if not self._writer.is_open:
+            return
+        if self._pending or not self.rows:
+            self._flush()
+        self._writer.close()
+
+    def upload(self, storage: Storage, uri: str) -> None:
+        self.close()
+        digest = digest_file(self.path, part_size_for(self.path.stat().st_size, storage.config))
+        storage.upload_file(self.path, uri, sha256=digest.hexdigest(), digest=digest)
 
 
-def sizes_json(rows: Iterable[ManifestRow]) -> dict[str, int]:
-    """{shard basename: samples}, as LAION-CLAP's get_dataset_size reads it."""
-    out: dict[str, int] = {}
-    for r in rows:
-        name = r.shard.rsplit("/", 1)[-1]
-        out[name] = out.get(name, 0) + 1
-    return dict(sorted(out.items()))
+# --------------------------------------------------------------------------------------------
+# the manifest and rejects, read
+
+
+def read_manifest(storage: Storage, base: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """``columns`` of ``manifest.parquet`` (every column when None; an empty table if there is no
+    manifest yet), validated vectorised (``check_table``): finalize is its only writer."""
+    table = _read_columns(storage, join_uri(base, MANIFEST), MANIFEST_SCHEMA, columns)
+    return check_table(table, ManifestRow, safe_uri(join_uri(base, MANIFEST)))
+
+
+def read_rejects(storage: Storage, base: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """``columns`` of ``rejects.parquet`` (empty if there is none)."""
+    table = _read_columns(storage, join_uri(base, REJECTS), REJECTS_SCHEMA, columns)
+    return check_table(table, RejectRow, safe_uri(join_uri(base, REJECTS)))
+
+
+def shard_counts(manifest: pa.Table) -> list[tuple[str, int]]:
+    """(shard, samples) of every shard a manifest table (with a ``shard`` column) lists."""
+    return [(d["values"], d["counts"]) for d in pc.value_counts(manifest.column("shard")).to_pylist()]
+
+
+def sizes_json(counts: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """{shard basename: samples} from (shard, samples) pairs, as LAION-CLAP's get_dataset_size
+    reads it; a shard with no sample is not listed (it has no object)."""
+    return dict(sorted((shard.rsplit("/", 1)[-1], n) for shard, n in counts if n))
+
+
+# --------------------------------------------------------------------------------------------
+# reject parts
+
+
+def reject_part_uri(base: str, part: str) -> str:
+    if not _PART.match(part):
+        raise ValueError(f"a reject part's name is letters, digits, '.', '_' and '-', got {part!r}")
+    return join_uri(base, REJECTS_DIR, f"{part}.parquet")
+
+
+def _reject_order(r: RejectRow) -> tuple[str, str, str, str, str]:
+    return (r.stage, r.key or "", r.source or "", r.reason, r.detail)
+
+
+def put_rejects(storage: Storage, base: str, part: str, rejects: Sequence[RejectRow]) -> None:
+    """Record one stage's rejects as ``{base}/rejects/{part}.parquet`` (sorted, one atomic write).
+
+    A part holds what its stage refused the last time it ran, so putting it again replaces it; an
+    empty list deletes the part (no part = nothing refused), which keeps thousands of clean shard
+    tasks from leaving thousands of empty files for finalize to read. ``part`` names the stage's
+    unit of work: ``source``, ``rir-<chunk>``, ``rejects_part(shard)``.
+    """
+    uri = reject_part_uri(base, part)
+    if not rejects:
+        storage.delete(uri)
+        return
+    _put_table(storage, uri, rows_table(sorted(rejects, key=_reject_order), REJECTS_SCHEMA), {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,43 +429,111 @@ def _utc_now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def verified_receipt(storage: Storage, base: str, plan: ShardPlan) -> list[ManifestRow] | None:
-    """The shard's manifest rows if its receipt exists, lists only this plan's keys in this
-    shard, and the object still verifies against it; else None (the shard must be committed).
+@dataclass(frozen=True)
+class Receipt:
+    """A shard's receipt: its manifest rows, and the receipt object's own HEAD (or stat), whose
+    mtime vouches for a local shard written before it."""
 
-    A receipt that cannot be parsed counts as absent: the shard is committed again, which
-    rewrites it, rather than the build failing on a file only the protocol writes.
-    """
+    rows: pa.Table
+    info: ObjectInfo
+
+
+def read_receipt(storage: Storage, base: str, plan: ShardPlan) -> Receipt | None:
+    """The plan's receipt, None when there is none. CommitError when it is unreadable, is not a
+    table of manifest rows, or lists other samples than this plan's in this shard."""
     uri = receipt_uri(base, plan)
-    if not storage.exists(uri):
+    info = storage.info(uri)
+    if info is None:
         return None
     try:
-        rows = [ManifestRow.model_validate(r) for r in json.loads(storage.read_bytes(uri))]
-    except (ValueError, ValidationError) as e:
-        log.warning("receipt %s is unreadable (%s): committing the shard again", safe_uri(uri), e)
+        rows = _read_small(storage, uri)
+    except (OSError, pa.ArrowException) as e:
+        raise CommitError(f"receipt {safe_uri(uri)} is unreadable ({e})") from None
+    check_table(rows, ManifestRow, f"receipt {safe_uri(uri)}")
+    if rows.num_columns != len(MANIFEST_SCHEMA):
+        raise CommitError(f"receipt {safe_uri(uri)} lacks manifest columns")
+    mine = pc.and_(pc.equal(rows.column("shard"), plan.name),
+                   pc.is_in(rows.column("key"), value_set=pa.array(plan.sample_keys, pa.string())))
+    if rows.num_rows and not pc.all(mine).as_py():
+        raise CommitError(f"receipt {safe_uri(uri)} lists other samples than the plan of {plan.name}")
+    return Receipt(rows, info)
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    shard: str
+    ok: bool
+    reason: str
+
+
+def check_shard(
+    storage: Storage,
+    base: str,
+    shard: str,
+    *,
+    size: int,
+    sha256: str,
+    checksum: str | None,
+    deep: bool = False,
+    receipt: ObjectInfo | None = None,
+) -> ShardCheck:
+    """Is the object still the one its receipt vouches for? Without ``deep``, nothing is read
+    (see the module's docstring): a HEAD against the store's checksum, or locally size and mtime
+    against the receipt's (``receipt``: its info when the caller has it). ``deep``, or a store
+    that can tell neither: the object is re-read and hashed."""
+    uri = join_uri(base, shard)
+    if not deep and checksum is None:
+        info = storage.info(uri)
+        if info is None:
+            return ShardCheck(shard, False, "missing")
+        if info.size != size:
+            return ShardCheck(shard, False, "size")
+        stamp = receipt or storage.info(receipt_uri(base, shard))
+        if info.modified_ns is not None and stamp is not None and stamp.modified_ns is not None:
+            if info.modified_ns > stamp.modified_ns:
+                return ShardCheck(shard, False, "modified after its receipt")
+            return ShardCheck(shard, True, "ok")
+    v = storage.verify(uri, size=size, sha256=sha256, checksum=checksum, deep=deep)
+    return ShardCheck(shard, v.ok, v.reason)
+
+
+def _check_receipt(storage: Storage, base: str, receipt: Receipt) -> ShardCheck:
+    """``check_shard`` of a non-empty receipt's shard (its rows all name the same object)."""
+    first = receipt.rows.select(["shard", "shard_size", "shard_sha256", "shard_checksum"]).slice(0, 1)
+    r = first.to_pylist()[0]
+    return check_shard(storage, base, r["shard"], size=r["shard_size"], sha256=r["shard_sha256"],
+                       checksum=r["shard_checksum"], receipt=receipt.info)
+
+
+def verified_receipt(storage: Storage, base: str, plan: ShardPlan) -> pa.Table | None:
+    """The shard's manifest rows if its receipt exists, lists only this plan's keys in this
+    shard, and the object is still the one it vouches for (``check_shard``); else None (the shard
+    must be committed).
+
+    A receipt that cannot be read, or that belongs to another plan, counts as absent: the shard is
+    committed again, which rewrites it, rather than the build failing on a file only the
+    protocol writes.
+    """
+    try:
+        receipt = read_receipt(storage, base, plan)
+    except CommitError as e:
+        log.warning("%s: committing the shard again", e)
         return None
-    planned = set(plan.sample_keys)
-    if any(r.shard != plan.name or r.key not in planned for r in rows):
-        log.warning("receipt %s lists other samples than the plan: committing the shard again", safe_uri(uri))
-        return None
-    if not rows:
-        return rows
-    r = rows[0]
-    check = storage.verify(
-        join_uri(base, plan.name), size=r.shard_size, sha256=r.shard_sha256, checksum=r.shard_checksum
-    )
+    if receipt is None or not receipt.rows.num_rows:
+        return None if receipt is None else receipt.rows
+    check = _check_receipt(storage, base, receipt)
     if not check.ok:
-        log.warning("%s does not match its receipt (%s): committing it again", r.shard, check.reason)
+        log.warning("%s does not match its receipt (%s): committing it again", plan.name, check.reason)
         return None
-    return rows
+    return receipt.rows
 
 
 @dataclass(frozen=True)
 class ShardCommit:
-    """What committing one shard did; ``rows`` are its receipt's rows."""
+    """What committing one shard did; ``rows`` are its receipt's rows (``len`` = its samples)."""
 
     outcome: Literal["skipped", "uploaded", "adopted", "empty"]
-    rows: list[ManifestRow]
+    rows: pa.Table
     bytes_uploaded: int
 
 
@@ -345,9 +556,11 @@ def commit_shard(
     """
     keys = tuple(k for k in plan.sample_keys if k in samples)
     receipt = receipt_uri(base, plan)
+    meta = {"schema": MANIFEST_SCHEMA_VERSION}
     if not keys:
-        storage.put_bytes(receipt, b"[]", content_type="application/json")
-        return ShardCommit("empty", [], 0)
+        empty = MANIFEST_SCHEMA.empty_table()
+        _put_table(storage, receipt, empty, meta)
+        return ShardCommit("empty", empty, 0)
     kept = ShardPlan(split=plan.split, index=plan.index, sample_keys=keys, est_bytes=plan.est_bytes)
     uri = join_uri(base, plan.name)
     built = write_shard_file(kept, samples, storage, Path(tmp_dir or tempfile.gettempdir()))
@@ -362,9 +575,8 @@ def commit_shard(
             outcome = "uploaded"
     finally:
         built.path.unlink(missing_ok=True)
-    rows = manifest_rows(built, samples, _utc_now())
-    body = json.dumps([r.model_dump(mode="json") for r in rows]).encode()
-    storage.put_bytes(receipt, body, content_type="application/json")
+    rows = rows_table(manifest_rows(built, samples, _utc_now()), MANIFEST_SCHEMA)
+    _put_table(storage, receipt, rows, meta)
     log.info("%s %s: %d samples, %d bytes, sha256 %s", outcome, safe_uri(uri), len(keys), built.size,
              built.sha256[:16])
     return ShardCommit(outcome, rows, built.size if outcome == "uploaded" else 0)
@@ -374,65 +586,104 @@ def commit_shard(
 # the dataset
 
 
-@dataclass(frozen=True)
-class ShardCheck:
-    shard: str
-    ok: bool
-    reason: str
+def verify_shards(storage: Storage, base: str, manifest: pa.Table, *, deep: bool = False) -> list[ShardCheck]:
+    """``check_shard`` of every shard a manifest table lists (by shard, each once), against the
+    size, sha256 and checksum its rows give; ``deep`` re-reads every object."""
+    cols = ["shard", "shard_size", "shard_sha256", "shard_checksum"]
+    shards = manifest.select(cols).group_by(cols, use_threads=False).aggregate([]).sort_by("shard")
+    return [
+        check_shard(storage, base, r["shard"], size=r["shard_size"], sha256=r["shard_sha256"],
+                    checksum=r["shard_checksum"], deep=deep)
+        for r in shards.to_pylist()
+    ]
 
 
-def verify_shards(
-    storage: Storage, base: str, rows: Sequence[ManifestRow], *, deep: bool = False
-) -> list[ShardCheck]:
-    """Check every shard the rows list against its object (size, sha256, store checksum)."""
-    first: dict[str, ManifestRow] = {}
-    for r in rows:
-        first.setdefault(r.shard, r)
-    out = []
-    for shard, r in sorted(first.items()):
-        v = storage.verify(
-            join_uri(base, shard),
-            size=r.shard_size,
-            sha256=r.shard_sha256,
-            checksum=r.shard_checksum,
-            deep=deep,
-        )
-        out.append(ShardCheck(shard, v.ok, v.reason))
-    return out
+class Finalized(NamedTuple):
+    """What finalize listed: samples in the manifest, rows in rejects.parquet."""
 
-
-def _sorted_rejects(rows: Iterable[RejectRow]) -> list[RejectRow]:
-    return sorted(rows, key=lambda r: (r.stage, r.key or "", r.source or "", r.reason, r.detail))
+    samples: int
+    rejects: int
 
 
 def finalize_dataset(
     storage: Storage,
     base: str,
-    rows: Iterable[ManifestRow],
-    rejects: Iterable[RejectRow],
+    plans: Sequence[ShardPlan],
     meta: dict[str, str],
-) -> None:
-    """Write manifest.parquet (rows in shard order), sizes.json and rejects.parquet.
+    *,
+    tmp_dir: Path | None = None,
+) -> Finalized:
+    """Write manifest.parquet from the plans' receipts, then sizes.json and rejects.parquet.
 
-    ``rows`` are the shard tasks' receipt rows. Every listed object is verified once more (on S3
-    a HEAD against the server's checksum; locally a re-read), so a shard lost or changed after its
-    task fails the build here, and the rerun commits it again, instead of being listed. A key
-    listed twice is refused too. The metadata gets the manifest's schema key.
+    Receipts are read one at a time in shard order (split, index) and streamed into the manifest
+    in row groups through a local temporary file (``tmp_dir``), so memory holds one row group and
+    the key column, not the dataset. Each receipt is validated vectorised (``check_table``) and its
+    shard checked once (``check_shard``: a shard lost or changed after its task fails the build
+    here, and the rerun commits it again, instead of being listed). Nothing is written when a plan
+    has no receipt (its task did not finish), a shard does not check, or a key is listed twice
+    (found by hashing the key column): CommitError naming them. The metadata gets the manifest's
+    schema key. The reject parts (``put_rejects``) are merged in part-name order, each part's rows
+    in its sorted order.
     """
-    ordered = sorted(rows, key=manifest_sort_key)
-    keys = [r.key for r in ordered]
-    if len(set(keys)) != len(keys):
-        raise CommitError("refusing to write a manifest with a key listed twice")
-    bad = [f"{c.shard} ({c.reason})" for c in verify_shards(storage, base, ordered) if not c.ok]
-    if bad:
-        raise CommitError(f"not writing a manifest that lists unverified shards: {', '.join(bad)}; rerun")
     meta = {**meta, "schema": MANIFEST_SCHEMA_VERSION}
-    _put_parquet(storage, join_uri(base, MANIFEST), ordered, MANIFEST_SCHEMA, meta)
-    _write_sizes(storage, base, ordered)
-    _put_parquet(storage, join_uri(base, REJECTS), _sorted_rejects(rejects), REJECTS_SCHEMA, meta)
+    missing: list[str] = []
+    bad: list[str] = []
+    keys: list[pa.ChunkedArray] = []
+    counts: list[tuple[str, str, int]] = []
+    with tempfile.TemporaryDirectory(prefix=".finalize-", dir=tmp_dir) as tmp:
+        manifest = _RowGroups(Path(tmp) / MANIFEST, MANIFEST_SCHEMA, meta)
+        try:
+            for plan in sorted(plans, key=lambda p: (p.split, p.index)):
+                receipt = read_receipt(storage, base, plan)
+                if receipt is None:
+                    missing.append(plan.name)
+                    continue
+                if not receipt.rows.num_rows:
+                    continue
+                check = _check_receipt(storage, base, receipt)
+                if not check.ok:
+                    bad.append(f"{plan.name} ({check.reason})")
+                    continue
+                keys.append(receipt.rows.column("key"))
+                counts.append((plan.split, plan.name, receipt.rows.num_rows))
+                manifest.add(receipt.rows)
+        finally:
+            manifest.close()
+        if missing:
+            raise CommitError(f"no receipt for {_listing(missing)}: their shard tasks did not finish; rerun")
+        if bad:
+            raise CommitError(f"not writing a manifest that lists unverified shards: {_listing(bad)}; rerun")
+        twice = _listed_twice(keys)
+        if twice:
+            raise CommitError(f"refusing to write a manifest with a key listed twice: {_listing(twice)}")
+        rejects = _merge_rejects(storage, base, Path(tmp) / REJECTS, meta)
+        manifest.upload(storage, join_uri(base, MANIFEST))
+        _write_sizes(storage, base, counts)
+        rejects.upload(storage, join_uri(base, REJECTS))
+    return Finalized(manifest.rows, rejects.rows)
 
 
-def _write_sizes(storage: Storage, base: str, rows: Sequence[ManifestRow]) -> None:
+def _listed_twice(keys: list[pa.ChunkedArray]) -> list[str]:
+    """Keys that occur more than once (a hash table over the key column: linear)."""
+    if not keys:
+        return []
+    counted = pc.value_counts(pa.chunked_array([c for k in keys for c in k.chunks], pa.string()))
+    return sorted(counted.filter(pc.greater(counted.field("counts"), 1)).field("values").to_pylist())
+
+
+def _merge_rejects(storage: Storage, base: str, path: Path, meta: dict[str, str]) -> _RowGroups:
+    """Every reject part, in part-name order, into one local parquet file (one row group held)."""
+    out = _RowGroups(path, REJECTS_SCHEMA, meta)
+    try:
+        for part in storage.list(join_uri(base, REJECTS_DIR) + "/"):
+            if part.uri.endswith(".parquet"):
+                out.add(check_table(_read_small(storage, part.uri), RejectRow, safe_uri(part.uri)))
+    finally:
+        out.close()
+    return out
+
+
+def _write_sizes(storage: Storage, base: str, counts: Sequence[tuple[str, str, int]]) -> None:
     """sizes.json at the root (every shard) and in each split directory (LAION-CLAP reads that one)."""
 
     def put(uri: str, sizes: dict[str, int]) -> None:
@@ -442,9 +693,9 @@ def _write_sizes(storage: Storage, base: str, rows: Sequence[ManifestRow]) -> No
             content_type="application/json",
         )
 
-    put(join_uri(base, SIZES), sizes_json(rows))
-    for split in sorted({r.split for r in rows}):
-        put(join_uri(base, split, SIZES), sizes_json(r for r in rows if r.split == split))
+    put(join_uri(base, SIZES), sizes_json((shard, n) for _, shard, n in counts))
+    for split in sorted({split for split, _, _ in counts}):
+        put(join_uri(base, split, SIZES), sizes_json((shard, n) for s, shard, n in counts if s == split))
 
 
 __all__ = [
@@ -453,22 +704,35 @@ __all__ = [
     "MANIFEST_SCHEMA_VERSION",
     "RECEIPT_SUFFIX",
     "REJECTS",
+    "REJECTS_DIR",
     "REJECTS_SCHEMA",
+    "ROW_GROUP",
     "SIZES",
     "BuiltShard",
     "CommitError",
+    "Finalized",
+    "Receipt",
     "ShardCheck",
     "ShardCommit",
     "arrow_schema",
+    "check_shard",
+    "check_table",
     "commit_shard",
     "config_hash",
     "dataset_uri",
     "dataset_version",
     "finalize_dataset",
     "manifest_rows",
+    "put_rejects",
     "read_manifest",
+    "read_receipt",
     "read_rejects",
     "receipt_uri",
+    "reject_part_uri",
+    "rejects_part",
+    "required_columns",
+    "rows_table",
+    "shard_counts",
     "sizes_json",
     "tar_size",
     "verified_receipt",

@@ -2,6 +2,8 @@
 
 Every number is recomputed from ``manifest.parquet`` (and ``rejects.parquet``), so the card can
 be rebuilt at any time (``spatial-audiocaps report URI``) and always agrees with what is listed.
+The manifest is read as Arrow, only the columns the card needs (``CARD_COLUMNS``), and every
+statistic is a vectorised reduction over them: a paper-scale manifest is never a list of rows.
 The statistics follow the ELSA paper's Tables A.T.1 (samples and hours per split) and A.T.2
 (ranges of azimuth, elevation, distance, floor area and T30 for train & val and for test),
 plus descriptor frequencies, caption quality (validation and fallback rates; per rephraser
@@ -16,13 +18,14 @@ from __future__ import annotations
 
 import io
 import math
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.captions import DescriptorConfig
 from schemas.shards import (
@@ -32,8 +35,6 @@ from schemas.shards import (
     DatasetCard,
     LabelQA,
     LabelRange,
-    ManifestRow,
-    RejectRow,
     SplitStats,
 )
 from tasks.commit import MANIFEST, read_manifest, read_rejects
@@ -89,56 +90,91 @@ _SPLIT_COLOURS = {"train": "#4c72b0", "val": "#dd8452", "test": "#55a868"}
 # numbers
 
 
+CARD_COLUMNS = (
+    "split", "shard", "shard_size", "spatial", "duration_s", "source_dataset", "source_id", "room_id",
+    "azimuth_deg", "elevation_deg", "distance_m", "floor_area_m2", "t30_s", "target_t30_s", "volume_m3",
+    "direct_doa_error_deg", *(f"desc_{a}" for a in DESCRIPTOR_ATTRIBUTES), "n_captions", "n_validated",
+    "n_fallback", "caption_attempts", "n_first_pass", "n_retried", "caption_retries", "caption_flaws",
+    "rephraser_backend", "rephraser_model", "pipeline_version", "room_set_hash",
+)  # the manifest columns the card reads (never the captions' text)
+
+
 def _round(x: float | None, nd: int = 6) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), nd)
 
 
-def split_stats(rows: Sequence[ManifestRow]) -> SplitStats:
-    shards: dict[str, int] = {}
-    for r in rows:
-        shards[r.shard] = r.shard_size
+def _sum(t: pa.Table, column: str) -> Any:
+    return pc.sum(t.column(column)).as_py() or 0
+
+
+def _values(t: pa.Table, column: str) -> np.ndarray:
+    """The non-null values of a numeric column as float64."""
+    return np.asarray(pc.drop_null(t.column(column)).to_numpy(), dtype=float)
+
+
+def _where(t: pa.Table, column: str, values: Sequence[str]) -> pa.Table:
+    return t.filter(pc.is_in(t.column(column), value_set=pa.array(values, pa.string())))
+
+
+def _spatial(t: pa.Table) -> pa.Table:
+    return t.filter(t.column("spatial"))
+
+
+def _rooms(t: pa.Table) -> int:
+    return pc.count_distinct(t.column("room_id"), mode="only_valid").as_py()
+
+
+def _counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    """value -> occurrences (nulls left out)."""
+    return {d["values"]: d["counts"] for d in pc.value_counts(column).to_pylist() if d["values"] is not None}
+
+
+def split_stats(t: pa.Table) -> SplitStats:
+    shards = t.select(["shard", "shard_size"]).group_by("shard").aggregate([("shard_size", "max")])
+    spatial = _sum(t, "spatial")
     return SplitStats(
-        samples=len(rows),
-        spatial_samples=sum(r.spatial for r in rows),
-        mono_samples=sum(not r.spatial for r in rows),
-        hours=round(sum(r.duration_s for r in rows) / 3600.0, 6),
-        clips=len({(r.source_dataset, r.source_id) for r in rows}),
-        rooms=len({r.room_id for r in rows if r.room_id}),
-        shards=len(shards),
-        bytes=sum(shards.values()),
+        samples=t.num_rows,
+        spatial_samples=spatial,
+        mono_samples=t.num_rows - spatial,
+        hours=round(_sum(t, "duration_s") / 3600.0, 6),
+        clips=t.select(["source_dataset", "source_id"]).group_by(["source_dataset", "source_id"]).aggregate(
+            []
+        ).num_rows,
+        rooms=_rooms(t),
+        shards=shards.num_rows,
+        bytes=_sum(shards, "shard_size_max"),
     )
 
 
-def label_range(rows: Sequence[ManifestRow], column: str) -> LabelRange:
-    vals = [v for r in rows if (v := getattr(r, column)) is not None and math.isfinite(v)]
+def label_range(t: pa.Table, column: str) -> LabelRange:
+    vals = _values(t, column)
+    vals = vals[np.isfinite(vals)]
     return LabelRange(
-        min=_round(min(vals)) if vals else None, max=_round(max(vals)) if vals else None, count=len(vals)
+        min=_round(vals.min()) if vals.size else None, max=_round(vals.max()) if vals.size else None,
+        count=int(vals.size),
     )
 
 
-def descriptor_frequencies(rows: Sequence[ManifestRow]) -> dict[str, dict[str, int]]:
+def descriptor_frequencies(t: pa.Table) -> dict[str, dict[str, int]]:
     """attribute -> word -> spatial samples; "none" counts samples between bands (no word)."""
-    spatial = [r for r in rows if r.spatial]
-    out = {}
-    for attr in DESCRIPTOR_ATTRIBUTES:
-        c = Counter(getattr(r, f"desc_{attr}") or "none" for r in spatial)
-        out[attr] = dict(sorted(c.items()))
-    return out
+    spatial = _spatial(t)
+    return {
+        attr: dict(sorted(_counts(pc.fill_null(spatial.column(f"desc_{attr}"), "none")).items()))
+        for attr in DESCRIPTOR_ATTRIBUTES
+    }
 
 
 def _rate(k: int, n: int) -> float | None:
     return _round(k / n) if n else None
 
 
-def backend_caption_stats(
-    backend: str, model: str | None, rows: Sequence[ManifestRow]
-) -> BackendCaptionStats:
+def backend_caption_stats(backend: str, model: str | None, t: pa.Table) -> BackendCaptionStats:
     """Caption quality of one backend's spatial samples. Flaws are counted by whatever names occur
     (the OutputFlaw set grows), most frequent first."""
-    n = sum(r.n_captions for r in rows)
-    first, retried = sum(r.n_first_pass for r in rows), sum(r.n_retried for r in rows)
-    retries, fb = sum(r.caption_retries for r in rows), sum(r.n_fallback for r in rows)
-    flaws = Counter(f for r in rows for f in r.caption_flaws)
+    n = _sum(t, "n_captions")
+    first, retried = _sum(t, "n_first_pass"), _sum(t, "n_retried")
+    retries, fb = _sum(t, "caption_retries"), _sum(t, "n_fallback")
+    flaws = _counts(pc.list_flatten(t.column("caption_flaws")))
     return BackendCaptionStats(
         backend=backend,
         model=model,
@@ -155,16 +191,20 @@ def backend_caption_stats(
     )
 
 
-def caption_stats(rows: Sequence[ManifestRow]) -> CaptionStats:
+def caption_stats(t: pa.Table) -> CaptionStats:
     """Rates over every spatial caption, and per rephraser (backend, model) of the build."""
-    spatial = [r for r in rows if r.spatial]
-    n = sum(r.n_captions for r in spatial)
-    val = sum(r.n_validated for r in spatial)
-    fb = sum(r.n_fallback for r in spatial)
-    att = sum(r.caption_attempts for r in spatial)
-    groups: dict[tuple[str, str], list[ManifestRow]] = {}
-    for r in spatial:
-        groups.setdefault((r.rephraser_backend or "none", r.rephraser_model or ""), []).append(r)
+    spatial = _spatial(t)
+    n = _sum(spatial, "n_captions")
+    val, fb = _sum(spatial, "n_validated"), _sum(spatial, "n_fallback")
+    att = _sum(spatial, "caption_attempts")
+    backend = pc.fill_null(spatial.column("rephraser_backend"), "none")
+    model = pc.fill_null(spatial.column("rephraser_model"), "")
+    pairs = pa.table({"b": backend, "m": model}).group_by(["b", "m"]).aggregate([]).to_pylist()
+    backends = [
+        backend_caption_stats(p["b"], p["m"] or None,
+                              spatial.filter(pc.and_(pc.equal(backend, p["b"]), pc.equal(model, p["m"]))))
+        for p in sorted(pairs, key=lambda p: (p["b"], p["m"]))
+    ]
     return CaptionStats(
         captions=n,
         validated=val,
@@ -172,16 +212,15 @@ def caption_stats(rows: Sequence[ManifestRow]) -> CaptionStats:
         validated_rate=_rate(val, n),
         fallback_rate=_rate(fb, n),
         mean_attempts=_rate(att, n),
-        backends=[backend_caption_stats(b, m or None, rs) for (b, m), rs in sorted(groups.items())],
+        backends=backends,
     )
 
 
-def label_qa(rows: Sequence[ManifestRow]) -> LabelQA:
-    errs = np.array([r.direct_doa_error_deg for r in rows if r.direct_doa_error_deg is not None], dtype=float)
-    rel = np.array(
-        [abs(r.t30_s / r.target_t30_s - 1.0) for r in rows if r.t30_s is not None and r.target_t30_s],
-        dtype=float,
-    )
+def label_qa(t: pa.Table) -> LabelQA:
+    errs = _values(t, "direct_doa_error_deg")
+    target = t.column("target_t30_s")
+    measured = t.filter(pc.and_(pc.is_valid(t.column("t30_s")), pc.not_equal(target, 0.0)))
+    rel = np.abs(_values(measured, "t30_s") / _values(measured, "target_t30_s") - 1.0)
     return LabelQA(
         direct_doa_error_deg_median=_round(float(np.median(errs))) if errs.size else None,
         direct_doa_error_deg_p95=_round(float(np.percentile(errs, 95))) if errs.size else None,
@@ -192,40 +231,47 @@ def label_qa(rows: Sequence[ManifestRow]) -> LabelQA:
     )
 
 
+def _unique(t: pa.Table, column: str) -> list[str]:
+    """Sorted distinct non-empty values."""
+    return sorted(v for v in pc.unique(t.column(column)).to_pylist() if v)
+
+
 def compute_card(
-    rows: Sequence[ManifestRow],
-    rejects: Sequence[RejectRow],
+    rows: pa.Table,
+    rejects: pa.Table,
     *,
     dataset: str,
     version: str,
     generated_at: str | None = None,
     plots: Sequence[str] = (),
 ) -> DatasetCard:
-    """All card numbers from manifest rows and reject rows (pure)."""
-    splits = sorted({r.split for r in rows})
+    """All card numbers from a manifest table (``CARD_COLUMNS`` at least) and a rejects table (its
+    ``reason`` column at least), vectorised (pure)."""
+    splits = _unique(rows, "split")
     ranges: dict[str, dict[str, LabelRange]] = {}
     rooms: dict[str, int] = {}
     groups = {**SPLIT_GROUPS, **{s: (s,) for s in splits}}
+    spatial = _spatial(rows)
     for g, members in groups.items():
-        rs = [r for r in rows if r.split in members and r.spatial]
+        rs = _where(spatial, "split", members)
         ranges[g] = {col: label_range(rs, col) for col, _, _ in LABELS}
-        rooms[g] = len({r.room_id for r in rs if r.room_id})
+        rooms[g] = _rooms(rs)
     return DatasetCard(
         dataset=dataset,
         version=version,
         generated_at=generated_at
         or datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
-        pipeline_versions=sorted({r.pipeline_version for r in rows}),
-        room_set_hashes=sorted({r.room_set_hash for r in rows if r.room_set_hash}),
-        source_datasets=sorted({r.source_dataset for r in rows}),
+        pipeline_versions=_unique(rows, "pipeline_version"),
+        room_set_hashes=_unique(rows, "room_set_hash"),
+        source_datasets=_unique(rows, "source_dataset"),
         totals=split_stats(rows),
-        splits={s: split_stats([r for r in rows if r.split == s]) for s in splits},
+        splits={s: split_stats(_where(rows, "split", [s])) for s in splits},
         ranges=ranges,
         group_rooms=rooms,
         descriptor_frequencies=descriptor_frequencies(rows),
         captions=caption_stats(rows),
         label_qa=label_qa(rows),
-        rejects=dict(sorted(Counter(r.reason for r in rejects).items())),
+        rejects=dict(sorted(_counts(rejects.column("reason")).items())),
         plots=list(plots),
     )
 
@@ -250,17 +296,15 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def label_histogram(rows: Sequence[ManifestRow], column: str, title: str, unit: str) -> bytes:
+def label_histogram(rows: pa.Table, column: str, title: str, unit: str) -> bytes:
     """Histogram of one label, stacked by split, with its descriptor bands shaded and named."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.0, 3.6))
-    data = {
-        s: [getattr(r, column) for r in rows if r.split == s and getattr(r, column) is not None]
-        for s in ("train", "val", "test")
-    }
-    data = {s: v for s, v in data.items() if v}
-    allv = [v for vs in data.values() for v in vs]
-    lo, hi = (min(allv), max(allv)) if allv else (0.0, 1.0)
+    data = {s: _values(_where(rows.select(["split", column]), "split", [s]), column)
+            for s in ("train", "val", "test")}
+    data = {s: v for s, v in data.items() if v.size}
+    n = sum(v.size for v in data.values())
+    lo, hi = (min(v.min() for v in data.values()), max(v.max() for v in data.values())) if n else (0.0, 1.0)
     if column == "azimuth_deg":
         lo, hi = -180.0, 180.0
     elif column == "elevation_deg":
@@ -295,30 +339,36 @@ def label_histogram(rows: Sequence[ManifestRow], column: str, title: str, unit: 
     ax.set_xlim(lo, hi)
     ax.set_xlabel(f"{title} ({unit})")
     ax.set_ylabel("samples")
-    ax.set_title(f"{title}: {len(allv)} samples; shaded: descriptor bands")
+    ax.set_title(f"{title}: {n} samples; shaded: descriptor bands")
     ax.legend(fontsize=7, ncol=2, loc="upper right", framealpha=0.8)
     fig.tight_layout()
     return _png(fig)
 
 
-def room_scatter(rows: Sequence[ManifestRow]) -> bytes:
-    """One point per room: floor area against T30, by split, with size/reverb bands marked."""
+def room_scatter(rows: pa.Table) -> bytes:
+    """One point per room: floor area against T30, by split, with size/reverb bands marked (a
+    room's first row in manifest order gives its point)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    rooms: dict[tuple[str, str], ManifestRow] = {}
-    for r in rows:
-        if r.room_id and r.floor_area_m2 is not None and r.t30_s is not None:
-            rooms.setdefault((r.split, r.room_id), r)
+    cols = ["split", "room_id", "floor_area_m2", "t30_s", "volume_m3"]
+    placed = rows.select(cols).filter(
+        pc.and_(pc.is_valid(rows.column("room_id")),
+                pc.and_(pc.is_valid(rows.column("floor_area_m2")), pc.is_valid(rows.column("t30_s"))))
+    )
+    rooms = placed.group_by(["split", "room_id"], use_threads=False).aggregate(
+        [(c, "first", pc.ScalarAggregateOptions(skip_nulls=False)) for c in cols[2:]]
+    )
     for split in ("train", "val", "test"):
-        pts = [r for (s, _), r in rooms.items() if s == split]
-        if pts:
+        pts = _where(rooms, "split", [split])
+        if pts.num_rows:
+            volume = np.nan_to_num(np.asarray(pts.column("volume_m3_first").to_numpy(), dtype=float))
             ax.scatter(
-                [p.floor_area_m2 for p in pts],
-                [p.t30_s for p in pts],
-                s=[8 + 0.08 * (p.volume_m3 or 0) for p in pts],
+                pts.column("floor_area_m2_first").to_numpy(),
+                pts.column("t30_s_first").to_numpy(),
+                s=8 + 0.08 * volume,
                 alpha=0.7,
                 color=_SPLIT_COLOURS[split],
-                label=f"{split} ({len(pts)} rooms)",
+                label=f"{split} ({pts.num_rows} rooms)",
                 edgecolor="k",
                 lw=0.3,
             )
@@ -341,19 +391,17 @@ def room_scatter(rows: Sequence[ManifestRow]) -> bytes:
     ax.set_xlabel("floor area (m²)")
     ax.set_ylabel("measured full-band T30 (s)")
     ax.set_title("Rooms: size against reverberation (marker area ~ volume)")
-    if rooms:
+    if rooms.num_rows:
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _png(fig)
 
 
-def render_plots(rows: Sequence[ManifestRow]) -> dict[str, bytes]:
-    """{relative path: PNG bytes} of every card plot."""
-    out = {
-        f"{PLOTS_DIR}/{col}.png": label_histogram([r for r in rows if r.spatial], col, title, unit)
-        for col, title, unit in LABELS
-    }
-    out[f"{PLOTS_DIR}/room_size.png"] = room_scatter([r for r in rows if r.spatial])
+def render_plots(rows: pa.Table) -> dict[str, bytes]:
+    """{relative path: PNG bytes} of every card plot, from a manifest table's columns."""
+    spatial = _spatial(rows.select(["split", "spatial", "room_id", "volume_m3", *(c for c, _, _ in LABELS)]))
+    out = {f"{PLOTS_DIR}/{c}.png": label_histogram(spatial, c, title, unit) for c, title, unit in LABELS}
+    out[f"{PLOTS_DIR}/room_size.png"] = room_scatter(spatial)
     return out
 
 
@@ -483,13 +531,14 @@ def render_readme(card: DatasetCard, *, uri: str = "") -> str:
 
 
 def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | None = None) -> DatasetCard:
-    """Rebuild card.json, README.md and plots/*.png of a dataset version from its manifest."""
+    """Rebuild card.json, README.md and plots/*.png of a dataset version from its manifest (only
+    ``CARD_COLUMNS``, as Arrow) and the reasons of its rejects."""
     st = storage or open_storage(uri)
     base = uri.rstrip("/")
     if not st.exists(join_uri(base, MANIFEST)):
         raise SpatialAudioCapsError(f"no {MANIFEST} under {safe_uri(base)}: not a dataset version root")
-    rows = read_manifest(st, base)
-    rejects = read_rejects(st, base)
+    rows = read_manifest(st, base, CARD_COLUMNS)
+    rejects = read_rejects(st, base, ["reason"])
     parts = base.rstrip("/").split("/")
     dataset, version = (parts[-2], parts[-1]) if len(parts) >= 2 else ("dataset", parts[-1])
     plots = render_plots(rows)
@@ -512,6 +561,7 @@ def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | 
 
 
 __all__ = [
+    "CARD_COLUMNS",
     "CARD_JSON",
     "CARD_README",
     "DESCRIPTOR_BANDS",

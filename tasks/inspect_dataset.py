@@ -7,25 +7,30 @@ holds no reflection yet) and the whole clip (300–3000 Hz); the smaller error c
 sample is flagged when even that exceeds the tolerance. A left/right or front/back swap, a
 FuMa/ambiX mix-up or labels from another sample give errors far beyond it.
 
-A dataset summary needs nothing but the manifest and HEADs; the DOA check reads only the FLAC
-bytes of the chosen samples (ranged GETs at the manifest's offsets).
+A dataset summary needs nothing but a few columns of the manifest (read as Arrow: a paper-scale
+manifest is never a list of row objects) and a HEAD or stat per shard; ``--deep`` re-reads every
+shard for its sha256. The DOA check reads only the FLAC bytes of the chosen samples (ranged GETs at
+the manifest's offsets).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict
 
-from schemas.shards import ManifestRow, RejectRow
+from schemas.shards import RejectRow
 from tasks.ambisonics import angular_distance_deg
-from tasks.commit import MANIFEST, SIZES, read_manifest, read_rejects, sizes_json, verify_shards
+from tasks.commit import MANIFEST, SIZES, read_manifest, read_rejects, shard_counts, sizes_json, verify_shards
 from tasks.doa import DoaError, first_arrival_index, intensity_doa
 from tasks.errors import SpatialAudioCapsError
 from tasks.shard_reader import iter_tar_samples
@@ -210,24 +215,34 @@ def _check_sample(s: ShardSample, tolerance_deg: float) -> DoaCheck:
 # a dataset version
 
 
-def pick_for_check(rows: Iterable[ManifestRow], n: int | None) -> list[ManifestRow]:
+INSPECT_COLUMNS = (
+    "key", "split", "shard", "shard_size", "shard_sha256", "shard_checksum", "duration_s", "spatial",
+    "azimuth_deg", "elevation_deg", "flac_offset", "flac_size",
+)  # what a dataset summary and the DOA check read of the manifest
+
+
+def pick_for_check(rows: pa.Table, n: int | None) -> pa.Table:
     """Deterministic sample of spatial rows (ordered by sha256 of the key)."""
-    spatial = sorted(
-        (r for r in rows if r.spatial and r.azimuth_deg is not None), key=lambda r: shard_order(r.key)
-    )
-    return spatial if n is None else spatial[:n]
+    spatial = rows.filter(pc.and_(rows.column("spatial"), pc.is_valid(rows.column("azimuth_deg"))))
+    order = np.argsort([shard_order(k) for k in spatial.column("key").to_pylist()], kind="stable")
+    return spatial.take(order if n is None else order[:n])
 
 
 def check_rows(
-    storage: Storage, base: str, rows: Sequence[ManifestRow], *, tolerance_deg: float = DEFAULT_TOLERANCE_DEG
+    storage: Storage, base: str, rows: pa.Table, *, tolerance_deg: float = DEFAULT_TOLERANCE_DEG
 ) -> list[DoaCheck]:
     """DOA checks of manifest rows, reading only their FLAC bytes (ranged reads)."""
     out = []
-    for r in rows:
-        flac = storage.read_range(join_uri(base, r.shard), r.flac_offset, r.flac_size)
-        assert r.azimuth_deg is not None and r.elevation_deg is not None
-        out.append(doa_check(r.key, flac, r.azimuth_deg, r.elevation_deg, tolerance_deg=tolerance_deg))
+    cols = ["key", "shard", "flac_offset", "flac_size", "azimuth_deg", "elevation_deg"]
+    for r in rows.select(cols).to_pylist():
+        flac = storage.read_range(join_uri(base, r["shard"]), r["flac_offset"], r["flac_size"])
+        az, el = r["azimuth_deg"], r["elevation_deg"]
+        out.append(doa_check(r["key"], flac, az, el, tolerance_deg=tolerance_deg))
     return out
+
+
+def _hours(seconds: float | None) -> float:
+    return round((seconds or 0.0) / 3600.0, 6)
 
 
 def inspect_dataset(
@@ -237,49 +252,49 @@ def inspect_dataset(
     tolerance_deg: float = DEFAULT_TOLERANCE_DEG,
     deep: bool = False,
 ) -> dict[str, Any]:
-    """Summary of a dataset version from its manifest, with shard verification and the DOA check."""
+    """Summary of a dataset version from its manifest (only ``INSPECT_COLUMNS``, as Arrow), with
+    shard verification (``check_shard``; ``deep`` re-reads every shard) and the DOA check."""
     st = open_storage(uri)
     base = uri.rstrip("/")
     if not st.exists(join_uri(base, MANIFEST)):
         raise SpatialAudioCapsError(f"no {MANIFEST} under {safe_uri(base)}: not a dataset version root")
-    rows = read_manifest(st, base)
+    rows = read_manifest(st, base, INSPECT_COLUMNS)
     checks = verify_shards(st, base, rows, deep=deep)
     listed = {c.shard for c in checks}
     on_store = {o.uri[len(base) + 1 :] for o in st.list(base + "/") if o.uri.endswith(".tar")}
     orphans = sorted(on_store - listed)
-    splits: dict[str, dict[str, Any]] = {}
-    for split in sorted({r.split for r in rows}):
-        rs = [r for r in rows if r.split == split]
-        splits[split] = {
-            "samples": len(rs),
-            "hours": round(sum(r.duration_s for r in rs) / 3600.0, 6),
-            "shards": len({r.shard for r in rs}),
-        }
-    keys = Counter(r.key for r in rows)
+    per_split = rows.group_by("split", use_threads=False).aggregate(
+        [("split", "count"), ("duration_s", "sum"), ("shard", "count_distinct")]
+    )
+    splits = {
+        g["split"]: {"samples": g["split_count"], "hours": _hours(g["duration_s_sum"]),
+                     "shards": g["shard_count_distinct"]}
+        for g in per_split.sort_by("split").to_pylist()
+    }
+    keys = pc.value_counts(rows.column("key"))
+    twice = keys.filter(pc.greater(keys.field("counts"), 1)).field("values").to_pylist()
     sizes_ok = None
     if st.exists(join_uri(base, SIZES)):
-        import json
-
-        sizes_ok = json.loads(st.read_bytes(join_uri(base, SIZES))) == sizes_json(rows)
-    rejects = read_rejects(st, base)
+        sizes_ok = json.loads(st.read_bytes(join_uri(base, SIZES))) == sizes_json(shard_counts(rows))
+    reasons = pc.value_counts(read_rejects(st, base, ["reason"]).column("reason")).to_pylist()
     bad = [c for c in checks if not c.ok]
     out: dict[str, Any] = {
         "uri": safe_uri(base),
         "kind": "dataset",
-        "samples": len(rows),
-        "hours": round(sum(r.duration_s for r in rows) / 3600.0, 6),
+        "samples": rows.num_rows,
+        "hours": _hours(pc.sum(rows.column("duration_s")).as_py()),
         "shards": len(listed),
         "splits": splits,
         "shards_failing_verification": {c.shard: c.reason for c in bad},
         "orphan_shards": orphans[:_MAX_LISTED],
-        "duplicate_keys": sorted(k for k, n in keys.items() if n > 1)[:_MAX_LISTED],
+        "duplicate_keys": sorted(twice)[:_MAX_LISTED],
         "sizes_json_matches_manifest": sizes_ok,
-        "rejects": dict(sorted(Counter(r.reason for r in rejects).items())),
+        "rejects": dict(sorted((r["values"], r["counts"]) for r in reasons)),
     }
     doa_ok = True
     if doa_samples != 0:
-        good = {c.shard for c in checks if c.ok}
-        chosen = pick_for_check((r for r in rows if r.shard in good), doa_samples)
+        good = pa.array(sorted(c.shard for c in checks if c.ok), pa.string())
+        chosen = pick_for_check(rows.filter(pc.is_in(rows.column("shard"), value_set=good)), doa_samples)
         try:
             res = check_rows(st, base, chosen, tolerance_deg=tolerance_deg)
         except StorageError as e:
@@ -300,6 +315,7 @@ def inspect_uri(uri: str, **kw: Any) -> dict[str, Any]:
 
 
 __all__ = [
+    "INSPECT_COLUMNS",
     "DoaCheck",
     "check_rows",
     "doa_check",

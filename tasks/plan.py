@@ -1,13 +1,16 @@
-"""The sample plan: which clip is rendered with which placement, in which split, how many times.
+"""The sample plan: which clip is rendered with which placement, in which split, how many times,
+and which samples share a shard.
 
 Deterministic in (clips, placements, config, seed): a rerun or a resumed run plans the same
-samples with the same keys, so finished shards are recognised and skipped.
+samples with the same keys and the same shards, so finished shards are recognised and skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -15,7 +18,7 @@ from schemas.rooms import Placement, Split
 from schemas.shards import make_key
 from schemas.sources import SourceClip
 from tasks.errors import SpatialAudioCapsError
-from tasks.shard_writer import safe_clip_id
+from tasks.shard_writer import ShardPlan, plan_shards, safe_clip_id
 
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
@@ -81,17 +84,22 @@ def clip_split(clip: SourceClip, cfg: PlanConfig, seed: int) -> Split:
 def build_plan(
     clips: list[SourceClip], placements: list[Placement], cfg: PlanConfig, seed: int
 ) -> list[PlanItem]:
-    """Every sample of the dataset, sorted by key; placements are drawn per (clip, aug)."""
+    """Every sample of the dataset, sorted by key; placements are drawn per (clip, aug).
+
+    Clip ids are checked before any item is made (a Counter over the key prefixes, linear), so a
+    source that repeats an id fails in seconds at 890k clips, naming the repeats.
+    """
     by_split: dict[str, list[Placement]] = defaultdict(list)
     for p in sorted(placements, key=lambda p: p.placement_id):
         by_split[p.split].append(p)
+    splits = [clip_split(clip, cfg, seed) for clip in clips]
+    clip_keys = [safe_clip_id(clip.clip_id) for clip in clips]
+    _check_unique_clips(clips, splits, clip_keys)
     items: list[PlanItem] = []
-    for clip in clips:
-        split = clip_split(clip, cfg, seed)
+    for clip, split, clip_key in zip(clips, splits, clip_keys, strict=True):
         pool = by_split.get(split) or []
         if not pool:
             raise SpatialAudioCapsError(f"the room set has no {split} placements")
-        clip_key = safe_clip_id(clip.clip_id)
         common = {"dataset": clip.dataset, "split": split, "clip_id": clip.clip_id,
                   "captions": clip.captions, "audio_uri": clip.audio_uri, "seed": seed}
         for aug in range(1, cfg.augmentations[split] + 1):
@@ -102,8 +110,78 @@ def build_plan(
         if cfg.keep_originals:
             items.append(PlanItem(key=make_key(clip.dataset, split, clip_key, ORIGINAL_AUG),
                                   aug=ORIGINAL_AUG, placement_id=None, small_eval=False, **common))
-    keys = [i.key for i in items]
-    if len(set(keys)) != len(keys):
-        dupes = sorted({k for k in keys if keys.count(k) > 1})[:5]
-        raise SpatialAudioCapsError(f"duplicate sample keys (the source repeats clip ids): {dupes}")
     return sorted(items, key=lambda i: i.key)
+
+
+def _check_unique_clips(clips: list[SourceClip], splits: list[Split], clip_keys: list[str]) -> None:
+    """Two clips with one (dataset, split, safe clip id) would plan the same sample keys."""
+    counts = Counter(zip((c.dataset for c in clips), splits, clip_keys, strict=True))
+    dupes = sorted(f"{ds}/{split}/{cid}" for (ds, split, cid), n in counts.items() if n > 1)
+    if dupes:
+        raise SpatialAudioCapsError(
+            f"{len(dupes)} duplicate clip id(s) (the source repeats them): {dupes[:5]}"
+        )
+
+
+class PlanRow(Protocol):
+    """What shard membership reads of a sample: a PlanItem, or a row of a plan table."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def split(self) -> str: ...
+    @property
+    def clip_id(self) -> str: ...
+    @property
+    def aug(self) -> int: ...
+    @property
+    def placement_id(self) -> str | None: ...
+
+
+def bank_order(items: Iterable[PlanRow]) -> list[str]:
+    """The placements the plan uses, in RIR-bank order: by split, then placement id.
+
+    The bank is cut into chunks as contiguous runs of this list, and ``shard_plans`` cuts each
+    split in the same order, so a shard's placements fall in few chunks. Split first because
+    placement ids start with their room (rooms are iid, ids interleave the splits): sorted by id
+    alone, a val shard's placements would be spread over chunks that are mostly train.
+    """
+    used = {(i.split, i.placement_id) for i in items if i.placement_id is not None}
+    return [pid for _, pid in sorted(used)]
+
+
+def locality_order(items: Iterable[PlanRow]) -> list[PlanRow]:
+    """The samples in shard-membership order: split, placement (bank order), clip, aug.
+
+    A clip's mono original (no placement) goes with the clip's first spatial sample (its lowest
+    placement id), so the clip is decoded once for both where a shard boundary allows. Total over
+    unique keys, so the order depends on the set of samples only, not on how it arrives.
+    """
+    rows = list(items)
+    anchor: dict[tuple[str, str, str], str] = {}
+    for i in rows:
+        clip = (i.dataset, i.split, i.clip_id)
+        if i.placement_id is not None and (clip not in anchor or i.placement_id < anchor[clip]):
+            anchor[clip] = i.placement_id
+
+    def rank(i: PlanRow) -> tuple[str, str, str, str, int]:
+        placement = i.placement_id
+        if placement is None:
+            placement = anchor.get((i.dataset, i.split, i.clip_id), "")
+        return (i.split, placement, i.dataset, i.clip_id, i.aug)
+
+    return sorted(rows, key=rank)
+
+
+def shard_plans(items: Iterable[PlanRow], shard_size: int) -> list[ShardPlan]:
+    """The build's shards, planned by count before rendering: contiguous runs of ``shard_size``
+    samples of each split in ``locality_order`` (tar order inside a shard stays sha256(key)).
+
+    A shard's spatial samples then use about shard_size / (samples per placement) neighbouring
+    placements, so a shard task reads a few RIR-bank chunks (``bank_order``) instead of most of
+    the bank. Same samples, same shards: independent of chunk size and worker count.
+    """
+    entries = ((i.key, i.split, 0) for i in locality_order(items))
+    return plan_shards(entries, max_samples=shard_size, order="given")

@@ -5,9 +5,11 @@ default (``webdataset``) is an uncompressed tar written by webdataset's TarWrite
 two members, ``{key}.flac`` then ``{key}.json``, sit next to each other; every header has a fixed
 mtime, uid/gid 0, fixed user/group names and mode 0444, so the same samples give the same bytes.
 
-The plan orders each split's samples by sha256(key), not by input order: shards mix clips and
-augmentations, and the same set of samples gives the same shards however it arrives. A shard
-closes at ``max_samples`` samples or before it would pass ``max_bytes``.
+Inside a shard, samples are in sha256(key) order, not input order: shards mix clips and
+augmentations. Which samples share a shard is either that same hash order (``plan_samples``: the
+same set of samples gives the same shards however it arrives) or a caller's order (the build's
+locality order, tasks.plan.shard_plans: a shard then needs few RIR-bank chunks). A shard closes at
+``max_samples`` samples or before it would pass ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import io
 import json
 import re
 import tarfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -245,16 +247,24 @@ def shard_order(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+ShardOrder = Literal["hash", "given"]
+"""How a split's samples are cut into shards: ``hash``, membership by sha256(key) (every shard a
+uniform draw of the split); ``given``, membership follows the entries' order (a caller's locality
+order, tasks.plan.shard_plans). Inside a shard the order is sha256(key) either way."""
+
+
 def plan_shards(
     entries: Iterable[tuple[str, str, int]],
     *,
     max_samples: int = DEFAULT_MAX_SAMPLES,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    order: ShardOrder = "hash",
 ) -> list[ShardPlan]:
     """Shards from (key, split, tar bytes) triples; bytes may be 0 when unknown (count-only plans).
 
-    Keys must be unique. Splits come out in sorted order, shards numbered from 0
-    within each split.
+    Keys must be unique. Splits come out in sorted order, shards numbered from 0 within each
+    split; each shard is a contiguous run of its split's samples in the membership order (see
+    ``ShardOrder``), closed at ``max_samples`` or before it would pass ``max_bytes``.
     """
     if max_samples < 1 or max_bytes < 1:
         raise ValueError("max_samples and max_bytes must be positive")
@@ -267,25 +277,29 @@ def plan_shards(
         by_split.setdefault(split, []).append((shard_order(key), key, int(nbytes)))
     plans: list[ShardPlan] = []
     for split in sorted(by_split):
-        rows = sorted(by_split[split])
-        keys: list[str] = []
-        total = 0
-        for _, key, nbytes in rows:
-            if keys and (len(keys) >= max_samples or total + nbytes > max_bytes):
-                plans.append(ShardPlan(split=split, index=_count(plans, split), sample_keys=tuple(keys),
-                                       est_bytes=total))
-                keys, total = [], 0
-            keys.append(key)
-            total += nbytes
-        if keys:
-            plans.append(
-                ShardPlan(split=split, index=_count(plans, split), sample_keys=tuple(keys), est_bytes=total)
-            )
+        rows = by_split[split] if order == "given" else sorted(by_split[split])
+        for index, run in enumerate(_runs(rows, max_samples, max_bytes)):
+            members = run if order == "hash" else sorted(run)
+            plans.append(ShardPlan(split=split, index=index, sample_keys=tuple(key for _, key, _ in members),
+                                   est_bytes=sum(nbytes for _, _, nbytes in members)))
     return plans
 
 
-def _count(plans: list[ShardPlan], split: str) -> int:
-    return sum(1 for p in plans if p.split == split)
+def _runs(
+    rows: list[tuple[str, str, int]], max_samples: int, max_bytes: int
+) -> Iterator[list[tuple[str, str, int]]]:
+    """Consecutive runs of (hash, key, bytes) rows, each closed at max_samples rows or before its
+    bytes would pass max_bytes (a single larger row is a run of its own)."""
+    run: list[tuple[str, str, int]] = []
+    total = 0
+    for row in rows:
+        if run and (len(run) >= max_samples or total + row[2] > max_bytes):
+            yield run
+            run, total = [], 0
+        run.append(row)
+        total += row[2]
+    if run:
+        yield run
 
 
 def plan_samples(
@@ -398,6 +412,7 @@ __all__ = [
     "MemberEncoder",
     "MemberOffsets",
     "SampleRejected",
+    "ShardOrder",
     "ShardPlan",
     "ShardSample",
     "ShardWriter",

@@ -3,6 +3,7 @@
 Per planned shard, what ``tasks.build_stages.build_shard`` does once its samples are rendered
 (skip on a verified receipt, else ``commit_shard``), then what the flow's finalize task does
 (``finalize_dataset``). No other way to write a dataset exists: this only skips the rendering.
+Rejects given with the samples are recorded as the ``source`` stage's reject part.
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 from conftest import FoaClip, make_sample
 
-from schemas.shards import ManifestRow, RejectRow
-from tasks.commit import ShardCommit, commit_shard, dataset_uri, finalize_dataset, verified_receipt
-from tasks.shard_writer import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, ShardSample, plan_samples
+from schemas.shards import RejectRow
+from tasks.commit import (
+    MANIFEST_SCHEMA,
+    ShardCommit,
+    commit_shard,
+    dataset_uri,
+    finalize_dataset,
+    put_rejects,
+    verified_receipt,
+)
+from tasks.shard_writer import DEFAULT_MAX_BYTES, DEFAULT_MAX_SAMPLES, ShardPlan, ShardSample, plan_samples
 from tasks.storage import StorageConfig, open_storage
 
 DS, VER = "spatial_audiocaps", "v1"
@@ -33,8 +43,9 @@ def many(clips: list[FoaClip], n: int, split: str = "train", start: int = 0) -> 
 @dataclass(frozen=True)
 class Committed:
     base: str
+    plans: list[ShardPlan]
     shards: dict[str, ShardCommit]
-    rows: list[ManifestRow]
+    rows: pa.Table
 
     @property
     def outcomes(self) -> Counter[str]:
@@ -59,13 +70,15 @@ def commit_samples(
     base = dataset_uri(root, DS, VER)
     by_key = {s.key: s for s in samples}
     shards: dict[str, ShardCommit] = {}
-    for plan in plan_samples(samples, max_samples=max_samples, max_bytes=max_bytes):
+    plans = plan_samples(samples, max_samples=max_samples, max_bytes=max_bytes)
+    for plan in plans:
         listed = verified_receipt(storage, base, plan)
         shards[plan.name] = (
             ShardCommit("skipped", listed, 0)
             if listed is not None
             else commit_shard(storage, base, plan, by_key, tmp_dir=tmp_dir, progress=progress)
         )
-    rows = [r for c in shards.values() for r in c.rows]
-    finalize_dataset(storage, base, rows, rejects, {"dataset": DS, "version": VER})
-    return Committed(base, shards, rows)
+    put_rejects(storage, base, "source", rejects)
+    finalize_dataset(storage, base, plans, {"dataset": DS, "version": VER})
+    rows = pa.concat_tables([MANIFEST_SCHEMA.empty_table(), *(c.rows for c in shards.values())])
+    return Committed(base, plans, shards, rows)

@@ -5,25 +5,32 @@ object is missing or altered, and a manifest that never lists a shard that does 
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 
 import boto3
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from committed import DS, VER, commit_samples, many
 from conftest import FAKE_KEY_ID, FAKE_SECRET
 
+from schemas.shards import RejectRow
 from tasks.commit import (
     MANIFEST,
     MANIFEST_SCHEMA_VERSION,
+    RECEIPT_SUFFIX,
     CommitError,
+    Finalized,
     commit_shard,
     dataset_uri,
     finalize_dataset,
+    put_rejects,
     read_manifest,
+    read_rejects,
     receipt_uri,
+    reject_part_uri,
+    rejects_part,
     verified_receipt,
     verify_shards,
 )
@@ -81,16 +88,17 @@ def test_receipt_only_after_a_verified_upload_then_skip_then_adopt(root, samples
     plan = plan_samples(samples, max_samples=50)[0]
     by_key = {s.key: s for s in samples}
     shard, receipt = join_uri(base, plan.name), receipt_uri(base, plan)
-    assert receipt == join_uri(base, plan.name.removesuffix(".tar") + ".rows.json")
+    assert receipt == join_uri(base, plan.name.removesuffix(".tar") + ".rows.parquet")
     assert verified_receipt(st, base, plan) is None
     sent: list[int] = []
     done = commit_shard(st, base, plan, by_key, tmp_dir=tmp_path, progress=sent.append)
     assert done.outcome == "uploaded" and done.bytes_uploaded == sum(sent) == st.info(shard).size
-    assert [r.key for r in done.rows] == list(plan.sample_keys) and not list(tmp_path.glob("*.partial"))
-    assert json.loads(st.read_bytes(receipt)) == [r.model_dump(mode="json") for r in done.rows]
-    r = done.rows[0]
-    assert st.read_range(shard, r.flac_offset, r.flac_size) == by_key[r.key].flac
-    assert st.verify(shard, size=r.shard_size, sha256=r.shard_sha256, checksum=None, deep=True).ok
+    assert done.rows.column("key").to_pylist() == list(plan.sample_keys)
+    assert not list(tmp_path.glob("*.partial"))
+    assert pq.read_table(pa.BufferReader(st.read_bytes(receipt))) == done.rows
+    r = done.rows.slice(0, 1).to_pylist()[0]
+    assert st.read_range(shard, r["flac_offset"], r["flac_size"]) == by_key[r["key"]].flac
+    assert st.verify(shard, size=r["shard_size"], sha256=r["shard_sha256"], checksum=None, deep=True).ok
     # A verified receipt: its rows, and the flow skips the shard.
     assert verified_receipt(st, base, plan) == done.rows
     # A crash after the upload, before the receipt: the object is adopted, not sent again.
@@ -110,11 +118,11 @@ def test_a_shard_with_only_rejected_samples_gets_an_empty_receipt(root, samples,
     plan = plan_samples(samples, max_samples=50)[0]
     kept = {s.key: s for s in samples if s.key in plan.sample_keys[1:]}  # the first one was rejected
     done = commit_shard(st, base, plan, kept, tmp_dir=tmp_path)
-    assert [r.key for r in done.rows] == list(plan.sample_keys[1:])
+    assert done.rows.column("key").to_pylist() == list(plan.sample_keys[1:])
     assert verified_receipt(st, base, plan) == done.rows
     empty = ShardPlan(split="test", index=7, sample_keys=("gone",))
     assert commit_shard(st, base, empty, {}, tmp_dir=tmp_path).outcome == "empty"
-    assert verified_receipt(st, base, empty) == [] and not st.exists(join_uri(base, empty.name))
+    assert verified_receipt(st, base, empty).num_rows == 0 and not st.exists(join_uri(base, empty.name))
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,7 +134,7 @@ def test_rerun_skips_verified_shards_and_commits_missing_or_altered_ones(root, s
     st, base = open_storage(root), first.base
     assert first.outcomes == {"uploaded": 5} and len(read_manifest(st, base)) == len(samples)
     tars = sorted(join_uri(base, name) for name in first.shards)
-    receipts = [t.removesuffix(".tar") + ".rows.json" for t in tars]
+    receipts = [t.removesuffix(".tar") + RECEIPT_SUFFIX for t in tars]
     before = {u: writes(u) for u in tars + receipts}
 
     again = commit_samples(samples, root, max_samples=4, tmp_dir=tmp_path)
@@ -144,7 +152,7 @@ def test_rerun_skips_verified_shards_and_commits_missing_or_altered_ones(root, s
     # The finalize step refuses to list them (rows of an earlier run, say), and leaves the manifest be.
     manifest_before = st.read_bytes(join_uri(base, MANIFEST))
     with pytest.raises(CommitError, match="unverified"):
-        finalize_dataset(st, base, first.rows, [], {"dataset": DS, "version": VER})
+        finalize_dataset(st, base, first.plans, {"dataset": DS, "version": VER})
     assert st.read_bytes(join_uri(base, MANIFEST)) == manifest_before
 
     fixed = commit_samples(samples, root, max_samples=4, tmp_dir=tmp_path)
@@ -153,7 +161,7 @@ def test_rerun_skips_verified_shards_and_commits_missing_or_altered_ones(root, s
     untouched = tars[3:] + receipts[3:]
     assert {u: writes(u) for u in untouched} == {u: before[u] for u in untouched}
     rows = read_manifest(st, base)
-    assert sorted(r.key for r in rows) == sorted(s.key for s in samples)
+    assert sorted(rows.column("key").to_pylist()) == sorted(s.key for s in samples)
     assert all(c.ok for c in verify_shards(st, base, rows, deep=True))
     meta = pq.read_schema(io.BytesIO(st.read_bytes(join_uri(base, MANIFEST)))).metadata
     assert {k.decode(): v.decode() for k, v in meta.items()} == {
@@ -168,10 +176,64 @@ def test_a_manifest_never_lists_a_key_twice(samples, tmp_path):
     st = open_storage(root)
     manifest = st.read_bytes(join_uri(done.base, MANIFEST))
     with pytest.raises(CommitError, match="twice"):
-        finalize_dataset(st, done.base, [*done.rows, done.rows[0]], [], {})
+        finalize_dataset(st, done.base, [*done.plans, done.plans[0]], {})
     assert st.read_bytes(join_uri(done.base, MANIFEST)) == manifest
     with pytest.raises(ValueError, match="duplicate key"):  # and a plan never holds one twice
         plan_samples([*samples, samples[3]], max_samples=4)
+
+
+def test_finalize_streams_receipts_in_shard_order_names_a_missing_one_and_reads_no_shard(
+    samples, tmp_path, monkeypatch
+):
+    root = str(tmp_path / "out")
+    done = commit_samples(samples, root, max_samples=4, tmp_dir=tmp_path)
+    st = open_storage(root)
+    manifest = st.read_bytes(join_uri(done.base, MANIFEST))
+    unfinished = ShardPlan(split="train", index=99, sample_keys=("never-built",))
+    with pytest.raises(CommitError, match=r"no receipt for train/train-000099\.tar"):
+        finalize_dataset(st, done.base, [*done.plans, unfinished], {"dataset": DS, "version": VER})
+    assert st.read_bytes(join_uri(done.base, MANIFEST)) == manifest
+
+    def no_reads(*_: object, **__: object) -> str:
+        raise AssertionError("finalize re-read a shard")
+
+    # Local shards are checked by size and mtime against their receipts, never re-read; row
+    # groups of 5 rows give the same table as one group, in (split, shard, offset) order.
+    monkeypatch.setattr(type(st), "sha256_of", no_reads)
+    monkeypatch.setattr("tasks.commit.ROW_GROUP", 5)
+    assert finalize_dataset(st, done.base, done.plans[::-1], {"dataset": DS, "version": VER}) == Finalized(
+        len(samples), 0
+    )
+    streamed = pq.ParquetFile(pa.BufferReader(st.read_bytes(join_uri(done.base, MANIFEST))))
+    assert streamed.metadata.num_row_groups > 1
+    table = streamed.read()
+    assert table == pq.read_table(pa.BufferReader(manifest))
+    order = table.select(["split", "shard_index", "flac_offset"]).to_pylist()
+    assert order == sorted(order, key=lambda r: (r["split"], r["shard_index"], r["flac_offset"]))
+
+
+def test_reject_parts_survive_a_resumed_build(samples, tmp_path):
+    """Each stage's rejects are a part of their own: a shard skipped on its receipt keeps the
+    rejects of the run that built it; the parts merge in part-name order, each part sorted."""
+    root = str(tmp_path / "out")
+    source = RejectRow(stage="source", reason="unreadable", detail="no such file", source="x.wav")
+    done = commit_samples([*samples, source], root, max_samples=4, tmp_dir=tmp_path)
+    st = open_storage(root)
+    shard = rejects_part(done.plans[1].name)
+    assert shard == done.plans[1].name.removesuffix(".tar").replace("/", "-")
+    render = [RejectRow(stage="render", reason=r, detail="d", key=f"k{i}", source="c")
+              for i, r in ((2, "silent"), (1, "too_short"))]
+    put_rejects(st, done.base, shard, render)
+    again = commit_samples([*samples, source], root, max_samples=4, tmp_dir=tmp_path)
+    assert again.outcomes == {"skipped": 5}
+    got = [RejectRow.model_validate(r) for r in read_rejects(st, done.base).to_pylist()]
+    assert got == [source, render[1], render[0]]  # "source" < "train-...", then by key within the part
+    put_rejects(st, done.base, shard, [])  # the stage ran again and refused nothing
+    assert not st.exists(reject_part_uri(done.base, shard))
+    commit_samples(samples, root, max_samples=4, tmp_dir=tmp_path)
+    assert read_rejects(st, done.base).num_rows == 0
+    with pytest.raises(ValueError, match="reject part"):
+        put_rejects(st, done.base, "train/train-000001", render)
 
 
 def test_a_crash_mid_write_leaves_no_object_and_no_receipt(samples, tmp_path):
@@ -265,4 +327,4 @@ def test_a_failure_mid_dataset_keeps_the_finished_shards(s3, samples, tmp_path):
     done = commit_samples(samples, s3.root, max_samples=4, tmp_dir=tmp_path)
     outcomes = [done.shards[p.name].outcome for p in plans]
     assert outcomes == ["skipped", "skipped", "adopted", "uploaded", "uploaded"]
-    assert sorted(r.key for r in read_manifest(st, base)) == sorted(s.key for s in samples)
+    assert sorted(read_manifest(st, base).column("key").to_pylist()) == sorted(s.key for s in samples)

@@ -81,13 +81,13 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, flow_env):
     receipts: list[Path] = []
     while not receipts and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
-        receipts = list((tmp_path / "b").rglob("*.rows.json"))
+        receipts = list((tmp_path / "b").rglob("*.rows.parquet"))
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert receipts, "no shard finished before the deadline"
     version_b = receipts[0].parents[1]
     assert not (version_b / "manifest.parquet").exists(), "the run finished before it could be killed"
-    finished = {r: (r.with_name(r.name.replace(".rows.json", ".tar"))) for r in receipts}
+    finished = {r: (r.with_name(r.name.replace(".rows.parquet", ".tar"))) for r in receipts}
     stamps = {tar: tar.stat().st_mtime_ns for tar in finished.values() if tar.exists()}
 
     resumed = build(tmp_path / "b", flow_env, *args)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -19,6 +20,7 @@ from schemas.captions import (
     Descriptors,
     OutputFlaw,
     RephraseRequest,
+    RephraseResult,
     RephraseSettings,
     ValidationConfig,
 )
@@ -292,7 +294,7 @@ def test_a_rerun_makes_no_backend_call(tmp_path):
     first = ScriptedBackend(RephraseSettings(), [good.format("Noise")])
     results = run_rephrase(reqs, first, RephraseCache(tmp_path), batch_size=8)
     assert first.stats.generate_calls > 0
-    assert len(list(tmp_path.glob("*.jsonl"))) == 3
+    assert len(list(tmp_path.glob("*.parquet"))) == 3
     second = ScriptedBackend(RephraseSettings(), ["never used"])
     again = run_rephrase(reqs, second, RephraseCache(tmp_path), batch_size=8)
     assert second.stats.generate_calls == 0 and second.stats.prompts == 0
@@ -305,7 +307,12 @@ def test_a_crash_keeps_finished_batches_and_the_rerun_resumes(tmp_path):
     crashing = ScriptedBackend(RephraseSettings(max_retries=0), ["x"], fail_after=2)
     with pytest.raises(BackendUnavailable):
         run_rephrase(reqs, crashing, RephraseCache(tmp_path), batch_size=10)
-    assert len(list(tmp_path.glob("*.jsonl"))) == 2 and not list(tmp_path.glob(".tmp-*"))
+    assert len(list(tmp_path.glob("*.parquet"))) == 2 and not list(tmp_path.glob(".*"))
+    # a batch is whole or absent: the 20 results of the two finished batches, nothing of the third
+    reopened = RephraseCache(tmp_path)
+    assert len(reopened) == 20
+    keys = [cache_key(r, crashing.model, crashing.settings) for r in reqs]
+    assert all(k in reopened for k in keys[:20]) and not any(k in reopened for k in keys[20:])
     resumed = ScriptedBackend(RephraseSettings(max_retries=0), ["x"])
     results = run_rephrase(reqs, resumed, RephraseCache(tmp_path), batch_size=10)
     assert sum(r.cached for r in results) == 20
@@ -325,9 +332,50 @@ def test_identical_requests_are_generated_once_and_settings_change_the_key(tmp_p
 
 
 def test_a_corrupt_cache_file_is_a_typed_error(tmp_path):
-    (tmp_path / "broken.jsonl").write_text('{"key": "abc", "result": {"status": "ok"')
+    good = tmp_path / "good"
+    run_rephrase(_requests(4), ScriptedBackend(RephraseSettings(max_retries=0), ["x"]), RephraseCache(good))
+    (part,) = good.glob("*.parquet")
+    (tmp_path / "torn.parquet").write_bytes(part.read_bytes()[: part.stat().st_size // 2])
     with pytest.raises(SpatialAudioCapsError, match="corrupt rephrase cache"):
-        RephraseCache(tmp_path)
+        RephraseCache(tmp_path / "torn.parquet")
+
+
+def test_the_cache_ignores_writes_in_progress_and_old_jsonl_parts(tmp_path):
+    (tmp_path / ".abc.parquet.partial").write_bytes(b"half a part")  # a local write a crash cut short
+    (tmp_path / "old.jsonl").write_text('{"key": "abc", "result": {}}\n')
+    assert len(RephraseCache(tmp_path)) == 0
+
+
+def _result(key: str, text: str) -> tuple[str, RephraseResult]:
+    return key, RephraseResult(sample_id="x", status="ok", caption=text, original_caption="A dog barks",
+                               descriptors=FULL, prompt=None, backend="template", model="m",
+                               produced_by="template", attempts=1, seed=0)
+
+
+def test_cache_lookups_reopened_merged_and_across_evicted_parts(tmp_path, monkeypatch):
+    # digests ending in zero bytes: numpy's S32 scalars drop those, the index must not
+    keys = [f"{i:02x}" * 30 + "0000" for i in range(40)] + [f"{i:02x}" * 31 + "ff" for i in range(40)]
+    cache = RephraseCache(tmp_path, parts_kept=2)
+    for b in range(0, 80, 10):
+        cache.put_batch([_result(k, f"caption {i}") for i, k in enumerate(keys[b : b + 10], start=b)])
+    cache.put_batch([_result(keys[0], "caption 0")])  # a key in two parts: one entry
+    reopened = RephraseCache(tmp_path, parts_kept=1)
+    monkeypatch.setattr("tasks.rephrase.cache.MERGE_AT", 4)
+    merged = RephraseCache(tmp_path, parts_kept=2)
+    fresh = [f"{i:02x}" * 31 + "00" for i in range(100, 125)]
+    merged.put_batch([_result(k, "fresh") for k in fresh[:24]])  # 24 >= 80 // 4: folded into the arrays
+    merged.put_batch([_result(fresh[24], "fresh")])  # stays in the dict
+    absent = ["ee" * 32, f"{3:02x}" * 30 + "0001"]
+    for c in (cache, reopened, merged):
+        assert len(c) == 80 + 25 * (c is merged)
+        assert [c.get(k).caption for k in keys] == [f"caption {i}" for i in range(80)]
+        assert all(c.get(k) is None and k not in c for k in absent)
+        stored = [c.get(k).model_dump_json() for k in keys[::7]]
+        assert c.result_json(keys[::7] + absent) == [*stored, None, None]
+        asked = np.array([bytes.fromhex(k) for k in keys + absent], "S32")
+        assert c.contains(asked).tolist() == [True] * 80 + [False] * 2
+    assert [merged.get(k).caption for k in fresh] == ["fresh"] * 25
+    assert merged.contains(np.array([bytes.fromhex(k) for k in fresh], "S32")).all()
 
 
 # ----------------------------------------------------------------------------- parquet and CLI

@@ -18,7 +18,7 @@ import webdataset as wds
 from committed import DS, VER, commit_samples, many
 from conftest import FAKE_KEY_ID, FAKE_SECRET, make_sample
 
-from schemas.shards import SampleRecord
+from schemas.shards import RejectRow, SampleRecord
 from tasks.commit import MANIFEST, read_manifest, read_rejects
 from tasks.inspect_dataset import inspect_shard
 from tasks.shard_reader import iter_tar_samples
@@ -69,7 +69,7 @@ def test_write_list_read_back_with_plain_webdataset(s3, samples, tmp_path):
     assert rep.outcomes == {"uploaded": 5} and len(rep.rows) == len(samples)
     st = open_storage(s3.root)
     base = join_uri(s3.root, DS, VER)
-    assert read_rejects(st, base) == []
+    assert read_rejects(st, base).num_rows == 0
     by_key = {s.key: s for s in samples}
     names = [o.uri[len(base) + 1 :] for o in st.list(base + "/")]
     assert {
@@ -119,7 +119,7 @@ def test_multipart_shard_over_100mb_reads_back(s3, foa_clips, tmp_path):
     parts = -(-info.size // StorageConfig().multipart_chunksize)
     assert info.size > 100 * 2**20 and parts > 1
     assert info.etag.strip('"').endswith(f"-{parts}")  # stored as a multipart object
-    assert info.checksum_sha256 and info.sha256 == read_manifest(st, base)[0].shard_sha256
+    assert info.checksum_sha256 and info.sha256 == read_manifest(st, base, ["shard_sha256"])[0][0].as_py()
     register_webdataset_s3()
     by_key = {s.key: s for s in big}
     n = 0
@@ -181,7 +181,7 @@ def test_no_key_duplicated_across_shards(samples, tmp_path):
         for u in shard_uris(st, rep.base, split):
             keys += [s["__key__"] for s in read_wds([u])]
     assert len(rep.shards) > 3 and len(keys) == len(set(keys)) == len(samples)
-    listed = sorted(r.key for r in read_manifest(st, rep.base))
+    listed = sorted(read_manifest(st, rep.base, ["key"]).column("key").to_pylist())
     assert sorted(keys) == listed == sorted(s.key for s in samples)
 
 
@@ -226,8 +226,10 @@ def test_corrupt_members_in_input_are_skipped_with_reasons(foa_clips, tmp_path):
     rep = commit_samples(items, str(tmp_path / "out"), tmp_dir=tmp_path)
     st = open_storage(str(tmp_path / "out"))
     base = join_uri(str(tmp_path / "out"), DS, VER)
-    assert sorted(r.key for r in read_manifest(st, base)) == sorted(good[i].key for i in (0, 4, 5))
-    rejects = read_rejects(st, base)
+    assert sorted(read_manifest(st, base, ["key"]).column("key").to_pylist()) == sorted(
+        good[i].key for i in (0, 4, 5)
+    )
+    rejects = [RejectRow.model_validate(r) for r in read_rejects(st, base).to_pylist()]
     by_key = {r.key: r.reason for r in rejects if r.key}
     assert by_key == {
         good[1].key: "missing_member",

@@ -1,8 +1,8 @@
 """Many requests through one backend: fixed-size batches, the cache around each, and the report.
 
-Identical requests (same cache key) are generated once per run; cached ones never reach the
-backend; each finished batch is written to the cache before the next starts, so a crash loses at
-most the batch in flight.
+Identical requests (same cache key) are generated once per run and looked up in the cache once
+per batch; cached ones never reach the backend; each finished batch is written to the cache
+before the next starts, so a crash loses at most the batch in flight.
 """
 
 from __future__ import annotations
@@ -27,18 +27,20 @@ def run_rephrase(
     for start in range(0, len(requests), batch_size):
         batch = requests[start : start + batch_size]
         keys = [cache_key(r, backend.model, backend.settings) for r in batch]
+        hits: dict[str, RephraseResult | None] = {}  # one cache lookup per distinct key
         todo: dict[str, RephraseRequest] = {}
         for key, req in zip(keys, batch, strict=True):
-            if (cache is None or cache.get(key) is None) and key not in todo:
+            if key not in hits:
+                hits[key] = cache.get(key) if cache is not None else None
+            if hits[key] is None and key not in todo:
                 todo[key] = req
         fresh = dict(zip(todo, backend.rephrase(list(todo.values())), strict=True)) if todo else {}
         if cache is not None:
             cache.put_batch(list(fresh.items()))
         for key, req in zip(keys, batch, strict=True):
-            if key in fresh:
-                res = fresh[key]
-            else:
-                hit = cache.get(key) if cache is not None else None
+            res = fresh.get(key)
+            if res is None:
+                hit = hits[key]
                 assert hit is not None, "a request not generated in this batch is in the cache"
                 res = hit.model_copy(update={"cached": True})
             if res.sample_id != req.sample_id:
@@ -47,7 +49,6 @@ def run_rephrase(
         if on_batch is not None:
             on_batch(len(results), len(requests))
     return results
-
 
 def summarize(results: list[RephraseResult]) -> BatchReport:
     """Hallucination, fallback, reject and first-pass rates of a set of captions."""

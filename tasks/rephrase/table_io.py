@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +30,7 @@ from schemas.captions import (
 )
 from tasks.descriptors import DEFAULT_DESCRIPTOR_CONFIG, describe_arrays
 from tasks.errors import SpatialAudioCapsError
+from tasks.rephrase.cache import KEY_TYPE
 
 _STRINGS = pa.list_(pa.string())
 RESULT_SCHEMA = pa.schema([
@@ -45,18 +47,46 @@ RESULT_SCHEMA = pa.schema([
 """captions.parquet: one row per request, in input order."""
 
 
-def requests_table(requests: list[RephraseRequest]) -> pa.Table:
-    """prompts.parquet's columns for requests that carry descriptors (the caption stage's input)."""
-    captions_type = pa.binary() if any(isinstance(r.caption, bytes) for r in requests) else pa.string()
+STAGE_REQUEST_SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("caption", pa.string()), ("caption_bytes", pa.binary()),
+    ("seed", pa.int64()),
+    *((c, pa.string()) for c in DESCRIPTOR_COLUMNS),
+    ("key", KEY_TYPE),
+])
+"""The caption stage's requests.parquet: prompts.parquet's columns, plus ``caption_bytes`` (a caption
+given as raw bytes, ``caption`` then null: the schema is fixed before the first batch is written,
+and the cache key tells str from bytes) and ``key``, the request's cache key, computed once by the
+writer so that deciding which batches are finished never builds a request."""
+
+
+def requests_table(requests: Sequence[RephraseRequest], keys: Sequence[str]) -> pa.Table:
+    """STAGE_REQUEST_SCHEMA's columns for ``requests`` and their cache keys (hex)."""
+    text = [r.caption if isinstance(r.caption, str) else None for r in requests]
+    raw = [r.caption if isinstance(r.caption, bytes) else None for r in requests]
     return pa.table({
         "sample_id": pa.array([r.sample_id for r in requests], pa.string()),
-        # binary only when some caption is raw bytes: a string column reads back as str, so the
-        # cache keys (which tell str from bytes) stay the same across the round trip
-        "caption": pa.array([r.caption for r in requests], captions_type),
+        "caption": pa.array(text, pa.string()),
+        "caption_bytes": pa.array(raw, pa.binary()),
         "seed": pa.array([r.seed for r in requests], pa.int64()),
         **{c: pa.array([getattr(r.descriptors, c) for r in requests], pa.string())
            for c in DESCRIPTOR_COLUMNS},
-    })
+        "key": pa.array([bytes.fromhex(k) for k in keys], KEY_TYPE),
+    }, schema=STAGE_REQUEST_SCHEMA)
+
+
+def requests_from_table(table: pa.Table) -> list[RephraseRequest]:
+    """The requests of a STAGE_REQUEST_SCHEMA table (one batch of requests.parquet), in order."""
+    cols = {c: table.column(c).to_pylist() for c in STAGE_REQUEST_SCHEMA.names if c != "key"}
+    return [
+        RephraseRequest(
+            sample_id=cols["sample_id"][i],
+            caption=cols["caption"][i] if cols["caption"][i] is not None else cols["caption_bytes"][i],
+            seed=cols["seed"][i],
+            descriptors=Descriptors(**{c: cols[c][i] for c in DESCRIPTOR_COLUMNS}),
+        )
+        for i in range(table.num_rows)
+    ]
 
 
 def read_requests(

@@ -40,6 +40,7 @@ class ObjectInfo:
     checksum_sha256: str | None = None  # base64, the server's own (composite '-N' for multipart)
     checksum_type: str | None = None
     etag: str | None = None
+    modified_ns: int | None = None  # local files: the mtime (a receipt written later vouches for it)
 
 
 @dataclass(frozen=True)

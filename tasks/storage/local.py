@@ -39,7 +39,7 @@ class LocalStorage(Storage):
             raise StorageError(f"{p}: {e}") from e
         if not p.is_file():
             return None
-        return ObjectInfo(uri=uri, size=st.st_size)
+        return ObjectInfo(uri=uri, size=st.st_size, modified_ns=st.st_mtime_ns)
 
     def _atomic_write(self, uri: str, writer: Callable[[IO[bytes]], None]) -> None:
         dest = local_path(uri)
