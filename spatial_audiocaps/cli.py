@@ -133,7 +133,9 @@ def _cmd_build(args: argparse.Namespace) -> dict[str, Any]:
 
     from flows.build import build_spatial_dataset
 
-    return build_spatial_dataset(config=config, run=run, output=args.out).model_dump(mode="json")
+    # One shard's stats per shard is for the flow's artifact and benchmarks, not a terminal line.
+    return build_spatial_dataset(config=config, run=run, output=args.out).model_dump(
+        mode="json", exclude={"shard_stats"})
 
 
 def _dest(flag: str) -> str:

@@ -37,10 +37,10 @@ from schemas.rooms import Placement, RirRecord, RirSettings, RoomSpec
 from schemas.shards import CaptionInfo, Provenance, RejectRow
 from spatial_audiocaps import __version__
 from tasks.caption_stage import read_results, write_stage
-from tasks.commit import commit_shard, finalize_dataset, put_rejects, verified_receipt
+from tasks.commit import commit_shard, finalize_dataset, put_rejects, rejects_part, verified_receipt
 from tasks.dataset_card import write_card
 from tasks.descriptors import describe
-from tasks.plan import PlanConfig, PlanItem, build_plan, shard_plans
+from tasks.plan import PlanConfig, PlanItem, bank_order, build_plan, shard_plans
 from tasks.plan_table import PLAN, iter_plan, read_plan, write_plan
 from tasks.prompting import CaptionRejected, screen_caption
 from tasks.render import RenderedSample, render_items
@@ -73,7 +73,8 @@ class PlanSummary(BaseModel):
 
     plan_uri: str
     shards: list[ShardRef]
-    placements: list[str] = Field(description="placement ids the plan uses, sorted (the RIR bank's order)")
+    placements: list[str] = Field(description="placement ids the plan uses, in the RIR bank's order "
+                                  "(tasks.plan.bank_order: the order shard membership follows)")
     n_source_rejects: int
 
 
@@ -94,8 +95,8 @@ def write_room_set(
 def bank_jobs(
     used: list[str], rooms: list[RoomSpec], placements: list[Placement], chunk: int
 ) -> list[tuple[dict[str, RoomSpec], list[Placement]]]:
-    """The RIR bank's chunks: ``chunk`` consecutive placement ids of ``used`` (sorted, as the plan
-    orders shards), each with its rooms."""
+    """The RIR bank's chunks: ``chunk`` consecutive placement ids of ``used`` (in bank order, which
+    shard membership follows), each with its rooms."""
     rooms_by_id = {r.room_id: r for r in rooms}
     by_id = {p.placement_id: p for p in placements}
     return [({by_id[p].room_id: rooms_by_id[by_id[p].room_id] for p in part}, [by_id[p] for p in part])
@@ -160,8 +161,7 @@ def plan_stage(cfg: BuildConfig, placements: list[Placement], base: str) -> Plan
     by_key = {i.key: i for i in items}
     uri = join_uri(base, PLAN)
     write_plan((by_key[k] for p in plans for k in p.sample_keys), uri)
-    return PlanSummary(plan_uri=uri, shards=shard_refs(plans),
-                       placements=sorted({i.placement_id for i in items if i.placement_id}),
+    return PlanSummary(plan_uri=uri, shards=shard_refs(plans), placements=bank_order(items),
                        n_source_rejects=len(source_rejects))
 
 
@@ -271,9 +271,9 @@ def build_shard(job: ShardJob) -> ShardStats:
     captions = {r.sample_id: r for r in read_results(job.stage_uri, first, stop)} if stop > first else {}
     rooms = read_rooms_of(job.rooms_uri)
     bank = bank_cache(job.rir_cache_mib)
-    read_before = bank.bytes_read
-    rirs, records = bank.get(job.inputs.chunk_uris, sorted({i.placement_id for i in items if i.placement_id}))
-    bank_read = bank.bytes_read - read_before
+    read_before, used_before = bank.bytes_read, bank.bytes_used
+    rirs, records = bank.get(job.inputs.chunk_uris, {i.placement_id for i in items if i.placement_id})
+    bank_read, bank_used = bank.bytes_read - read_before, bank.bytes_used - used_before
     cpu = time.process_time()
     rendered, render_rejects = render_items(items, rirs, records, job.audio)
     cpu = time.process_time() - cpu
@@ -284,11 +284,10 @@ def build_shard(job: ShardJob) -> ShardStats:
         sample = _sample(done, captions, rooms, job, rejects)
         if sample is not None:
             samples[sample.key] = sample
-    put_rejects(storage, job.base, plan.name.removesuffix(".tar").replace("/", "-"), rejects)
+    put_rejects(storage, job.base, rejects_part(plan.name), rejects)
     committed = commit_shard(storage, job.base, plan, samples)
     return ShardStats(shard=plan.name, outcome=committed.outcome, samples=len(samples), rejects=len(rejects),
-                      render_cpu_s=round(cpu, 4), bank_bytes_read=bank_read,
-                      bank_bytes_used=sum(r.nbytes for r in rirs.values()))
+                      render_cpu_s=round(cpu, 4), bank_bytes_read=bank_read, bank_bytes_used=bank_used)
 
 
 def _sample(
