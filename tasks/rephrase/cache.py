@@ -34,7 +34,7 @@ from schemas.captions import CaptionSettings, RephraseRequest, RephraseResult
 from tasks.errors import SpatialAudioCapsError
 from tasks.prompting import PROMPT_VERSION
 from tasks.rephrase.phrasing import TEMPLATE_VERSION
-from tasks.storage import StorageError, join_uri, open_storage
+from tasks.storage import StorageError, is_s3, join_uri, open_storage
 
 PART_SUFFIX = ".parquet"
 KEY_TYPE = pa.binary(32)
@@ -43,7 +43,7 @@ PART_SCHEMA = pa.schema([("key", KEY_TYPE), ("result", pa.string())])
 PARTS_KEPT = 16
 """Parts whose results stay decoded in memory (a part is one batch: about 1 MB at 512 requests)."""
 OPEN_THREADS = 16
-"""Parts whose key columns are read at once when the cache opens: on s3:// each part costs a few
+"""Parts whose key columns are read at once when a cache on s3:// opens: each part costs a few
 round trips, so thousands of parts are read concurrently rather than one after another."""
 MERGE_AT = 1 << 16
 """Keys written by this process that stay in a dict before they are folded into the sorted arrays
@@ -96,8 +96,14 @@ class RephraseCache:
         inside = self.directory.rstrip("/") + "/"
         parts = [o.uri for o in self._storage.list(self.directory)
                  if o.uri.endswith(PART_SUFFIX) and o.uri.startswith(inside)]
-        with ThreadPoolExecutor(max_workers=max(1, min(OPEN_THREADS, len(parts)))) as pool:
-            keys = list(pool.map(lambda uri: digests(self._read_part(uri, ["key"]).column("key")), parts))
+        def read_keys(uri: str) -> np.ndarray:
+            return digests(self._read_part(uri, ["key"]).column("key"))
+
+        if is_s3(self.directory):
+            with ThreadPoolExecutor(max_workers=OPEN_THREADS) as pool:
+                keys = list(pool.map(read_keys, parts))
+        else:  # local reads wait on nothing: threads would only contend
+            keys = [read_keys(uri) for uri in parts]
         self._set_index(
             keys,
             [np.full(len(k), self._register(uri), np.int32) for uri, k in zip(parts, keys, strict=True)],
