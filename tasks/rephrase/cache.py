@@ -96,6 +96,7 @@ class RephraseCache:
         inside = self.directory.rstrip("/") + "/"
         parts = [o.uri for o in self._storage.list(self.directory)
                  if o.uri.endswith(PART_SUFFIX) and o.uri.startswith(inside)]
+
         def read_keys(uri: str) -> np.ndarray:
             return digests(self._read_part(uri, ["key"]).column("key"))
 
