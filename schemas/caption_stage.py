@@ -14,7 +14,8 @@ from schemas.captions import RephraseSettings
 
 
 class StageSpec(BaseModel):
-    """stage.json: how to rephrase ``requests.parquet`` and how to cut it into batches."""
+    """stage.json: how to rephrase ``requests.parquet`` and how it is cut into batches (row group b of
+    requests.parquet, and of results.parquet, is batch b)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -172,6 +172,8 @@ def test_stage_on_s3(s3):
     write_stage(reqs, RephraseSettings(), stage, batch_size=4)
     report = run_stage_worker(stage)
     assert report.batches_generated == 3
+    # S3 lists by key prefix: a sibling folder that shares the cache's prefix is not the cache
+    open_storage(stage).put_bytes(f"{stage}/cache-old/x.parquet", b"not a part")
     assert finished_batches(stage) == {0, 1, 2}
     assert write_results(stage) == 9 and write_results(stage) == 9
     assert [r.sample_id for r in read_results(stage, 3, 9)] == [r.sample_id for r in reqs[3:]]

@@ -335,9 +335,10 @@ def test_a_corrupt_cache_file_is_a_typed_error(tmp_path):
     good = tmp_path / "good"
     run_rephrase(_requests(4), ScriptedBackend(RephraseSettings(max_retries=0), ["x"]), RephraseCache(good))
     (part,) = good.glob("*.parquet")
-    (tmp_path / "torn.parquet").write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / part.name).write_bytes(part.read_bytes()[: part.stat().st_size // 2])
     with pytest.raises(SpatialAudioCapsError, match="corrupt rephrase cache"):
-        RephraseCache(tmp_path / "torn.parquet")
+        RephraseCache(tmp_path / "torn")
 
 
 def test_the_cache_ignores_writes_in_progress_and_old_jsonl_parts(tmp_path):

@@ -22,6 +22,7 @@ import io
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from schemas.captions import CaptionSettings, RephraseRequest, RephraseResult
 from tasks.errors import SpatialAudioCapsError
 from tasks.prompting import PROMPT_VERSION
 from tasks.rephrase.phrasing import TEMPLATE_VERSION
-from tasks.storage import StorageError, join_uri, open_storage
+from tasks.storage import StorageError, is_s3, join_uri, open_storage
 
 PART_SUFFIX = ".parquet"
 KEY_TYPE = pa.binary(32)
@@ -41,6 +42,9 @@ KEY_TYPE = pa.binary(32)
 PART_SCHEMA = pa.schema([("key", KEY_TYPE), ("result", pa.string())])
 PARTS_KEPT = 16
 """Parts whose results stay decoded in memory (a part is one batch: about 1 MB at 512 requests)."""
+OPEN_THREADS = 16
+"""Parts whose key columns are read at once when a cache on s3:// opens: each part costs a few
+round trips, so thousands of parts are read concurrently rather than one after another."""
 MERGE_AT = 1 << 16
 """Keys written by this process that stay in a dict before they are folded into the sorted arrays
 (also at least a quarter of them, so folding costs O(1) amortised per key)."""
@@ -89,16 +93,23 @@ class RephraseCache:
         self._decoded: OrderedDict[int, pa.StringArray] = OrderedDict()
         self._parts_kept = parts_kept
         self._added: dict[bytes, tuple[int, int]] = {}
-        found, part_nos, rows = [], [], []
-        for obj in self._storage.list(self.directory):
-            if not obj.uri.endswith(PART_SUFFIX):
-                continue
-            keys = digests(self._read_part(obj.uri, ["key"]).column("key"))
-            no = self._register(obj.uri)
-            found.append(keys)
-            part_nos.append(np.full(len(keys), no, np.int32))
-            rows.append(np.arange(len(keys), dtype=np.int32))
-        self._set_index(found, part_nos, rows)
+        inside = self.directory.rstrip("/") + "/"
+        parts = [o.uri for o in self._storage.list(self.directory)
+                 if o.uri.endswith(PART_SUFFIX) and o.uri.startswith(inside)]
+
+        def read_keys(uri: str) -> np.ndarray:
+            return digests(self._read_part(uri, ["key"]).column("key"))
+
+        if is_s3(self.directory):
+            with ThreadPoolExecutor(max_workers=OPEN_THREADS) as pool:
+                keys = list(pool.map(read_keys, parts))
+        else:  # local reads wait on nothing: threads would only contend
+            keys = [read_keys(uri) for uri in parts]
+        self._set_index(
+            keys,
+            [np.full(len(k), self._register(uri), np.int32) for uri, k in zip(parts, keys, strict=True)],
+            [np.arange(len(k), dtype=np.int32) for k in keys],
+        )
 
     def _read_part(self, uri: str, columns: list[str]) -> pa.Table:
         try:
