@@ -43,7 +43,6 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from schemas.captions import Descriptors, RephraseRequest, RephraseResult, RephraseSettings  # noqa: E402
 from tasks.caption_stage import (  # noqa: E402
-    collect_results,
     finished_batches,
     read_results,
     read_stage,
@@ -124,7 +123,7 @@ def _child(what: str, stage: str, shard_rows: int) -> dict:
     elif what == "read_results":
         rows = sum(len(read_results(stage, s, min(s + shard_rows, n))) for s in range(0, n, shard_rows))
     else:
-        rows = len(collect_results(stage))
+        rows = len(read_results(stage, 0, n))  # the old flow's read: every result in one list
     peak = _status_mib("VmHWM")
     return {"rows": rows, "cpu_s": round(_cpu() - t0, 2), "peak_rss_mib": round(peak, 1),
             "delta_mib": round(peak - base, 1)}

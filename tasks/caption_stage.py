@@ -245,12 +245,6 @@ def read_results(uri: str, start: int, stop: int) -> list[RephraseResult]:
     return out
 
 
-def collect_results(uri: str) -> list[RephraseResult]:
-    """Every result, in request order: the whole stage in memory, for the build flow until it reads
-    shard ranges with read_results (then this goes)."""
-    return read_results(uri, 0, n) if (n := write_results(uri)) else []
-
-
 def engine_records(uri: str) -> list[EngineRecord]:
     """Every backend start of the stage, oldest first: how many engines served it, and where."""
     storage = open_storage(uri)
