@@ -55,7 +55,7 @@ class RunOptions(BaseModel):
 
     rir_chunk: int = Field(16, ge=1, description="placements per RIR-bank task")
     rir_cache_mib: int = Field(
-        512, ge=0, description="RIR-bank chunks each worker process keeps between its shard tasks (LRU)"
+        512, ge=1, description="RIR-bank chunks each worker process keeps between its shard tasks (LRU)"
     )
     shard_window: int | None = Field(
         None, ge=1, description="shard tasks in flight at once (default: 2 per worker); the rest wait "

@@ -191,7 +191,7 @@ def test_yaml_build_with_overrides_then_other_run_options_reuse_the_version(tmp_
     assert len(tars) == n_shards
 
     knobs = ["--set", "run.rir_chunk=1", "--set", "run.caption_batch=1", "--workers", "2",
-             "--set", "run.shard_window=1", "--set", "run.rir_cache_mib=0",
+             "--set", "run.shard_window=1", "--set", "run.rir_cache_mib=1",
              "--set", "engine.openai.base_url=http://10.1.2.3:9999/v1",
              "--set", "engine.openai.concurrency=2",
              "--set", "engine.vllm.tensor_parallel_size=8", "--set", "engine.vllm.kv_cache_gib=1"]
