@@ -55,7 +55,8 @@ class RunOptions(BaseModel):
 
     rir_chunk: int = Field(16, ge=1, description="placements per RIR-bank task")
     rir_cache_mib: int = Field(
-        512, ge=1, description="RIR-bank chunks each worker process keeps between its shard tasks (LRU)"
+        128, ge=1, description="MiB of RIR-bank chunks a worker process keeps between its shard tasks (LRU): "
+        "neighbouring shards share chunks; RIRs are ~1 MiB and a shard uses 10-170 of them",
     )
     shard_window: int | None = Field(
         None, ge=1, description="shard tasks in flight at once (default: 2 per worker); the rest wait "

@@ -7,6 +7,7 @@ one renderer (tasks/renderers.py, ambiX by default), non-spatial originals throu
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from schemas.rooms import RirRecord
 from schemas.shards import MONO_FORMAT
 from tasks.audio_prep import RirSpectrum, encode_flac, normalise_level, prepare_clip, render_clip
 from tasks.errors import AudioRejected
-from tasks.plan import PlanItem
+from tasks.plan import PlanItem, locality_order
 from tasks.renderers import DEFAULT_RENDERER, renderer
 from tasks.sources import ClipAudio
 
@@ -51,9 +52,9 @@ def render_items(
     cfg: AudioPrepConfig,
     fmt: str = DEFAULT_RENDERER,
 ) -> tuple[list[RenderedSample], list[RenderReject]]:
-    """Render ``items`` in order, spatial ones with the ``fmt`` renderer; a bad clip or a missing
-    RIR rejects its samples, nothing else. One ClipAudio reads the shard's clips, so each source
-    tar is opened once per shard, not once per clip."""
+    """Render ``items``, spatial ones with the ``fmt`` renderer, returned in locality order
+    (tasks.plan.locality_order); a bad clip or a missing RIR rejects its samples, nothing else.
+    One ClipAudio reads the shard's clips, so each source tar is opened once per shard."""
     with ClipAudio() as audio:
         return _render_items(items, rirs, records, cfg, fmt, audio.read)
 
@@ -71,14 +72,19 @@ def _render_items(
     spectra: dict[str, RirSpectrum] = {}
     done: list[RenderedSample] = []
     rejects: list[RenderReject] = []
-    for item in items:
+    # Worked in locality order (placement, then clip), each prepared clip and RIR spectrum is
+    # dropped after its last use in the shard: a shard holds a few of each at a time, not all.
+    clip_uses = Counter(i.audio_uri for i in items)
+    rir_uses = Counter(i.placement_id for i in items if i.placement_id in rirs)
+    for item in locality_order(items):
         uri = item.audio_uri
         if uri not in prepared:
             try:
                 prepared[uri] = prepare_clip(read_audio(uri), cfg)
             except AudioRejected as exc:
                 prepared[uri] = exc
-        got = prepared[uri]
+        clip_uses[uri] -= 1
+        got = prepared[uri] if clip_uses[uri] else prepared.pop(uri)
         if isinstance(got, AudioRejected):
             rejects.append(RenderReject(item.key, item.dataset, item.clip_id, got.reason, got.detail))
             continue
@@ -96,8 +102,11 @@ def _render_items(
             continue
         if item.placement_id not in spectra:
             spectra[item.placement_id] = RirSpectrum.from_rir(rirs[item.placement_id], cfg.target_sr)
+        pid = item.placement_id
+        rir_uses[pid] -= 1
+        spectrum = spectra[pid] if rir_uses[pid] else spectra.pop(pid)
         try:
-            flac, info = render_clip(mono, spectra[item.placement_id], cfg, fmt)
+            flac, info = render_clip(mono, spectrum, cfg, fmt)
         except AudioRejected as exc:
             rejects.append(RenderReject(item.key, item.dataset, item.clip_id, exc.reason, exc.detail))
             continue
