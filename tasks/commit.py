@@ -195,9 +195,16 @@ def _put_table(storage: Storage, uri: str, table: pa.Table, meta: dict[str, str]
     storage.put_bytes(uri, buf.getvalue(), content_type="application/vnd.apache.parquet")
 
 
+def _parquet_read(source: Any, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read parquet from a buffer or stream on the calling thread (no pre-buffering, no Arrow
+    reader threads). With torch loaded (webdataset imports it) Arrow's reader threads make about
+    one process in three abort at exit ("terminate called without an active exception")."""
+    return pq.ParquetFile(source, pre_buffer=False).read(columns=columns, use_threads=False)
+
+
 def _read_small(storage: Storage, uri: str) -> pa.Table:
     """A small table (a receipt, a reject part) in one GET."""
-    return pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
+    return _parquet_read(pa.BufferReader(storage.read_bytes(uri)))
 
 
 def _read_columns(storage: Storage, uri: str, schema: pa.Schema, columns: Sequence[str] | None) -> pa.Table:
@@ -207,7 +214,7 @@ def _read_columns(storage: Storage, uri: str, schema: pa.Schema, columns: Sequen
     if not storage.exists(uri):
         return pa.schema([schema.field(n) for n in names]).empty_table()
     with storage.open_read(uri, random_access=True) as fh:
-        return pq.ParquetFile(fh).read(columns=names)
+        return _parquet_read(fh, names)
 
 
 class _RowGroups:
@@ -528,6 +535,13 @@ def verified_receipt(storage: Storage, base: str, plan: ShardPlan) -> pa.Table |
     return receipt.rows
 
 
+def put_receipt(storage: Storage, base: str, plan: ShardPlan, rows: pa.Table) -> pa.Table:
+    """Write a shard's receipt (one atomic write of its manifest rows); returns ``rows``. Only
+    after its object verified (``commit_shard``), or for a synthetic dataset (benchmarks)."""
+    _put_table(storage, receipt_uri(base, plan), rows, {"schema": MANIFEST_SCHEMA_VERSION})
+    return rows
+
+
 @dataclass(frozen=True)
 class ShardCommit:
     """What committing one shard did; ``rows`` are its receipt's rows (``len`` = its samples)."""
@@ -555,12 +569,8 @@ def commit_shard(
     ``progress`` gets the bytes sent as the upload goes. The temporary tar is removed either way.
     """
     keys = tuple(k for k in plan.sample_keys if k in samples)
-    receipt = receipt_uri(base, plan)
-    meta = {"schema": MANIFEST_SCHEMA_VERSION}
     if not keys:
-        empty = MANIFEST_SCHEMA.empty_table()
-        _put_table(storage, receipt, empty, meta)
-        return ShardCommit("empty", empty, 0)
+        return ShardCommit("empty", put_receipt(storage, base, plan, MANIFEST_SCHEMA.empty_table()), 0)
     kept = ShardPlan(split=plan.split, index=plan.index, sample_keys=keys, est_bytes=plan.est_bytes)
     uri = join_uri(base, plan.name)
     built = write_shard_file(kept, samples, storage, Path(tmp_dir or tempfile.gettempdir()))
@@ -576,7 +586,7 @@ def commit_shard(
     finally:
         built.path.unlink(missing_ok=True)
     rows = rows_table(manifest_rows(built, samples, _utc_now()), MANIFEST_SCHEMA)
-    _put_table(storage, receipt, rows, meta)
+    put_receipt(storage, base, plan, rows)
     log.info("%s %s: %d samples, %d bytes, sha256 %s", outcome, safe_uri(uri), len(keys), built.size,
              built.sha256[:16])
     return ShardCommit(outcome, rows, built.size if outcome == "uploaded" else 0)
@@ -723,6 +733,7 @@ __all__ = [
     "dataset_version",
     "finalize_dataset",
     "manifest_rows",
+    "put_receipt",
     "put_rejects",
     "read_manifest",
     "read_receipt",

@@ -90,13 +90,6 @@ _SPLIT_COLOURS = {"train": "#4c72b0", "val": "#dd8452", "test": "#55a868"}
 # numbers
 
 
-CARD_COLUMNS = (
-    "split", "shard", "shard_size", "spatial", "duration_s", "source_dataset", "source_id", "room_id",
-    "azimuth_deg", "elevation_deg", "distance_m", "floor_area_m2", "t30_s", "target_t30_s", "volume_m3",
-    "direct_doa_error_deg", *(f"desc_{a}" for a in DESCRIPTOR_ATTRIBUTES), "n_captions", "n_validated",
-    "n_fallback", "caption_attempts", "n_first_pass", "n_retried", "caption_retries", "caption_flaws",
-    "rephraser_backend", "rephraser_model", "pipeline_version", "room_set_hash",
-)  # the manifest columns the card reads (never the captions' text)
 
 
 def _round(x: float | None, nd: int = 6) -> float | None:
@@ -116,8 +109,9 @@ def _where(t: pa.Table, column: str, values: Sequence[str]) -> pa.Table:
     return t.filter(pc.is_in(t.column(column), value_set=pa.array(values, pa.string())))
 
 
-def _spatial(t: pa.Table) -> pa.Table:
-    return t.filter(t.column("spatial"))
+def _spatial(t: pa.Table, columns: Sequence[str]) -> pa.Table:
+    """``columns`` of the spatial rows (select first: a filter copies every column it keeps)."""
+    return t.select(list(columns)).filter(t.column("spatial"))
 
 
 def _rooms(t: pa.Table) -> int:
@@ -127,6 +121,19 @@ def _rooms(t: pa.Table) -> int:
 def _counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
     """value -> occurrences (nulls left out)."""
     return {d["values"]: d["counts"] for d in pc.value_counts(column).to_pylist() if d["values"] is not None}
+
+
+SPLIT_COLUMNS = ("split", "shard", "shard_size", "spatial", "duration_s", "source_dataset", "source_id",
+                 "room_id")
+CAPTION_COLUMNS = ("n_captions", "n_validated", "n_fallback", "caption_attempts", "n_first_pass", "n_retried",
+                   "caption_retries", "caption_flaws", "rephraser_backend", "rephraser_model")
+
+
+CARD_COLUMNS = (
+    *SPLIT_COLUMNS, "azimuth_deg", "elevation_deg", "distance_m", "floor_area_m2", "t30_s", "target_t30_s",
+    "volume_m3", "direct_doa_error_deg", *(f"desc_{a}" for a in DESCRIPTOR_ATTRIBUTES), *CAPTION_COLUMNS,
+    "pipeline_version", "room_set_hash",
+)  # the manifest columns the card reads (never the captions' text)
 
 
 def split_stats(t: pa.Table) -> SplitStats:
@@ -157,9 +164,8 @@ def label_range(t: pa.Table, column: str) -> LabelRange:
 
 def descriptor_frequencies(t: pa.Table) -> dict[str, dict[str, int]]:
     """attribute -> word -> spatial samples; "none" counts samples between bands (no word)."""
-    spatial = _spatial(t)
     return {
-        attr: dict(sorted(_counts(pc.fill_null(spatial.column(f"desc_{attr}"), "none")).items()))
+        attr: dict(sorted(_counts(pc.fill_null(_spatial(t, [f"desc_{attr}"]).column(0), "none")).items()))
         for attr in DESCRIPTOR_ATTRIBUTES
     }
 
@@ -193,7 +199,7 @@ def backend_caption_stats(backend: str, model: str | None, t: pa.Table) -> Backe
 
 def caption_stats(t: pa.Table) -> CaptionStats:
     """Rates over every spatial caption, and per rephraser (backend, model) of the build."""
-    spatial = _spatial(t)
+    spatial = _spatial(t, CAPTION_COLUMNS)
     n = _sum(spatial, "n_captions")
     val, fb = _sum(spatial, "n_validated"), _sum(spatial, "n_fallback")
     att = _sum(spatial, "caption_attempts")
@@ -218,8 +224,8 @@ def caption_stats(t: pa.Table) -> CaptionStats:
 
 def label_qa(t: pa.Table) -> LabelQA:
     errs = _values(t, "direct_doa_error_deg")
-    target = t.column("target_t30_s")
-    measured = t.filter(pc.and_(pc.is_valid(t.column("t30_s")), pc.not_equal(target, 0.0)))
+    t30 = t.select(["t30_s", "target_t30_s"])
+    measured = t30.filter(pc.and_(pc.is_valid(t30.column(0)), pc.not_equal(t30.column(1), 0.0)))
     rel = np.abs(_values(measured, "t30_s") / _values(measured, "target_t30_s") - 1.0)
     return LabelQA(
         direct_doa_error_deg_median=_round(float(np.median(errs))) if errs.size else None,
@@ -251,7 +257,7 @@ def compute_card(
     ranges: dict[str, dict[str, LabelRange]] = {}
     rooms: dict[str, int] = {}
     groups = {**SPLIT_GROUPS, **{s: (s,) for s in splits}}
-    spatial = _spatial(rows)
+    spatial = _spatial(rows, ["split", "room_id", *(c for c, _, _ in LABELS)])
     for g, members in groups.items():
         rs = _where(spatial, "split", members)
         ranges[g] = {col: label_range(rs, col) for col, _, _ in LABELS}
@@ -265,7 +271,7 @@ def compute_card(
         room_set_hashes=_unique(rows, "room_set_hash"),
         source_datasets=_unique(rows, "source_dataset"),
         totals=split_stats(rows),
-        splits={s: split_stats(_where(rows, "split", [s])) for s in splits},
+        splits={s: split_stats(_where(rows.select(SPLIT_COLUMNS), "split", [s])) for s in splits},
         ranges=ranges,
         group_rooms=rooms,
         descriptor_frequencies=descriptor_frequencies(rows),
@@ -399,7 +405,7 @@ def room_scatter(rows: pa.Table) -> bytes:
 
 def render_plots(rows: pa.Table) -> dict[str, bytes]:
     """{relative path: PNG bytes} of every card plot, from a manifest table's columns."""
-    spatial = _spatial(rows.select(["split", "spatial", "room_id", "volume_m3", *(c for c, _, _ in LABELS)]))
+    spatial = _spatial(rows, ["split", "room_id", "volume_m3", *(c for c, _, _ in LABELS)])
     out = {f"{PLOTS_DIR}/{c}.png": label_histogram(spatial, c, title, unit) for c, title, unit in LABELS}
     out[f"{PLOTS_DIR}/room_size.png"] = room_scatter(spatial)
     return out
@@ -538,6 +544,7 @@ def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | 
     if not st.exists(join_uri(base, MANIFEST)):
         raise SpatialAudioCapsError(f"no {MANIFEST} under {safe_uri(base)}: not a dataset version root")
     rows = read_manifest(st, base, CARD_COLUMNS)
+    pa.default_memory_pool().release_unused()  # the decoder's freed pages: ~0.4x the table at 890k rows
     rejects = read_rejects(st, base, ["reason"])
     parts = base.rstrip("/").split("/")
     dataset, version = (parts[-2], parts[-1]) if len(parts) >= 2 else ("dataset", parts[-1])
