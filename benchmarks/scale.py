@@ -58,7 +58,8 @@ def child(spec: dict) -> None:
     live0, _ = live_descendants_cpu_s()
     t = time.perf_counter()
     result = build_spatial_dataset(
-        config=BuildConfig(source="demo", limit=spec["clips"], shard_size=spec["shard_size"]),
+        config=BuildConfig(source="demo", limit=spec["clips"], shard_size=spec["shard_size"],
+                           shard_membership=spec["membership"]),
         run=RunOptions(n_workers=spec["workers"]), output=spec["out"],
     )
     wall = time.perf_counter() - t
@@ -75,13 +76,14 @@ def child(spec: dict) -> None:
                       "shards": [s.model_dump() for s in result.shard_stats]}), flush=True)
 
 
-def run_size(clips: int, workers: int, shard_size: int, root: Path) -> dict[str, Any]:
+def run_size(clips: int, workers: int, shard_size: int, membership: str, root: Path) -> dict[str, Any]:
     out = root / f"clips{clips}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(root / f"prefect{clips}"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "OMP_NUM_THREADS": "1",
             "PREFECT_LOGGING_LEVEL": "WARNING"}
-    spec = {"clips": clips, "workers": workers, "shard_size": shard_size, "out": str(out)}
+    spec = {"clips": clips, "workers": workers, "shard_size": shard_size, "membership": membership,
+            "out": str(out)}
     proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with TreePeaks(proc.pid) as peaks:
@@ -122,6 +124,7 @@ def main() -> None:
                     help="demo clips per size (samples = 3 x clips: 2 augmentations + the original)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--shard-size", type=int, default=256)
+    ap.add_argument("--membership", choices=["mixed", "locality"], default="mixed")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -131,14 +134,15 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         for clips in a.clips:
-            runs.append(run_size(clips, a.workers, a.shard_size, Path(tmp)))
+            runs.append(run_size(clips, a.workers, a.shard_size, a.membership, Path(tmp)))
             print(json.dumps({"benchmark": "scale", "size": runs[-1]}), flush=True)
     small, mid, large = runs
     render_rate = large["audio_s"] / large["render_cpu_s"]  # rendering scales with audio seconds
     overhead = large["overhead_cpu_s"] / large["samples"]  # the rest with samples
     bank = large["rir_bank_cpu_s"] / large["rirs"] * large["placements_in_room_set"]
     summary = {
-        "benchmark": "scale", "workers": a.workers, "shard_size": a.shard_size, "rooms": "default (8,972)",
+        "benchmark": "scale", "workers": a.workers, "shard_size": a.shard_size, "membership": a.membership,
+        "rooms": "default (8,972)",
         "samples": [r["samples"] for r in runs], "span": round(large["samples"] / small["samples"], 1),
         "overhead_per_sample_large_over_mid": round(large["overhead_cpu_ms_per_sample"]
                                                     / mid["overhead_cpu_ms_per_sample"], 3),

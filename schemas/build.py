@@ -9,7 +9,7 @@ flow's parameters, the CLI's ``--config``/``--set`` and prefect.yaml's deploymen
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,6 +40,13 @@ class BuildConfig(BaseModel):
     rir: RirSettings = RirSettings()
     audio: AudioPrepConfig = AudioPrepConfig()
     shard_size: int = Field(256, ge=1)
+    shard_membership: Literal["mixed", "locality"] = Field(
+        "mixed", description="mixed: a split's samples spread over shards by sha256(key), so a shard holds "
+        "many rooms, directions and clips (what contrastive training needs from a small shuffle buffer); "
+        "locality: runs in RIR-bank order (placement, then clip), so a shard task touches 1-2 bank chunks "
+        "and decodes a clip once for two of its samples, but at paper scale a shard then holds ~2 "
+        "placements. Either way a shard task reads only the RIRs it uses (byte ranges of the chunks)",
+    )
     seed: int = 0
     limit: int | None = Field(None, ge=1, description="at most this many source clips")
 

@@ -48,7 +48,7 @@ from tasks.rir_bank import BankReject, bank_cache, bank_key, pack_chunk, render_
 from tasks.rir_engine import ENGINE_VERSION
 from tasks.room_sampling import parquet_bytes, placements_table, read_rooms, rooms_table
 from tasks.shard_jobs import ShardInputs, ShardJob, ShardRef, request_ids, shard_inputs, shard_refs
-from tasks.shard_writer import SampleRejected, ShardSample, build_sample, labels_from_rir
+from tasks.shard_writer import SampleRejected, ShardSample, build_sample, labels_from_rir, plan_shards
 from tasks.sources import read_source
 from tasks.storage import join_uri, open_storage
 
@@ -74,7 +74,7 @@ class PlanSummary(BaseModel):
     plan_uri: str
     shards: list[ShardRef]
     placements: list[str] = Field(description="placement ids the plan uses, in the RIR bank's order "
-                                  "(tasks.plan.bank_order: the order shard membership follows)")
+                                  "(tasks.plan.bank_order: the order locality membership follows)")
     n_source_rejects: int
 
 
@@ -147,8 +147,8 @@ def _chunk_records(uri: str) -> tuple[list[RirRecord], list[BankReject]]:
 def plan_stage(cfg: BuildConfig, placements: list[Placement], base: str) -> PlanSummary:
     """Read the source, plan every sample, order them into shards, and write plan.parquet.
 
-    Shard membership follows the RIR bank (tasks.plan.shard_plans), so a shard task reads few
-    chunks; the source's rejects go to their reject part.
+    Shard membership is ``cfg.shard_membership``: mixed (sha256 of the key, the default) or
+    following the RIR bank (tasks.plan.shard_plans); the source's rejects go to their reject part.
     """
     clips, source_rejects = read_source(cfg.source, cfg.input, limit=cfg.limit, seed=cfg.seed)
     items = build_plan(clips, placements, PlanConfig(augmentations=cfg.augmentations), cfg.seed)
@@ -157,7 +157,8 @@ def plan_stage(cfg: BuildConfig, placements: list[Placement], base: str) -> Plan
     put_rejects(storage, base, "source", [
         RejectRow(stage=r.stage, reason=r.reason, detail=r.detail, source=r.clip_id, dataset=r.dataset)
         for r in source_rejects])
-    plans = shard_plans(items, cfg.shard_size)
+    plans = (shard_plans(items, cfg.shard_size) if cfg.shard_membership == "locality"
+             else plan_shards(((i.key, i.split, 0) for i in items), max_samples=cfg.shard_size))
     by_key = {i.key: i for i in items}
     uri = join_uri(base, PLAN)
     write_plan((by_key[k] for p in plans for k in p.sample_keys), uri)

@@ -176,7 +176,8 @@ def test_yaml_build_with_overrides_then_other_run_options_reuse_the_version(tmp_
     out = tmp_path / "out"
     data = ["--config", str(DEMO), "--out", str(out), "--set", "limit=3", "--set", "n_rooms=8",
             "--set", "shard_size=2", "--set", "augmentations.train=3",
-            "--set", "audio.min_loop_s=2.5", "--set", "rephraser.max_retries=1", "--limit", "4"]
+            "--set", "audio.min_loop_s=2.5", "--set", "rephraser.max_retries=1", "--limit", "4",
+            "--set", "shard_membership=locality"]
     first = _build(flow_env, *data, "--set", "run.n_workers=1")
     version = out / "demo" / first["version"]
     assert Path(first["uri"]) == version
