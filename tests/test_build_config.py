@@ -69,7 +69,8 @@ def test_execution_knobs_never_enter_the_version():
     moved = base.model_copy(update={"input": "/elsewhere", "room_config": "/x.yaml"})
     assert config_hash(moved.versioned()) == config_hash(base.versioned())
     changes = {"source": "csv", "dataset": "x", "room_seed": 1, "n_rooms": 9, "augmentations": {"train": 3},
-               "rephraser": CaptionSettings(temperature=0.1), "shard_size": 3, "seed": 1, "limit": 5,
+               "rephraser": CaptionSettings(temperature=0.1), "shard_size": 3, "shard_membership": "locality",
+               "seed": 1, "limit": 5,
                "rir": base.rir.model_copy(update={"order": 2}),
                "audio": base.audio.model_copy(update={"min_loop_s": 1.0})}
     assert set(changes) | UNVERSIONED == set(BuildConfig.model_fields)
