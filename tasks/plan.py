@@ -176,7 +176,8 @@ def locality_order(items: Iterable[PlanRow]) -> list[PlanRow]:
 
 
 def shard_plans(items: Iterable[PlanRow], shard_size: int) -> list[ShardPlan]:
-    """The build's shards, planned by count before rendering: contiguous runs of ``shard_size``
+    """The build's shards under ``shard_membership: locality`` (the default is the hash order of
+    tasks.shard_writer.plan_shards), planned by count before rendering: contiguous runs of ``shard_size``
     samples of each split in ``locality_order`` (tar order inside a shard stays sha256(key)).
 
     A shard's spatial samples then use about shard_size / (samples per placement) neighbouring

@@ -8,7 +8,7 @@ mtime, uid/gid 0, fixed user/group names and mode 0444, so the same samples give
 Inside a shard, samples are in sha256(key) order, not input order: shards mix clips and
 augmentations. Which samples share a shard is either that same hash order (``plan_samples``: the
 same set of samples gives the same shards however it arrives) or a caller's order (the build's
-locality order, tasks.plan.shard_plans: a shard then needs few RIR-bank chunks). A shard closes at
+optional locality order, tasks.plan.shard_plans: a shard then needs few RIR-bank chunks). A shard closes at
 ``max_samples`` samples or before it would pass ``max_bytes``.
 """
 
