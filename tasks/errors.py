@@ -20,6 +20,11 @@ class UnreachableT30Error(InvalidRoomError):
     """The target T30 cannot be reached in this room with physical absorption."""
 
 
+class InvalidSceneError(SpatialAudioCapsError):
+    """A scene config or drawn scene that cannot be rendered (no source, intervals past the clip,
+    a trajectory that leaves the room)."""
+
+
 class AudioRejected(SpatialAudioCapsError):
     """An input clip that cannot be used; ``reason`` is a short code recorded in rejects.parquet."""
 
