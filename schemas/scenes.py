@@ -212,6 +212,8 @@ class ScenePlan(BaseModel):
 
     room_id: str
     base_placement_id: str = Field(description="the room-set placement whose receiver the scene uses")
+    receiver_m: tuple[float, float, float]
+    receiver_yaw_deg: float = Field(ge=-180.0, le=180.0)
     duration_s: float = Field(gt=0.0)
     sources: list[SceneSource] = Field(min_length=1)
     background_snr_db: float | None = None

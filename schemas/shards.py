@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from schemas.audio import FlacSubtype, PreparedClip, RejectReason, RenderedInfo
 from schemas.captions import Descriptors
 from schemas.rooms import Split
+from schemas.scenes import SceneSourceLabels
 
 SCHEMA_VERSION = "shards/1"
 SHARD_SAMPLE_RATE = 48000
@@ -100,6 +101,11 @@ class CaptionInfo(BaseModel):
     attempt_flaws: list[list[str]] = Field(
         default_factory=list,
         description="OutputFlaw names of each failed LLM attempt, in order (an accepted attempt has none)",
+    )
+    hard_negative: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="scene samples: the caption with two sources' places swapped (a contrastive hard "
+        "negative that must not match the audio); absent from ELSA samples' json",
     )
 
     @property
@@ -188,6 +194,12 @@ class SampleRecord(BaseModel):
     descriptors: Descriptors | None
     audio: AudioInfo
     provenance: Provenance
+    sources: list[SceneSourceLabels] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="scene samples: every source's clip, interval, gain and 100 ms trajectory (the .csv "
+        "member holds the same in DCASE form); ``labels`` then describes the room and source 0's first "
+        "point. Absent from ELSA samples, whose json is unchanged",
+    )
 
     @field_validator("dataset")
     @classmethod
