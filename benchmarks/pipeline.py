@@ -128,39 +128,11 @@ def child_flow(spec: dict) -> dict:
 
 
 def plain_build(cfg: Any, output: str) -> str:
-    """The flow's stages as a plain loop in this process: the same functions of tasks.build_stages
-    on the same inputs (plan, RIR chunks, caption join, the caption stage with one worker, typed
-    shard jobs, finalize and card), with no Prefect, Dask or retries. Its version and samples must
-    equal the flow's."""
-    from schemas.build import RunOptions
-    from schemas.captions import RephraseSettings
-    from tasks import build_stages as bs
-    from tasks.caption_stage import run_stage_worker, stage_uri, write_results
-    from tasks.commit import config_hash, dataset_uri, dataset_version
-    from tasks.room_sampling import load_config, sample_room_set
-    from tasks.storage import join_uri
+    """The flow's stages as a plain loop in this process (tasks.build_stages.build_in_process):
+    the same functions on the same inputs, no Prefect, Dask or retries."""
+    from tasks.build_stages import build_in_process
 
-    run = RunOptions()
-    dataset = cfg.dataset or cfg.source
-    rooms, placements, room_hash = sample_room_set(load_config(cfg.room_config), cfg.room_seed, cfg.n_rooms)
-    cfg_hash = config_hash(cfg.versioned())
-    base = dataset_uri(output, dataset, dataset_version(room_hash, cfg_hash))
-    rooms_uri = bs.write_room_set(base, cfg, rooms, placements, room_hash)
-    summary = bs.plan_stage(cfg, placements, base)
-    chunks = [bs.rir_chunk(*job, cfg.rir, join_uri(base, "rirs"), base)
-              for job in bs.bank_jobs(summary.placements, rooms, placements, run.rir_chunk)]
-    stage = stage_uri(base)
-    inputs = bs.caption_join(summary, [c.uri for c in chunks], rooms_uri, stage,
-                             RephraseSettings.of(cfg.rephraser, run.engine), run.caption_batch)
-    run_stage_worker(stage)
-    write_results(stage)
-    for job in bs.shard_jobs(summary, inputs, cfg=cfg, rir_cache_mib=run.rir_cache_mib, stage=stage,
-                             rooms_uri=rooms_uri, base=base, room_hash=room_hash, cfg_hash=cfg_hash):
-        bs.build_shard(job)
-    meta = {"dataset": dataset, "version": Path(base).name, "room_set_hash": room_hash,
-            "config_hash": cfg_hash}
-    bs.finalize_stage(summary, base, meta)
-    return base
+    return build_in_process(cfg, output)
 
 
 def child_plain(spec: dict) -> dict:

@@ -161,7 +161,9 @@ def run_build(cfg: BuildConfig, run: RunOptions, output: str) -> BuildResult:
     # RIR bank: only the placements the plan uses, a task per chunk of consecutive ids.
     bank_dir = join_uri(base, "rirs")
     chunk_jobs = [(*job, cfg.rir, bank_dir, base)
-                  for job in build_stages.bank_jobs(summary.placements, rooms, placements, run.rir_chunk)]
+                  for job in build_stages.bank_jobs(summary.placements, rooms,
+                                                    build_stages.bank_placements(summary, placements),
+                                                    run.rir_chunk)]
     del rooms, placements
     chunks = in_window(rir_chunk_task, chunk_jobs, window, "RIR bank", run.progress)
     cached = sum(c.cached for c in chunks)

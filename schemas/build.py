@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from room_specs import DEFAULT_CONFIG
 from schemas.audio import AudioPrepConfig
 from schemas.captions import CaptionSettings, EngineOptions
 from schemas.rooms import RirSettings, Split
+from schemas.scenes import SceneConfig
 from schemas.sources import SourceName
 
 UNVERSIONED = frozenset({"input", "room_config"})
@@ -47,8 +48,21 @@ class BuildConfig(BaseModel):
         "and decodes a clip once for two of its samples, but at paper scale a shard then holds ~2 "
         "placements. Either way a shard task reads only the RIRs it uses (byte ranges of the chunks)",
     )
+    scenes: SceneConfig | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="the scene distribution (sources per scene, motion, overlap, levels, background; "
+        "room_specs/scenes_demo.yaml); None: ELSA's one static source per sample, and then the field is "
+        "absent from the versioned dump, so ELSA builds keep their versions and bytes",
+    )
     seed: int = 0
     limit: int | None = Field(None, ge=1, description="at most this many source clips")
+
+    @field_validator("scenes")
+    @classmethod
+    def _elsa_is_none(cls, v: SceneConfig | None) -> SceneConfig | None:
+        """A scene config that draws ELSA's scenes (one static source, no background) is the ELSA
+        default itself: same version, same shards (its duration is then unused, as in ELSA)."""
+        return None if v is not None and v.is_elsa else v
 
     def versioned(self) -> dict[str, Any]:
         """The fields that change the data (everything but UNVERSIONED), as hashed and as build.json."""

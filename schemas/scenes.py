@@ -263,3 +263,32 @@ class SceneSourceLabels(BaseModel):
     level_db: float = Field(description="drawn level relative to source 0, dB")
     frames: list[FrameLabel] = Field(description="frame-wise trajectory at LABEL_FRAME_S, active frames only")
     motion_words: list[str] = Field(default_factory=list, description="how the captions describe its motion")
+
+
+class SpeedStats(BaseModel):
+    """Speeds of the moving sources of one path kind (m/s for linear, deg/s for arc)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    count: int
+    min: float | None
+    median: float | None
+    max: float | None
+
+
+class SceneStats(BaseModel):
+    """The card's scene section: what the scenes of a dataset version hold (from its plan, over the
+    samples its manifest lists)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scenes: int = Field(description="spatial samples that are scenes")
+    sources: int
+    sources_per_scene: dict[str, int] = Field(description="number of sources -> scenes")
+    moving_share: float = Field(description="share of sources that move")
+    motion: dict[str, int] = Field(description="static / linear / arc -> sources")
+    linear_speed_mps: SpeedStats
+    arc_speed_dps: SpeedStats
+    overlap_share: float = Field(description="share of scene time during which two or more sources sound")
+    polyphony_seconds: dict[str, float] = Field(description="sources sounding at once -> scene seconds")
+    background_share: float = Field(description="share of scenes with a diffuse background")

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from schemas.audio import FlacSubtype, PreparedClip, RejectReason, RenderedInfo
 from schemas.captions import Descriptors
 from schemas.rooms import Split
-from schemas.scenes import SceneSourceLabels
+from schemas.scenes import SceneSourceLabels, SceneStats
 
 SCHEMA_VERSION = "shards/1"
 SHARD_SAMPLE_RATE = 48000
@@ -414,3 +414,7 @@ class DatasetCard(BaseModel):
     label_qa: LabelQA
     rejects: dict[str, int]
     plots: list[str]
+    scenes: SceneStats | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="scene builds: sources per scene, share moving, speeds, overlap (absent for ELSA builds)",
+    )

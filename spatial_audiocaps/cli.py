@@ -123,10 +123,12 @@ BUILD_FLAGS: tuple[tuple[str, str, type, tuple[str, ...] | None, str], ...] = (
 
 
 def _cmd_build(args: argparse.Namespace) -> dict[str, Any]:
-    from tasks.build_file import load_build, parse_override
+    from tasks.build_file import load_build, parse_override, read_scene_file
 
     flags = [(key, getattr(args, _dest(flag))) for flag, key, *_ in BUILD_FLAGS
              if getattr(args, _dest(flag)) is not None]
+    if args.scene_config is not None:
+        flags.insert(0, ("scenes", read_scene_file(args.scene_config)))
     config, run = load_build(args.config, [*flags, *(parse_override(s) for s in args.set)])
     if "progress" not in run.model_fields_set:
         run = run.model_copy(update={"progress": sys.stderr.isatty()})
@@ -199,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dotted override, the value read as YAML, e.g. rephraser.temperature=0.7 or "
                             "run.engine.vllm.tensor_parallel_size=2 (repeatable)")
     build.add_argument("--out", default="out", help="local directory or s3://bucket/prefix")
+    build.add_argument("--scene-config", default=None, metavar="YAML",
+                       help="scene distribution (e.g. room_specs/scenes_demo.yaml): several, moving sources "
+                            "per sample; default: ELSA's one static source (= --set scenes=...)")
     for flag, key, typ, choices, text in BUILD_FLAGS:
         build.add_argument(flag, type=typ, choices=choices, default=None, help=f"{text} (= --set {key}=...)")
     build.set_defaults(func=_cmd_build)

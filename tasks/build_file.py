@@ -107,6 +107,20 @@ def read_build_file(path: str | Path) -> dict[str, dict[str, Any]]:
     return {name: dict(doc.get(name) or {}) for name in SECTIONS}
 
 
+def read_scene_file(path: str | Path) -> dict[str, Any]:
+    """A scene-distribution YAML (room_specs/scenes_demo.yaml): the mapping set as ``config.scenes``,
+    validated with the rest of the build so a bad field is named ``config.scenes.<field>``."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BuildFileError(f"cannot read scene config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise BuildFileError(f"scene config {path} is not YAML: {' '.join(str(exc).split())}") from exc
+    if not isinstance(doc, dict):
+        raise BuildFileError(f"scene config {path}: expected a mapping of SceneConfig fields")
+    return doc
+
+
 def _validation_message(exc: ValidationError, section: str) -> str:
     return "; ".join(
         f"{'.'.join(map(str, (section, *e['loc'])))}: {e['msg']} (got {e['input']!r})" for e in exc.errors()

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.build import BuildConfig, ShardStats
+from schemas.build import BuildConfig, RunOptions, ShardStats
 from schemas.captions import (
     CaptionSettings,
     Descriptors,
@@ -36,17 +36,35 @@ from schemas.captions import (
 from schemas.rooms import Placement, RirRecord, RirSettings, RoomSpec
 from schemas.shards import CaptionInfo, Provenance, RejectRow
 from spatial_audiocaps import __version__
-from tasks.caption_stage import read_results, write_stage
-from tasks.commit import commit_shard, finalize_dataset, put_rejects, rejects_part, verified_receipt
+from tasks.caption_stage import read_results, run_stage_worker, stage_uri, write_results, write_stage
+from tasks.commit import (
+    commit_shard,
+    config_hash,
+    dataset_uri,
+    dataset_version,
+    finalize_dataset,
+    put_rejects,
+    rejects_part,
+    verified_receipt,
+)
 from tasks.dataset_card import write_card
 from tasks.descriptors import describe
-from tasks.plan import PlanConfig, PlanItem, bank_order, build_plan, shard_plans
+from tasks.plan import PlanConfig, PlanItem, bank_order, build_plan, rir_ids, shard_plans
 from tasks.plan_table import PLAN, iter_plan, read_plan, write_plan
 from tasks.prompting import CaptionRejected, screen_caption
 from tasks.render import RenderedSample, render_items
 from tasks.rir_bank import BankReject, bank_cache, bank_key, pack_chunk, render_chunk
 from tasks.rir_engine import ENGINE_VERSION
-from tasks.room_sampling import parquet_bytes, placements_table, read_rooms, rooms_table
+from tasks.room_sampling import (
+    load_config,
+    parquet_bytes,
+    placements_table,
+    read_placements,
+    read_rooms,
+    rooms_table,
+    sample_room_set,
+)
+from tasks.scene_plan import plan_scenes
 from tasks.shard_jobs import ShardInputs, ShardJob, ShardRef, request_ids, shard_inputs, shard_refs
 from tasks.shard_writer import SampleRejected, ShardSample, build_sample, labels_from_rir, plan_shards
 from tasks.sources import read_source
@@ -76,6 +94,10 @@ class PlanSummary(BaseModel):
     placements: list[str] = Field(description="placement ids the plan uses, in the RIR bank's order "
                                   "(tasks.plan.bank_order: the order locality membership follows)")
     n_source_rejects: int
+    scene_placements_uri: str | None = Field(
+        None, description="scene builds: the placements the scenes added (trajectory points, further "
+        "sources), a placements table beside plan.parquet",
+    )
 
 
 def write_room_set(
@@ -157,13 +179,43 @@ def plan_stage(cfg: BuildConfig, placements: list[Placement], base: str) -> Plan
     put_rejects(storage, base, "source", [
         RejectRow(stage=r.stage, reason=r.reason, detail=r.detail, source=r.clip_id, dataset=r.dataset)
         for r in source_rejects])
+    scene_uri = None
+    if cfg.scenes is not None:
+        items, scene_uri = _plan_scenes(items, placements, cfg, base)
     plans = (shard_plans(items, cfg.shard_size) if cfg.shard_membership == "locality"
              else plan_shards(((i.key, i.split, 0) for i in items), max_samples=cfg.shard_size))
     by_key = {i.key: i for i in items}
     uri = join_uri(base, PLAN)
     write_plan((by_key[k] for p in plans for k in p.sample_keys), uri)
     return PlanSummary(plan_uri=uri, shards=shard_refs(plans), placements=bank_order(items),
-                       n_source_rejects=len(source_rejects))
+                       n_source_rejects=len(source_rejects), scene_placements_uri=scene_uri)
+
+
+def _plan_scenes(
+    items: list[PlanItem], placements: list[Placement], cfg: BuildConfig, base: str
+) -> tuple[list[PlanItem], str]:
+    """Draw every spatial sample's scene (tasks.scene_plan); the placements the scenes add go to
+    ``scene_placements.parquet``, samples whose room cannot hold their scene to a reject part."""
+    assert cfg.scenes is not None
+    rooms = read_rooms_of(join_uri(base, "rooms.parquet"))
+    by_id = {p.placement_id: p for p in placements}
+    items, extra, rejects = plan_scenes(items, by_id, rooms, cfg.scenes, cfg.seed)
+    storage = open_storage(base)
+    put_rejects(storage, base, "scene", [
+        RejectRow(stage="plan", reason="scene_unplaceable", detail=r.detail[:300], key=r.item.key,
+                  source=r.item.clip_id, dataset=r.item.dataset, split=r.item.split) for r in rejects])
+    uri = join_uri(base, "scene_placements.parquet")
+    room_hash = placements[0].room_set_hash if placements else ""
+    storage.put_bytes(uri, parquet_bytes(placements_table(extra, room_hash)))
+    return items, uri
+
+
+def bank_placements(summary: PlanSummary, placements: list[Placement]) -> list[Placement]:
+    """The placements the RIR bank may be asked for: the room set's, plus the scenes' own."""
+    if summary.scene_placements_uri is None:
+        return placements
+    uri = summary.scene_placements_uri
+    return [*placements, *read_placements(io.BytesIO(open_storage(uri).read_bytes(uri)))]
 
 
 @functools.lru_cache(maxsize=4)
@@ -273,7 +325,7 @@ def build_shard(job: ShardJob) -> ShardStats:
     rooms = read_rooms_of(job.rooms_uri)
     bank = bank_cache(job.rir_cache_mib)
     read_before, used_before = bank.bytes_read, bank.bytes_used
-    rirs, records = bank.get(job.inputs.chunk_uris, {i.placement_id for i in items if i.placement_id})
+    rirs, records = bank.get(job.inputs.chunk_uris, {p for i in items for p in rir_ids(i)})
     bank_read, bank_used = bank.bytes_read - read_before, bank.bytes_used - used_before
     cpu = time.process_time()
     rendered, render_rejects = render_items(items, rirs, records, job.audio)
@@ -329,6 +381,34 @@ def finalize_stage(summary: PlanSummary, base: str, meta: dict[str, str]) -> tup
     _, n_rejects = finalize_dataset(storage, base, plans, meta)
     write_card(base, storage=storage)
     return join_uri(base, "README.md"), n_rejects
+
+
+def build_in_process(cfg: BuildConfig, output: str, run: RunOptions | None = None) -> str:
+    """The flow's stages as a plain loop in this process: the same functions on the same inputs
+    (room set, plan, RIR chunks, caption join, one caption-stage worker, typed shard jobs, finalize
+    and card), with no Prefect, Dask or retries; returns the version's URI. Its version and samples
+    equal the flow's (tests and benchmarks/pipeline.py's baseline run it)."""
+    run = run or RunOptions()
+    dataset = cfg.dataset or cfg.source
+    rooms, placements, room_hash = sample_room_set(load_config(cfg.room_config), cfg.room_seed, cfg.n_rooms)
+    cfg_hash = config_hash(cfg.versioned())
+    base = dataset_uri(output, dataset, dataset_version(room_hash, cfg_hash))
+    rooms_uri = write_room_set(base, cfg, rooms, placements, room_hash)
+    summary = plan_stage(cfg, placements, base)
+    chunks = [rir_chunk(*job, cfg.rir, join_uri(base, "rirs"), base) for job in
+              bank_jobs(summary.placements, rooms, bank_placements(summary, placements), run.rir_chunk)]
+    stage = stage_uri(base)
+    inputs = caption_join(summary, [c.uri for c in chunks], rooms_uri, stage,
+                          RephraseSettings.of(cfg.rephraser, run.engine), run.caption_batch)
+    run_stage_worker(stage)
+    write_results(stage)
+    for job in shard_jobs(summary, inputs, cfg=cfg, rir_cache_mib=run.rir_cache_mib, stage=stage,
+                          rooms_uri=rooms_uri, base=base, room_hash=room_hash, cfg_hash=cfg_hash):
+        build_shard(job)
+    meta = {"dataset": dataset, "version": base.rstrip("/").rsplit("/", 1)[-1], "room_set_hash": room_hash,
+            "config_hash": cfg_hash}
+    finalize_stage(summary, base, meta)
+    return base
 
 
 def shard_jobs(

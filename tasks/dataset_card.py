@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.captions import DescriptorConfig
+from schemas.scenes import ScenePlan, SceneStats, SpeedStats
 from schemas.shards import (
     DESCRIPTOR_ATTRIBUTES,
     BackendCaptionStats,
@@ -41,6 +42,8 @@ from tasks.commit import MANIFEST, read_manifest, read_rejects
 from tasks.descriptors import SLOT_LABELS
 from tasks.descriptors import descriptor_bands as table_bands
 from tasks.errors import SpatialAudioCapsError
+from tasks.plan_table import PLAN, iter_scenes
+from tasks.scene_card import scene_figures, scene_stats
 from tasks.storage import Storage, join_uri, open_storage, safe_uri
 
 CARD_JSON = "card.json"
@@ -434,6 +437,32 @@ def _range(r: LabelRange | None, scale: float = 1.0, nd: int = 1, unit: str = ""
     return f"[{_fmt(r.min, scale, nd)}, {_fmt(r.max, scale, nd)}]{unit}"
 
 
+def _speed(v: SpeedStats, unit: str) -> str:
+    if not v.count:
+        return "none"
+    median = _fmt(v.median, 1, 2)
+    return f"{v.count} sources, {_fmt(v.min, 1, 2)}–{_fmt(v.max, 1, 2)} {unit} (median {median})"
+
+
+def _scene_lines(sc: SceneStats) -> list[str]:
+    """The README's scene section: what a SELD or multi-source user checks first."""
+    per = ", ".join(f"{k}: {v}" for k, v in sc.sources_per_scene.items())
+    poly = ", ".join(f"{k}: {v:.1f} s" for k, v in sc.polyphony_seconds.items())
+    return [
+        "", "## Scenes", "",
+        f"- {sc.scenes} scenes with {sc.sources} sources; sources per scene: {per}.",
+        f"- Moving: {_fmt(sc.moving_share, 100)} % of sources ({sc.motion['linear']} linear, "
+        f"{sc.motion['arc']} arc, {sc.motion['static']} static).",
+        f"- Linear speeds: {_speed(sc.linear_speed_mps, 'm/s')}; "
+        f"arc speeds: {_speed(sc.arc_speed_dps, 'deg/s')}.",
+        f"- Overlap: two or more sources sound during {_fmt(sc.overlap_share, 100)} % of scene time "
+        f"(sources at once: {poly}).",
+        f"- Diffuse background in {_fmt(sc.background_share, 100)} % of scenes.",
+        "- Each scene sample's json has `sources` (clip, interval, gain, 100 ms trajectory) and a `.csv` "
+        "member in the DCASE/STARSS23 metadata format.",
+    ]
+
+
 def render_readme(card: DatasetCard, *, uri: str = "") -> str:
     """README.md of a dataset version: the card as tables (paper A.T.1/A.T.2 style) and plots."""
     lines = [f"# {card.dataset} · {card.version}", ""]
@@ -514,6 +543,8 @@ def render_readme(card: DatasetCard, *, uri: str = "") -> str:
         f"max {_fmt(q.t30_rel_error_max, 100)} %.",
         "- `spatial-audiocaps inspect URI` re-checks directions on the audio itself.",
     ]
+    if card.scenes is not None:
+        lines += _scene_lines(card.scenes)
     lines += ["", "## Rejects", ""]
     lines += [f"- {k}: {v}" for k, v in card.rejects.items()] or ["None."]
     lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in card.plots]
@@ -536,6 +567,19 @@ def render_readme(card: DatasetCard, *, uri: str = "") -> str:
 # the stage
 
 
+def _scenes_of(st: Storage, base: str) -> list[ScenePlan]:
+    """The drawn scenes of the manifest's samples (from plan.parquet); none for ELSA builds (whose
+    manifest keys are then never read) or a version without a plan."""
+    plan = join_uri(base, PLAN)
+    if not st.exists(plan):
+        return []
+    scenes = dict(iter_scenes(plan))
+    if not scenes:
+        return []
+    keys = read_manifest(st, base, ["key"]).column("key").to_pylist()
+    return [scenes[k] for k in keys if k in scenes]
+
+
 def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | None = None) -> DatasetCard:
     """Rebuild card.json, README.md and plots/*.png of a dataset version from its manifest (only
     ``CARD_COLUMNS``, as Arrow) and the reasons of its rejects."""
@@ -549,9 +593,14 @@ def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | 
     parts = base.rstrip("/").split("/")
     dataset, version = (parts[-2], parts[-1]) if len(parts) >= 2 else ("dataset", parts[-1])
     plots = render_plots(rows)
+    scenes = _scenes_of(st, base)
+    stats = scene_stats(scenes)
+    if stats is not None:
+        figures = scene_figures(stats, scenes, _plt())
+        plots.update({f"{PLOTS_DIR}/{name}.png": _png(fig) for name, fig in figures.items()})
     card = compute_card(
         rows, rejects, dataset=dataset, version=version, generated_at=generated_at, plots=sorted(plots)
-    )
+    ).model_copy(update={"scenes": stats})
     for rel, png in sorted(plots.items()):
         st.put_bytes(join_uri(base, rel), png, content_type="image/png")
     st.put_bytes(

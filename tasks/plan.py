@@ -15,6 +15,7 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.rooms import Placement, Split
+from schemas.scenes import ScenePlan
 from schemas.shards import make_key
 from schemas.sources import SourceClip
 from tasks.errors import SpatialAudioCapsError
@@ -60,9 +61,23 @@ class PlanItem(BaseModel):
     audio_uri: str
     small_eval: bool = Field(description="in the small val/test set: exactly one sample per clip")
     seed: int
+    scene: ScenePlan | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="scene builds: the drawn scene (source 0 is this item's clip; ``placement_id`` is the "
+        "scene's base placement); None: ELSA's one static source at ``placement_id``",
+    )
 
 
-def _unit(*parts: object) -> float:
+def rir_ids(item: PlanRow) -> list[str]:
+    """The RIR-bank placements a sample is rendered with: its scene's trajectory points, else its own
+    placement (none for a mono original)."""
+    scene = getattr(item, "scene", None)
+    if scene is not None:
+        return scene.placement_ids
+    return [item.placement_id] if item.placement_id is not None else []
+
+
+def stable_unit(*parts: object) -> float:
     """A stable number in [0, 1) from the parts (sha256, not Python's salted hash)."""
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
@@ -72,7 +87,7 @@ def clip_split(clip: SourceClip, cfg: PlanConfig, seed: int) -> Split:
     """The clip's own split if the source has one, else a stable draw from the shares."""
     if clip.source_split is not None:
         return clip.source_split
-    u, edge = _unit("split", clip.dataset, clip.clip_id, seed), 0.0
+    u, edge = stable_unit("split", clip.dataset, clip.clip_id, seed), 0.0
     total = sum(cfg.split_shares.values())
     for split in SPLITS:
         edge += cfg.split_shares.get(split, 0.0) / total
@@ -103,7 +118,7 @@ def build_plan(
         common = {"dataset": clip.dataset, "split": split, "clip_id": clip.clip_id,
                   "captions": clip.captions, "audio_uri": clip.audio_uri, "seed": seed}
         for aug in range(1, cfg.augmentations[split] + 1):
-            placement = pool[int(_unit("placement", clip.dataset, clip.clip_id, aug, seed) * len(pool))]
+            placement = pool[int(stable_unit("placement", clip.dataset, clip.clip_id, aug, seed) * len(pool))]
             items.append(PlanItem(key=make_key(clip.dataset, split, clip_key, aug), aug=aug,
                                   placement_id=placement.placement_id,
                                   small_eval=split != "train" and aug == 1, **common))
@@ -143,12 +158,13 @@ class PlanRow(Protocol):
 def bank_order(items: Iterable[PlanRow]) -> list[str]:
     """The placements the plan uses, in RIR-bank order: by split, then placement id.
 
-    The bank is cut into chunks as contiguous runs of this list, and ``shard_plans`` cuts each
+    A scene's trajectory points sort beside their base placement (their ids extend it). The bank is
+    cut into chunks as contiguous runs of this list, and ``shard_plans`` cuts each
     split in the same order, so a shard's placements fall in few chunks. Split first because
     placement ids start with their room (rooms are iid, ids interleave the splits): sorted by id
     alone, a val shard's placements would be spread over chunks that are mostly train.
     """
-    used = {(i.split, i.placement_id) for i in items if i.placement_id is not None}
+    used = {(i.split, pid) for i in items for pid in rir_ids(i)}
     return [pid for _, pid in sorted(used)]
 
 

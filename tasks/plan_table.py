@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 
+from schemas.scenes import ScenePlan
 from tasks.parquet_rows import iter_row_groups, read_rows, write_table_parts
 from tasks.plan import PlanItem
 
@@ -20,11 +21,19 @@ PLAN_SCHEMA = pa.schema([
     ("key", pa.string()), ("dataset", pa.string()), ("split", pa.string()), ("clip_id", pa.string()),
     ("aug", pa.int32()), ("placement_id", pa.string()), ("captions", pa.list_(pa.string())),
     ("audio_uri", pa.string()), ("small_eval", pa.bool_()), ("seed", pa.int64()),
+    ("scene", pa.string()),
 ])
+"""``scene``: the drawn ScenePlan as JSON (null for ELSA samples): nested, validated once when read."""
+
+
+def _row(item: PlanItem) -> dict:
+    row = item.model_dump(exclude={"scene"})
+    row["scene"] = item.scene.model_dump_json() if item.scene is not None else None
+    return row
 
 
 def _table(items: list[PlanItem]) -> pa.Table:
-    return pa.Table.from_pylist([i.model_dump() for i in items], schema=PLAN_SCHEMA)
+    return pa.Table.from_pylist([_row(i) for i in items], schema=PLAN_SCHEMA)
 
 
 def write_plan(items: Iterable[PlanItem], uri: str, *, part: int = 8192) -> int:
@@ -46,7 +55,10 @@ def write_plan(items: Iterable[PlanItem], uri: str, *, part: int = 8192) -> int:
 def _items(table: pa.Table) -> list[PlanItem]:
     """Rows the plan task wrote from validated PlanItems: constructed, not validated again."""
     rows = table.to_pylist()
-    return [PlanItem.model_construct(**{**row, "captions": tuple(row["captions"])}) for row in rows]
+    return [PlanItem.model_construct(**{
+        **row, "captions": tuple(row["captions"]),
+        "scene": ScenePlan.model_validate_json(row["scene"]) if row["scene"] is not None else None,
+    }) for row in rows]
 
 
 def read_plan(uri: str, start: int, stop: int) -> list[PlanItem]:
@@ -58,3 +70,13 @@ def iter_plan(uri: str) -> Iterator[PlanItem]:
     """Every item in shard order, a row group at a time."""
     for table in iter_row_groups(uri):
         yield from _items(table)
+
+
+def iter_scenes(uri: str) -> Iterator[tuple[str, ScenePlan]]:
+    """(key, scene) of every scene sample, reading only those two columns (the dataset card's scene
+    section); nothing for an ELSA plan."""
+    for table in iter_row_groups(uri, columns=["key", "scene"]):
+        keys, scenes = table.column("key").to_pylist(), table.column("scene").to_pylist()
+        for key, scene in zip(keys, scenes, strict=True):
+            if scene is not None:
+                yield key, ScenePlan.model_validate_json(scene)

@@ -257,7 +257,7 @@ def read_rooms(path: str | Path | BinaryIO) -> list[RoomSpec]:
     ]
 
 
-def read_placements(path: str | Path) -> list[Placement]:
+def read_placements(path: str | Path | BinaryIO) -> list[Placement]:
     return [Placement.model_validate(r) for r in pq.read_table(path).to_pylist()]
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.audio import AudioPrepConfig
 from schemas.captions import ValidationConfig
-from tasks.plan import PlanItem
+from tasks.plan import PlanItem, rir_ids
 from tasks.shard_writer import ShardPlan
 
 
@@ -80,11 +80,12 @@ def shard_inputs(
 ) -> tuple[ShardInputs, list[PlanItem]]:
     """One shard's inputs and its items that get caption requests (in request order).
 
-    ``placed`` maps each placement with an RIR to its chunk's URI; a sample whose placement has no
-    RIR (it failed) gets no requests and no chunk, and is rejected when rendered.
+    ``placed`` maps each placement with an RIR to its chunk's URI; a sample with a placement (or, in
+    a scene, any trajectory point) without an RIR (it failed) gets no requests and no chunk, and is
+    rejected when rendered.
     """
-    requested = [i for i in items if i.placement_id in placed]
+    requested = [i for i in items if i.placement_id is not None and all(p in placed for p in rir_ids(i))]
     n = sum(len(request_ids(i)) for i in requested)
-    chunks = sorted({placed[i.placement_id] for i in requested if i.placement_id})
+    chunks = sorted({placed[p] for i in requested for p in rir_ids(i)})
     return ShardInputs(requests=(first_request, first_request + n), chunk_uris=chunks), requested
 

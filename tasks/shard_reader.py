@@ -2,7 +2,8 @@
 
 Inspect, the training loader and evaluation all read shards through here, so only this module
 knows a sample's layout (the members tasks.shard_writer's default writer declares: ``{key}.flac``
-and ``{key}.json``, the json a SampleRecord) and what
+and ``{key}.json``, the json a SampleRecord, and for a scene sample ``{key}.csv``, its DCASE labels,
+which must be exactly what the json's ``sources`` say) and what
 makes a sample unusable; each unusable one comes out as a RejectRow with the reason code that
 inspect reports and the loader logs.
 
@@ -30,11 +31,13 @@ from schemas.audio import RejectReason
 from schemas.shards import SHARD_SAMPLE_RATE, RejectRow, SampleRecord, ShardRejectReason
 from tasks.errors import SpatialAudioCapsError
 from tasks.renderers import check_layout
-from tasks.shard_writer import DEFAULT_WRITER, WRITERS, SampleRejected, ShardSample, reject_row
+from tasks.shard_writer import DEFAULT_WRITER, WRITERS, SampleRejected, ShardSample, reject_row, scene_csv
 from tasks.storage import Storage, open_storage, safe_uri
 
 MEMBER_EXTS = tuple(WRITERS[DEFAULT_WRITER].members)
-"""The members the default writer declares for each sample; a sample must have exactly these."""
+"""The members the default writer declares; a sample has the required ones, and ``csv`` exactly when
+its record has scene ``sources``."""
+REQUIRED_EXTS = ("flac", "json")
 _BLOCK = tarfile.BLOCKSIZE
 
 
@@ -114,17 +117,30 @@ def sample_from_members(key: str, members: dict[str, bytes], *, decode: bool = T
         raise SampleRejected(
             ShardRejectReason.UNEXPECTED_MEMBER, f"members {extra} are not among {list(MEMBER_EXTS)}"
         )
-    missing = [e for e in MEMBER_EXTS if e not in members]
+    missing = [e for e in REQUIRED_EXTS if e not in members]
     if missing:
         raise SampleRejected(ShardRejectReason.MISSING_MEMBER, f"no .{' .'.join(missing)} member")
     record = read_record(members["json"])
     if record.key != key:
         raise SampleRejected(ShardRejectReason.KEY_MISMATCH, f"member key {key!r}, record key {record.key!r}")
+    sample = ShardSample(key=key, flac=members["flac"], record=record)
+    _check_csv(members.get("csv"), sample)
     if decode:
         check_audio(members["flac"], record)
     else:
         _check_bytes(members["flac"], record)
-    return ShardSample(key=key, flac=members["flac"], record=record)
+    return sample
+
+
+def _check_csv(csv: bytes | None, sample: ShardSample) -> None:
+    """A scene sample carries its DCASE labels, and they are its json's; an ELSA sample has none."""
+    want = scene_csv(sample)
+    if want is None and csv is not None:
+        raise SampleRejected(ShardRejectReason.UNEXPECTED_MEMBER, "a .csv member on a sample without sources")
+    if want is not None and csv is None:
+        raise SampleRejected(ShardRejectReason.MISSING_MEMBER, "no .csv member for a scene sample")
+    if csv != want:
+        raise SampleRejected(ShardRejectReason.INVALID_RECORD, ".csv labels differ from the json's sources")
 
 
 def iter_tar_samples(fh: BinaryIO, source: str, *, decode: bool = True) -> Iterator[ShardSample | RejectRow]:

@@ -2,7 +2,8 @@
 
 A shard is written by a registered ``ShardWriter`` that declares the members of each sample. The
 default (``webdataset``) is an uncompressed tar written by webdataset's TarWriter: each sample's
-two members, ``{key}.flac`` then ``{key}.json``, sit next to each other; every header has a fixed
+members, ``{key}.flac`` then ``{key}.json`` (and, for a scene sample, ``{key}.csv`` first: its
+per-source labels in the DCASE/STARSS23 metadata format), sit next to each other; every header has a fixed
 mtime, uid/gid 0, fixed user/group names and mode 0444, so the same samples give the same bytes.
 
 Inside a shard, samples are in sha256(key) order, not input order: shards mix clips and
@@ -44,6 +45,7 @@ from schemas.shards import (
 )
 from tasks.errors import AudioRejected, SpatialAudioCapsError, registered
 from tasks.renderers import DEFAULT_RENDERER, renderer
+from tasks.scene_labels import dcase_csv
 
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: any fixed value makes the headers reproducible
 TAR_USER = "spatial"
@@ -108,7 +110,8 @@ class ShardSample:
     @property
     def tar_bytes(self) -> int:
         """Bytes this sample takes in a default shard (a header and the padded data per member)."""
-        return sum(_member_bytes(len(encode(self))) for encode in WRITERS[DEFAULT_WRITER].members.values())
+        members = (encode(self) for encode in WRITERS[DEFAULT_WRITER].members.values())
+        return sum(_member_bytes(len(m)) for m in members if m is not None)
 
 
 def _member_bytes(n: int) -> int:
@@ -317,8 +320,9 @@ def plan_samples(
 # writing
 
 
-MemberEncoder = Callable[[ShardSample], bytes]
-"""The bytes of one member of a sample (its FLAC, its json, ...)."""
+MemberEncoder = Callable[[ShardSample], bytes | None]
+"""The bytes of one member of a sample (its FLAC, its json, ...); None: this sample has no such member
+(an ELSA sample has no ``.csv``)."""
 
 
 @dataclass(frozen=True)
@@ -364,7 +368,7 @@ class WebDatasetTar:
         )
         try:
             for s in samples:
-                data = {ext: encode(s) for ext, encode in self.members.items()}
+                data = {ext: b for ext, encode in self.members.items() if (b := encode(s)) is not None}
                 pos = writer.tarstream.offset
                 spans: dict[str, tuple[int, int]] = {}
                 for ext in sorted(data):
@@ -379,9 +383,18 @@ class WebDatasetTar:
         return offsets
 
 
+def scene_csv(sample: ShardSample) -> bytes | None:
+    """A scene sample's ``.csv`` member: its ``sources`` in the DCASE/STARSS23 metadata format, which SELD
+    tools read unchanged; None for ELSA samples."""
+    sources = sample.record.sources
+    return dcase_csv(sources) if sources else None
+
+
 DEFAULT_WRITER = "webdataset"
 WRITERS: dict[str, ShardWriter] = {
-    DEFAULT_WRITER: WebDatasetTar(DEFAULT_WRITER, {"flac": lambda s: s.flac, "json": lambda s: s.json_bytes}),
+    DEFAULT_WRITER: WebDatasetTar(
+        DEFAULT_WRITER, {"flac": lambda s: s.flac, "json": lambda s: s.json_bytes, "csv": scene_csv}
+    ),
 }
 
 
