@@ -57,7 +57,7 @@ _PLACE_TRIES = 200
 _PATH_TRIES = 16
 _DENSE_PER_STEP = 8
 """Candidate points per step when the path is cut into points: each point is the last candidate
-within the step of the one before, so every step is at least 7/8 of the limit."""
+within the limits of the one before, so it falls at most an eighth of a step short of them."""
 
 
 class _Path(NamedTuple):
