@@ -546,10 +546,26 @@ def render_clip(
     one gain on its level channels → FLAC bytes (cfg.flac_subtype)."""
     if rir_spectrum.sample_rate != cfg.target_sr:
         raise ValueError(f"RIR is at {rir_spectrum.sample_rate} Hz but the clip is at {cfg.target_sr} Hz")
+    return level_and_encode(
+        convolve(clip, rir_spectrum),
+        cfg,
+        fmt,
+        rir_samples=rir_spectrum.rir_length,
+        block_size=rir_spectrum.block_size,
+        fft_size=rir_spectrum.fft_size,
+    )
+
+
+def level_and_encode(
+    scene: np.ndarray, cfg: AudioPrepConfig, fmt: str, *, rir_samples: int, block_size: int, fft_size: int
+) -> tuple[bytes, RenderedInfo]:
+    """The ambiX scene (C, N) → the ``fmt`` renderer → one gain on its level channels → FLAC bytes,
+    and the record of it; the end of render_clip, shared with the scene renderer
+    (tasks/scene_render.py), whose scene is a mix of several convolutions."""
     out = renderer(fmt)
     if not out.spatial:
         raise ValueError(f"renderer {fmt!r} does not render a spatial scene")
-    y, gain_db = normalise_level(out.render(convolve(clip, rir_spectrum)), cfg, out.level_channels)
+    y, gain_db = normalise_level(out.render(scene), cfg, out.level_channels)
     flac = encode_flac(y, cfg.target_sr, cfg.flac_subtype, compression_level=cfg.flac_compression_level)
     peak_db = _db(_peak(y))
     info = RenderedInfo(
@@ -557,9 +573,9 @@ def render_clip(
         channels=int(y.shape[0]),
         num_samples=int(y.shape[1]),
         duration_s=y.shape[1] / cfg.target_sr,
-        rir_samples=rir_spectrum.rir_length,
-        block_size=rir_spectrum.block_size,
-        fft_size=rir_spectrum.fft_size,
+        rir_samples=rir_samples,
+        block_size=block_size,
+        fft_size=fft_size,
         gain_db=gain_db,
         peak_limited=abs(peak_db - cfg.headroom_db) < 1e-3,
         peak_dbfs=peak_db,

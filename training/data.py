@@ -117,27 +117,48 @@ class SampleMode:
     features: bool = True
 
 
+def has_source_target(record: SampleRecord) -> bool:
+    """Whether a sample's direction and distance labels are regression targets: it is spatial and
+    its sound comes from one place for the whole clip.
+
+    Every spatial ELSA sample qualifies. A scene sample (``sources`` set) qualifies only with one
+    static source: with several sources or a moving one, ``labels`` holds source 0's first point,
+    which is not where the sound is. The room labels (T30, DRR, area) hold for every spatial
+    sample either way, so they stay targets under ``spatial``.
+    """
+    if not record.spatial:
+        return False
+    return record.sources is None or (len(record.sources) == 1 and record.sources[0].motion == "static")
+
+
 def decode_sample(
     raw: dict[str, Any], feat: FeatureConfig, rng: np.random.Generator, mode: SampleMode
 ) -> dict:
-    """One raw sample → tensors: random caption, random crop / repeat-pad, features, labels (NaN if none)."""
+    """One raw sample → tensors: random caption, random crop / repeat-pad, features, labels (NaN if none).
+
+    ``spatial`` marks the room targets, ``source_target`` the direction and distance targets
+    (``has_source_target``); a target that does not hold is NaN, so it cannot leak into a loss.
+    """
     record: SampleRecord = raw["record"]
     audio = decode_audio(raw["flac"], record, feat.sample_rate)
     text = record.text[int(rng.integers(len(record.text)))]
     labels = record.labels if record.spatial else None
+    point = labels is not None and has_source_target(record)
     nan = float("nan")
     out: dict[str, Any] = {
         "key": raw["key"],
         "text": text,
         "spatial": labels is not None,
+        "source_target": point,
         "direction": torch.from_numpy(
             direction_vector(labels.azimuth_deg, labels.elevation_deg)
-            if labels is not None
+            if point
             else np.full(3, nan, np.float32)
         ),
     }
     for name in ("distance_m", "floor_area_m2", "t30_s", "drr_db"):
-        v = getattr(labels, name) if labels is not None else None
+        holds = point if name == "distance_m" else labels is not None
+        v = getattr(labels, name) if holds else None
         out[name] = nan if v is None else float(v)
     if mode.features:
         f = clip_features(audio, feat, rng)
@@ -155,7 +176,8 @@ def collate(samples: list[dict], tokenizer: Any | None = None, max_text_len: int
             b[k] = torch.stack([s[k] for s in samples])
     for k in ("distance_m", "floor_area_m2", "t30_s", "drr_db"):
         b[k] = torch.tensor([s[k] for s in samples], dtype=torch.float32)
-    b["spatial"] = torch.tensor([s["spatial"] for s in samples], dtype=torch.bool)
+    for k in ("spatial", "source_target"):
+        b[k] = torch.tensor([s[k] for s in samples], dtype=torch.bool)
     if tokenizer is not None:
         tok = tokenizer(
             b["texts"], padding="longest", truncation=True, max_length=max_text_len, return_tensors="pt"

@@ -10,7 +10,13 @@ for its semantic-only baseline (the spatial branch's output zeroed, everything e
 - the DOA probe (training.doa_probe, Table 1 / A.T.6), fit on train-split embeddings;
 - direction swap and removal (training.direction_swap, A.14);
 - the DOA probe on real recordings (training.real_recordings), if any are configured;
-- a 2-D projection of test embeddings coloured by direction (Fig. 2), fit on the train split.
+- a 2-D projection of test embeddings coloured by direction (Fig. 2), fit on the train split;
+- on scene samples (records with ``sources``), frame-wise localisation where exactly one source
+  is active (training.scene_eval): the intensity-vector DOA and the model's direction head.
+
+The pieces that read a sample's direction or distance label (zero-shot, the DOA probe, the swap,
+the projection) take only samples whose sound comes from one place (training.data
+.has_source_target): a scene with several sources or a moving one has no such label.
 
 It writes nothing: ``training.report.write_report`` turns the Report into files. Audio is cut
 deterministically for evaluation (the first ``clip_s`` seconds, or repeat-padded), so two runs
@@ -46,6 +52,7 @@ from training.doa_probe import (
 from training.metrics import EmptyEvaluationSetError, EvaluationError, check_embeddings, retrieval_metrics
 from training.real_recordings import Normalisation, RealKind, load_real_set
 from training.report import Projection, Report, RetrievalResult, RowResult
+from training.scene_eval import SceneFrameCollector, SceneFrameConfig
 from training.zero_shot import ZeroShotConfig, prompts, true_classes, zero_shot_all
 
 log = logging.getLogger(__name__)
@@ -92,6 +99,7 @@ class EvaluationConfig(BaseModel):
     zero_shot: ZeroShotConfig = ZeroShotConfig()
     probe: ProbeConfig = ProbeConfig()
     real: list[RealSetConfig] = Field(default_factory=list)
+    scenes: SceneFrameConfig = SceneFrameConfig()
     seed: int = 0
 
 
@@ -108,6 +116,7 @@ class SplitData:
     clip_id: list[str] = field(default_factory=list)
     aug: list[int] = field(default_factory=list)
     spatial: list[bool] = field(default_factory=list)
+    source_target: list[bool] = field(default_factory=list)
     text: list[list[str]] = field(default_factory=list)
     original_text: list[list[str]] = field(default_factory=list)
     labels: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in LABEL_KEYS})
@@ -123,6 +132,11 @@ class SplitData:
     @property
     def is_spatial(self) -> np.ndarray:
         return np.asarray(self.spatial, dtype=bool)
+
+    @property
+    def has_target(self) -> np.ndarray:
+        """Rows whose direction and distance labels hold (training.data.has_source_target)."""
+        return np.asarray(self.source_target, dtype=bool)
 
 
 def iter_split(root: str, split: str, shuffle_seed: int | None = None) -> Iterator[ShardSample | RejectRow]:
@@ -154,13 +168,18 @@ def read_split(
     batch_size: int,
     device: Any,
     max_samples: int | None = None,
-    only_spatial: bool = False,
+    only_source_targets: bool = False,
     shuffle_seed: int | None = None,
+    scenes: SceneFrameCollector | None = None,
 ) -> SplitData:
-    """Read, decode and embed a split: one audio embedding matrix per row ("elsa", "semantic_only")."""
+    """Read, decode and embed a split: one audio embedding matrix per row ("elsa", "semantic_only").
+
+    ``only_source_targets`` keeps the samples with direction labels (the probes' train set);
+    ``scenes`` scores each scene sample's frames as it goes by (its audio is not kept).
+    """
     import torch
 
-    from training.data import decode_audio
+    from training.data import decode_audio, has_source_target
     from training.features import clip_features
 
     out = SplitData()
@@ -187,10 +206,11 @@ def read_split(
             continue
         rec = item.record
         labels = rec.labels if rec.spatial else None
-        if only_spatial and labels is None:
+        if only_source_targets and not has_source_target(rec):
             continue
         try:
-            f = clip_features(decode_audio(item.flac, rec, feat.sample_rate), feat, offset=0)
+            audio = decode_audio(item.flac, rec, feat.sample_rate)
+            f = clip_features(audio, feat, offset=0)
         except (SampleRejected, ValueError, RuntimeError) as e:  # undecodable audio
             log.warning("skipping %s: %s", item.key, str(e).splitlines()[0] if str(e) else type(e).__name__)
             out.skipped += 1
@@ -200,6 +220,7 @@ def read_split(
         out.clip_id.append(rec.clip_id)
         out.aug.append(rec.aug)
         out.spatial.append(labels is not None)
+        out.source_target.append(has_source_target(rec))
         out.text.append(list(rec.text))
         out.original_text.append(list(rec.original_text))
         for k in LABEL_KEYS:
@@ -209,6 +230,8 @@ def read_split(
         buf_iv.append(f.iv)
         if len(buf_mel) >= batch_size:
             flush()
+        if scenes is not None and rec.sources is not None and rec.spatial:
+            scenes.add(rec.sources, audio, feat.sample_rate)
     flush()
     for r in rows:
         out.emb[r] = np.concatenate(parts[r]) if parts[r] else np.zeros((0, 0), np.float32)
@@ -369,6 +392,7 @@ def evaluate(
     timings["load_s"] = time.perf_counter() - t0
 
     t = time.perf_counter()
+    scenes = SceneFrameCollector(cfg.scenes, model=model, feat=features, device=dev)
     test = read_split(
         model,
         features,
@@ -378,6 +402,7 @@ def evaluate(
         batch_size=cfg.batch_size,
         device=dev,
         max_samples=cfg.max_test_samples,
+        scenes=scenes,
     )
     if len(test) == 0:
         raise EmptyEvaluationSetError(
@@ -402,7 +427,7 @@ def evaluate(
             batch_size=cfg.batch_size,
             device=dev,
             max_samples=cfg.max_train_samples,
-            only_spatial=True,
+            only_source_targets=True,
             shuffle_seed=cfg.seed,
         )
         if len(train) == 0:
@@ -426,7 +451,8 @@ def evaluate(
     timings["embed_text_s"] = time.perf_counter() - t
 
     sp = test.is_spatial
-    labels = {k: test.label(k)[sp] for k in LABEL_KEYS}
+    tgt = test.has_target  # the label-based pieces: samples whose sound comes from one place
+    labels = {k: test.label(k)[tgt] for k in LABEL_KEYS}
     truth = true_classes(*(labels[k] for k in LABEL_KEYS), cfg=cfg.zero_shot.descriptors)
     tr_words = None
     if train is not None:
@@ -452,26 +478,26 @@ def evaluate(
                 "and ties count against the ground truth (training.metrics), which lowers R@k"
             )
     per_sample: dict[str, list[Any]] = {
-        "key": [test.keys[i] for i in np.flatnonzero(sp)],
-        "dataset": [test.dataset[i] for i in np.flatnonzero(sp)],
-        "clip_id": [test.clip_id[i] for i in np.flatnonzero(sp)],
-        "aug": [test.aug[i] for i in np.flatnonzero(sp)],
+        "key": [test.keys[i] for i in np.flatnonzero(tgt)],
+        "dataset": [test.dataset[i] for i in np.flatnonzero(tgt)],
+        "clip_id": [test.clip_id[i] for i in np.flatnonzero(tgt)],
+        "aug": [test.aug[i] for i in np.flatnonzero(tgt)],
         **{k: labels[k].tolist() for k in LABEL_KEYS},
         **{f"word_{a}": list(truth[a]) for a in truth},
     }
     results: dict[str, RowResult] = {}
     for r in rows:
         t = time.perf_counter()
-        results[r], errors = _evaluate_row(r, test.emb[r][sp], test.emb[r], ctx, notes)
+        results[r], errors = _evaluate_row(r, test.emb[r][tgt], test.emb[r], ctx, notes)
         if errors is not None:
             per_sample[f"doa_error_deg_{r}"] = errors.tolist()
         timings[f"metrics_{r}_s"] = time.perf_counter() - t
 
     projection = None
-    if train is not None and sp.any():
-        first_caps = np.stack([text_emb[test.text[i][0]] for i in np.flatnonzero(sp)])
+    if train is not None and tgt.any():
+        first_caps = np.stack([text_emb[test.text[i][0]] for i in np.flatnonzero(tgt)])
         method, (pa, pt) = project(
-            train.emb["elsa"], tr_words, [test.emb["elsa"][sp], first_caps], cfg.projection, cfg.seed
+            train.emb["elsa"], tr_words, [test.emb["elsa"][tgt], first_caps], cfg.projection, cfg.seed
         )
         words = list(truth["direction"])
         projection = Projection(
@@ -484,6 +510,15 @@ def evaluate(
         )
     if not sp.any():
         notes.append("the test split has no spatial sample: only non-spatial retrieval was evaluated")
+    scene_localisation = scenes.result()
+    if n_mixed := int((sp & ~tgt).sum()):
+        notes.append(
+            f"{n_mixed} spatial test sample(s) are scenes with several sources or a moving one: they are "
+            "in retrieval and the frame-wise localisation, not in zero-shot, the DOA probe, the swap or "
+            "the projection (their json labels hold source 0's first point, not one direction)"
+        )
+    if scene_localisation is not None and "model" not in scene_localisation.estimators:
+        notes.append("frame-wise localisation: the model's direction head was not scored (scenes.model off)")
     timings["total_s"] = time.perf_counter() - t0
     return Report(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -503,6 +538,7 @@ def evaluate(
         },
         rows=results,
         projection=projection,
+        scene_localisation=scene_localisation,
         samples=per_sample,
         timings_s={k: round(v, 3) for k, v in timings.items()},
         notes=notes,
@@ -526,13 +562,14 @@ class _RowContext:
 
 
 def _swap_captions(test: SplitData, text_emb: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
-    """The swap's gallery: the distinct non-spatial (original) caption texts of the spatial test
-    samples, their embeddings and, per spatial sample, the indices of its clip's captions (padded
-    with -1). Deduplicated by text: a description shared by several clips (identical captions are
-    common in template-captioned data) is correct for each of them, not a tie against them."""
+    """The swap's gallery: the distinct non-spatial (original) caption texts of the test samples
+    with direction labels, their embeddings and, per such sample, the indices of its clip's
+    captions (padded with -1). Deduplicated by text: a description shared by several clips
+    (identical captions are common in template-captioned data) is correct for each of them, not a
+    tie against them."""
     index: dict[str, int] = {}
     lists = []
-    for i in np.flatnonzero(test.is_spatial):
+    for i in np.flatnonzero(test.has_target):
         lists.append(sorted({index.setdefault(c, len(index)) for c in test.original_text[i]}))
     if not index:
         return None

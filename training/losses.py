@@ -7,7 +7,10 @@ for the local rows, i.e. world_size × dL/dx; DDP's gradient averaging divides t
 update equals the single-process one (open_clip's gather_with_grad, without local_loss).
 
 Regression terms only count spatial samples (non-spatial originals have no labels): each is a
-masked mean, zero (with the graph kept) when a batch has none.
+masked mean, zero (with the graph kept) when a batch has none. Direction and distance count only
+samples whose sound comes from one place (``source_target``: ELSA's spatial samples, scene
+samples with one static source); the room terms (area, T30, DRR) count every spatial sample. A
+masked sample adds nothing to a term's sum nor to its denominator.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def direction_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """1 − cos(pred, target) over spatial samples; target rows of non-spatial samples are NaN."""
+    """1 − cos(pred, target) over the rows of ``mask``; target rows outside it may be NaN."""
     t = torch.nan_to_num(target.float())
     cos = nnf.cosine_similarity(pred.float(), t, dim=-1, eps=1e-8)
     return masked_mean(1.0 - cos, mask)
@@ -70,11 +73,16 @@ def angular_error_deg(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def spatial_terms(pred: dict[str, torch.Tensor], batch: dict, cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """The regression terms present in ``pred``: direction, distance, area (scaled), t30, drr (scaled)."""
+    """The regression terms present in ``pred``: direction, distance, area (scaled), t30, drr (scaled).
+
+    A batch without ``source_target`` (one built by hand, not by training.data.collate) holds no
+    scene sample, so its direction and distance targets are its spatial samples'.
+    """
     mask = batch["spatial"]
+    source = batch.get("source_target", mask)
     out = {
-        "direction": direction_loss(pred["direction"], batch["direction"], mask),
-        "distance": mse(pred["distance"], batch["distance_m"], mask),
+        "direction": direction_loss(pred["direction"], batch["direction"], source),
+        "distance": mse(pred["distance"], batch["distance_m"], source),
         "area": mse(pred["area"], batch["floor_area_m2"] / cfg.area_scale_m2, mask),
     }
     if "t30" in pred:

@@ -9,6 +9,9 @@ JSON stays small at any test-set size); report.md is the same as tables with the
 - plots/doa_boxplots.png: DOA-probe errors by azimuth, elevation, distance, floor area and T30
   (Fig. A.F.3 (a)-(e)), one box per bin, ELSA and the semantic-only baseline side by side;
 - plots/real_<name>.png: real-recording errors per event class (Fig. A.F.3 (f)).
+
+On scene test sets it adds the frame-wise localisation (training.scene_eval): median error and
+share within the threshold of each estimator on frames where exactly one source is active.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from training.direction_swap import SwapResult
 from training.doa_probe import BREAKDOWN_DIMENSIONS, DoaResult
+from training.scene_eval import SceneLocalisation
 from training.zero_shot import ATTRIBUTE_TITLES, ZeroShotResult
 
 SCHEMA_VERSION = "eval/1"
@@ -89,7 +93,12 @@ class Report(BaseModel):
     counts: dict[str, int]
     rows: dict[str, RowResult]
     projection: Projection | None = None
-    samples: dict[str, list[Any]] = Field(default_factory=dict, description="per spatial test sample")
+    scene_localisation: SceneLocalisation | None = Field(
+        None, description="frame-wise localisation on the test split's scene samples (None: no scene)"
+    )
+    samples: dict[str, list[Any]] = Field(
+        default_factory=dict, description="per spatial test sample with direction labels"
+    )
     timings_s: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
 
@@ -111,6 +120,12 @@ class Report(BaseModel):
             for name, d in row.real.items():
                 h[f"real_{name}_doa_mae_deg"] = d.mae_deg
             out[r] = h
+        if (sl := self.scene_localisation) is not None:
+            thr = f"{sl.config.threshold_deg:g}"
+            out["scene_frames"] = {}
+            for name, e in sl.estimators.items():
+                out["scene_frames"][f"{name}_median_deg"] = e.median_deg
+                out["scene_frames"][f"{name}_within_{thr}deg"] = e.within_share
         return _finite(out)
 
 
@@ -389,6 +404,26 @@ def render_markdown(report: Report, plots: dict[str, str]) -> str:
                 if d:
                     lines.append(f"| {n} | {r} | {d.n_test} | {_f(d.mae_deg)} | {_f(d.median_deg)} |")
         lines += [f"![{n}]({plots[f'real_{n}']})" for n in real_names if f"real_{n}" in plots]
+        lines.append("")
+    if (sl := report.scene_localisation) is not None:
+        lines += [
+            f"## Frame-wise localisation on scenes ({1000 * sl.frame_s:g} ms frames with exactly one "
+            "active source; degrees)",
+            "",
+            f"{sl.scene_samples} scene sample(s), {sl.solo_frames} solo frame(s). `intensity`: the "
+            "intensity-vector DOA of each frame's audio; `model`: the direction head on a "
+            f"{sl.config.model_window_s:g} s window within the source's solo run, every "
+            f"{sl.config.model_every}th solo frame.",
+            "",
+            "| estimator | samples | frames | unestimated | median | mean | "
+            f"within {sl.config.threshold_deg:g}° |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, e in sl.estimators.items():
+            lines.append(
+                f"| {name} | {e.n_samples} | {e.n_frames} | {e.n_unestimated} | {_f(e.median_deg)} | "
+                f"{_f(e.mean_deg)} | {_f(e.within_share, True)} % |"
+            )
         lines.append("")
     if "projection" in plots and report.projection is not None:
         lines += ["## Embedding projection (Fig. 2)", "", f"![projection]({plots['projection']})", ""]

@@ -121,7 +121,7 @@ def evaluate(model: nn.Module, cfg: TrainConfig, info: DistInfo, tokenizer: Any)
             sums["clip_sum"] += float(clip_loss(out.audio_embeds, out.text_embeds, out.logit_scale))
         else:
             pred = net(b["iv"])
-        m = b["spatial"]
+        m = b["source_target"]  # samples with direction/distance targets (training.data.has_source_target)
         if m.any():
             sums["angle_sum"] += float(angular_error_deg(pred["direction"][m], b["direction"][m]).sum())
             sums["dist_abs_sum"] += float((pred["distance"][m].float() - b["distance_m"][m]).abs().sum())

@@ -269,6 +269,11 @@ def canonical(word_stem: str) -> str:
     return "/".join(path) if path else word_stem
 
 
+def implied_sources(event: Path) -> tuple[Path, ...]:
+    """The source paths a sound event implies (barking: a dog); () for a source or an event without."""
+    return _IMPLIES.get(event, ())
+
+
 @lru_cache(maxsize=1 << 16)
 def mentions(text: str) -> frozenset[Path]:
     """Paths of the sources and sound events a caption names. Cached: every attempt at a caption
