@@ -268,3 +268,21 @@ def test_evaluation_reports_frame_wise_localisation(scene_root: Path, tmp_path: 
     assert body["headline"]["scene_frames"]["intensity_median_deg"] == pytest.approx(intensity.median_deg)
     assert "within_20deg" in " ".join(body["headline"]["scene_frames"])
     assert "Frame-wise localisation on scenes" in Path(files.report_md).read_text()
+
+
+def test_held_out_training_metrics_count_samples_with_one_direction(scene_root: Path, tmp_path: Path):
+    from training.config import TINY_SPATIAL, DataConfig, EvalConfig, ShardSource, TrainConfig
+    from training.distributed import DistInfo
+    from training.model import SpatialPretrainModel
+    from training.train import evaluate
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(
+        run_dir=str(tmp_path / "run"), task="spatial", features=TEST_FEATURES,
+        data=DataConfig(sources=[ShardSource(root=str(scene_root))], num_workers=0),
+        eval=EvalConfig(root=str(scene_root), split="test", batch_size=8),
+    )
+    info = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend=None)
+    out = evaluate(SpatialPretrainModel(TINY_SPATIAL, head_hidden=16), cfg, info, None)
+    assert out["n_spatial"] == 2  # one, elsa: the scenes with two sources or a moving one have no direction
+    assert math.isfinite(out["angular_error_deg"]) and math.isfinite(out["distance_mae_m"])

@@ -10,6 +10,10 @@ Pipeline, per rank and DataLoader worker (all in worker processes; the main proc
   → filtered (spatial / non-spatial per source) → sources mixed by weight
   → shuffle buffer → raw batches → decode FLAC + features → collated, tokenised batch
 
+Targets: the room labels (area, T30, DRR) of every spatial sample (``spatial``); its direction and
+distance only where the sound comes from one place (``source_target``, ``has_source_target``):
+every ELSA sample, and a scene sample with one static source.
+
 Determinism, for resume: every random choice (shard draw, mix, shuffle, caption, crop) comes
 from numpy RNGs seeded by (seed, epoch, rank, worker[, batch, sample]), never from global state.
 An epoch is ``batches_per_epoch`` batches per rank, split evenly over the workers (the loader's
