@@ -64,6 +64,8 @@ from tasks.room_sampling import (
     rooms_table,
     sample_room_set,
 )
+from tasks.scene_captions import motion_words, source_words
+from tasks.scene_labels import source_labels
 from tasks.scene_plan import plan_scenes
 from tasks.shard_jobs import ShardInputs, ShardJob, ShardRef, request_ids, shard_inputs, shard_refs
 from tasks.shard_writer import SampleRejected, ShardSample, build_sample, labels_from_rir, plan_shards
@@ -234,10 +236,24 @@ def descriptors_of(rec: RirRecord, rooms: dict[str, RoomSpec]) -> Descriptors:
 
 
 def _requests(item: PlanItem, rec: RirRecord, rooms: dict[str, RoomSpec]) -> list[RephraseRequest]:
-    """One request per original caption of a spatial sample, with its measured descriptors."""
+    """One request per original caption of a spatial sample, with its measured descriptors.
+
+    A scene's request binds every source's sound to its own words (its start's place and its
+    motion): its caption n is source 0's caption n with each further source's caption n (cycled),
+    and its own descriptors are the room's alone (reverb, size), which all sources share.
+    """
     descriptors = descriptors_of(rec, rooms)
-    return [RephraseRequest(sample_id=sid, caption=caption, descriptors=descriptors, seed=item.seed)
-            for sid, caption in zip(request_ids(item), item.captions, strict=True)]
+    pairs = zip(request_ids(item), item.captions, strict=True)
+    if item.scene is None:
+        return [RephraseRequest(sample_id=sid, caption=caption, descriptors=descriptors, seed=item.seed)
+                for sid, caption in pairs]
+    room = Descriptors(reverb=descriptors.reverb, size=descriptors.size)
+    first, *others = item.scene.sources
+    return [RephraseRequest(
+        sample_id=sid, caption=caption, descriptors=room, seed=item.seed,
+        scene=[source_words(first, caption),
+               *(source_words(s, s.captions[n % len(s.captions)]) for s in others)],
+    ) for n, (sid, caption) in enumerate(pairs)]
 
 
 def _shards_of(summary: PlanSummary) -> Iterator[tuple[ShardRef, list[PlanItem]]]:
@@ -269,7 +285,7 @@ def caption_join(
             got, requested = shard_inputs(items, placed, inputs[-1].requests[1] if inputs else 0)
             inputs.append(got)
             for item in requested:
-                yield from _requests(item, records[item.placement_id], rooms)  # type: ignore[index]
+                yield from _requests(item, records[rir_ids(item)[0]], rooms)
 
     write_stage(requests(), settings, stage, batch_size)
     return inputs
@@ -302,6 +318,7 @@ def _caption_infos(
             attempts=res.attempts, validated=bool(flags and flags.passed), fallback=res.status == "fallback",
             failed_checks=[f.value for f in flags.flaws] if flags else [],
             attempt_flaws=[[f.value for f in attempt] for attempt in res.attempt_flaws],
+            hard_negative=res.hard_negative,
         ))
     return infos, rejected
 
@@ -359,13 +376,17 @@ def _sample(
     prov = Provenance(source_id=item.clip_id, seed=item.seed, prepared=done.prepared,
                       rendered=done.rendered, **job.provenance)  # type: ignore[arg-type]
     room = rooms[done.rir.room_id] if done.rir else None
+    sources = None
+    if item.scene is not None and done.scene is not None:
+        sources = source_labels(item.scene, done.scene.activity, done.scene.gains_db,
+                                [motion_words(s.points) for s in item.scene.sources])
     try:
         return build_sample(
             done.flac, dataset=item.dataset, split=item.split, clip_id=item.clip_id, aug=item.aug,
             captions=infos, provenance=prov,
             labels=labels_from_rir(done.rir, room) if done.rir and room else None,
             descriptors=descriptors_of(done.rir, rooms) if done.rir else None,
-            audio_format=done.format,
+            audio_format=done.format, sources=sources,
         )
     except SampleRejected as exc:
         rejects.append(RejectRow(stage="shard", reason=exc.reason, detail=exc.detail, key=item.key,

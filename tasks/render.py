@@ -2,7 +2,9 @@
 
 Work per shard is grouped so that a clip used by several augmentations is decoded and prepared
 once, and a RIR used by several clips has its spectrum computed once. Spatial samples go through
-one renderer (tasks/renderers.py, ambiX by default), non-spatial originals through ``mono``.
+one renderer (tasks/renderers.py, ambiX by default), non-spatial originals through ``mono``. A
+scene sample (several sources, some moving) is rendered by tasks.scene_render from the prepared
+clips of all its sources and the RIRs of all its trajectory points.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tasks.audio_prep import RirSpectrum, encode_flac, normalise_level, prepare_
 from tasks.errors import AudioRejected
 from tasks.plan import PlanItem, locality_order
 from tasks.renderers import DEFAULT_RENDERER, renderer
+from tasks.scene_render import SceneRendered, render_scene
 from tasks.sources import ClipAudio
 
 
@@ -32,8 +35,9 @@ class RenderedSample:
     format: str  # the renderer that made ``flac``: AudioInfo.format
     prepared: PreparedClip
     rendered: RenderedInfo | None  # None for the non-spatial original
-    rir: RirRecord | None
+    rir: RirRecord | None  # a scene's: source 0's first point (the sample's ``labels``)
     gain_db: float
+    scene: SceneRendered | None = None  # per-source gains and frame activity of a scene sample
 
 
 @dataclass(frozen=True)
@@ -74,21 +78,35 @@ def _render_items(
     rejects: list[RenderReject] = []
     # Worked in locality order (placement, then clip), each prepared clip and RIR spectrum is
     # dropped after its last use in the shard: a shard holds a few of each at a time, not all.
-    clip_uses = Counter(i.audio_uri for i in items)
-    rir_uses = Counter(i.placement_id for i in items if i.placement_id in rirs)
-    for item in locality_order(items):
-        uri = item.audio_uri
+    clip_uses = Counter(uri for i in items for uri in _clip_uris(i))
+    rir_uses = Counter(i.placement_id for i in items if i.scene is None and i.placement_id in rirs)
+
+    def clip(uri: str) -> tuple[np.ndarray, PreparedClip] | AudioRejected:
         if uri not in prepared:
             try:
                 prepared[uri] = prepare_clip(read_audio(uri), cfg)
             except AudioRejected as exc:
                 prepared[uri] = exc
         clip_uses[uri] -= 1
-        got = prepared[uri] if clip_uses[uri] else prepared.pop(uri)
-        if isinstance(got, AudioRejected):
-            rejects.append(RenderReject(item.key, item.dataset, item.clip_id, got.reason, got.detail))
+        return prepared[uri] if clip_uses[uri] else prepared.pop(uri)
+
+    for item in locality_order(items):
+        clips = [clip(uri) for uri in _clip_uris(item)]
+        bad = next((c for c in clips if isinstance(c, AudioRejected)), None)
+        if bad is not None:
+            rejects.append(RenderReject(item.key, item.dataset, item.clip_id, bad.reason, bad.detail))
             continue
-        mono, clip_info = got
+        mono, clip_info = clips[0]  # type: ignore[misc]
+        if item.scene is not None:
+            try:
+                flac, scene_info = render_scene(item.scene, [c[0] for c in clips], rirs, cfg, fmt)  # type: ignore[index]
+            except AudioRejected as exc:
+                rejects.append(RenderReject(item.key, item.dataset, item.clip_id, exc.reason, exc.detail))
+                continue
+            first = records[item.scene.sources[0].points[0].placement_id]
+            done.append(RenderedSample(item, flac, fmt, clip_info, scene_info.rendered, first,
+                                       scene_info.rendered.gain_db, scene_info))
+            continue
         if item.placement_id is None:
             y, gain_db = normalise_level(mono_out.render(mono[None, :]), cfg, mono_out.level_channels)
             flac = encode_flac(
@@ -114,3 +132,10 @@ def _render_items(
             RenderedSample(item, flac, fmt, clip_info, info, records[item.placement_id], info.gain_db)
         )
     return done, rejects
+
+
+def _clip_uris(item: PlanItem) -> list[str]:
+    """The clips a sample is made of: its own, then its scene's further sources'."""
+    if item.scene is None:
+        return [item.audio_uri]
+    return [item.audio_uri, *(s.audio_uri for s in item.scene.sources[1:])]

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from schemas.rooms import Placement, RoomSpec
-from schemas.scenes import SceneConfig
+from schemas.scenes import SceneConfig, ScenePlan
 from schemas.sources import SourceClip
 from tasks.errors import InvalidSceneError
 from tasks.plan import PlanItem, stable_unit
@@ -53,6 +53,27 @@ def partners(item: PlanItem, pool: Sequence[SourceClip], n: int, seed: int) -> l
     return chosen
 
 
+DRAWS = 4
+"""Scene draws tried per sample before it is rejected: paths are redrawn inside tasks.scene_geometry,
+but a moving source 0 starts at the base placement, so a room can fit one draw and not another."""
+
+
+def _draw(
+    item: PlanItem, base: Placement, room: RoomSpec, clips: list[SourceClip], cfg: SceneConfig, seed: int
+) -> tuple[ScenePlan, list[Placement]]:
+    """The first of ``DRAWS`` stable draws that fits the room; the last draw's error otherwise."""
+
+    def draw(attempt: int) -> tuple[ScenePlan, list[Placement]]:
+        return draw_scene(base, room, clips, cfg, int(stable_unit("scene", item.key, attempt, seed) * 2**31))
+
+    for attempt in range(DRAWS - 1):
+        try:
+            return draw(attempt)
+        except InvalidSceneError:
+            continue
+    return draw(DRAWS - 1)
+
+
 class SceneReject(NamedTuple):
     """A sample whose scene could not be drawn in its room (a path that cannot stay inside it)."""
 
@@ -82,9 +103,8 @@ def plan_scenes(
             continue
         base = placements[item.placement_id]
         others = partners(item, pools[item.split], source_count(item.key, cfg, seed) - 1, seed)
-        scene_seed = int(stable_unit("scene", item.key, seed) * 2**31)
         try:
-            scene, new = draw_scene(base, rooms[base.room_id], [_clip_of(item), *others], cfg, scene_seed)
+            scene, new = _draw(item, base, rooms[base.room_id], [_clip_of(item), *others], cfg, seed)
         except InvalidSceneError as exc:
             rejects.append(SceneReject(item, str(exc)))
             continue

@@ -30,6 +30,7 @@ from webdataset import TarWriter
 
 from schemas.audio import RejectReason
 from schemas.rooms import RirRecord, RoomSpec
+from schemas.scenes import SceneSourceLabels
 from schemas.shards import (
     CLIP_RE,
     MONO_FORMAT,
@@ -174,13 +175,14 @@ def build_sample(
     labels: SpatialLabels | None = None,
     descriptors: Descriptors | None = None,
     audio_format: str | None = None,
+    sources: Sequence[SceneSourceLabels] | None = None,
 ) -> ShardSample:
     """A ShardSample from rendered FLAC bytes and what the earlier stages produced.
 
     Spatial when labels are given, else a mono original. ``audio_format`` is the renderer that
     made the FLAC (RenderedSample.format); unset, the default renderer for a spatial sample and
     ``mono`` otherwise. ``clip_id`` is passed through ``safe_clip_id``; the raw id belongs in
-    ``provenance.source_id``.
+    ``provenance.source_id``. ``sources``: a scene sample's per-source labels (its ``.csv`` too).
     """
     cid = safe_clip_id(clip_id)
     key = make_key(dataset, split, cid, aug)
@@ -201,6 +203,7 @@ def build_sample(
             descriptors=descriptors,
             audio=audio,
             provenance=provenance,
+            sources=list(sources) if sources is not None else None,
         )
     except ValidationError as e:
         first = e.errors()[0]
