@@ -17,7 +17,7 @@ from tasks.rephrase.postprocess import split_sentences
 
 TEMPLATE_VERSION = "template/v1"
 SCENE_TEMPLATE_VERSION = "scene-template/v1"
-"""Changes whenever scene_template_caption's output could change: part of scene requests' cache keys."""
+"""Changes whenever a scene's template caption could change: part of scene requests' cache keys."""
 
 PHRASES: dict[str, tuple[str, ...]] = {
     "near": ("nearby", "close by", "up close"),
@@ -48,7 +48,7 @@ MOTION_PHRASES: dict[str, tuple[str, ...]] = {
 """Motion word -> phrasings; each must be recognised by lexicon.MOTION_PATTERNS for its word only."""
 _ROOM_NOUNS = ("room", "space")
 _SCENE_JOINS = ("while", "and", "as")
-"""Words before each further sound's clause: validation cuts a scene caption at the last of them."""
+"""Words after a comma before each further sound's clause: where validation cuts a scene caption."""
 
 
 def _decap(word: str) -> str:

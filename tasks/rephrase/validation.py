@@ -24,7 +24,7 @@ that each sits with the other's words: a caption this validation rejects as a sw
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import combinations, pairwise
 
 from schemas.captions import (
@@ -184,7 +184,7 @@ def _clauses(text: str, spans: list[Span | None]) -> list[Span | None]:
     return out
 
 
-def _owner(scene: Sequence[SourceWords], k: int, has: object) -> int | None:
+def _owner(scene: Sequence[SourceWords], k: int, has: Callable[[SourceWords], bool]) -> int | None:
     """Another source whose words include the word (``has(source)``), if any."""
     return next((j for j, o in enumerate(scene) if j != k and has(o)), None)
 
