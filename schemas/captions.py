@@ -22,6 +22,21 @@ Size = Literal["small", "large"]
 Reverb = Literal["acoustically dampened", "highly reverberant"]
 SLOTS: tuple[str, ...] = ("distance", "elevation", "direction", "size", "reverb")
 """The prompt's descriptor slots, in the order the prompt names them."""
+SOURCE_SLOTS: tuple[str, ...] = ("distance", "elevation", "direction")
+"""The slots of one source's place; a scene binds them to each source, the others are the room's."""
+ROOM_SLOTS: tuple[str, ...] = ("size", "reverb")
+MotionWord = Literal[
+    "moving from left to right", "moving from right to left", "passing behind", "approaching", "receding",
+    "rising", "descending",
+]
+MOTION_GROUPS: dict[str, tuple[str, ...]] = {
+    "across": ("moving from left to right", "moving from right to left"),
+    "behind": ("passing behind",),
+    "range": ("approaching", "receding"),
+    "height": ("rising", "descending"),
+}
+"""Motion words by the change they describe: two words of one group contradict each other. In this
+order a source's motion words are listed (tasks.scene_captions.motion_words)."""
 SLOT_WORDS: dict[str, tuple[str, ...]] = {
     "distance": ("near", "far"),
     "elevation": ("up", "down"),
@@ -162,6 +177,9 @@ class OutputFlaw(StrEnum):
     invented count."""
     BACKEND_ERROR = "backend_error"
     """The backend answered this one prompt with an error (e.g. HTTP 400)."""
+    SWAPPED_BINDING = "swapped_binding"
+    """Scenes: another source's place or motion word in the clause of this source's sound ("the dog on
+    the left" when the dog is behind and the car on the left): true words bound to the wrong sound."""
 
 
 CONTENT_FLAWS = frozenset(
@@ -169,7 +187,9 @@ CONTENT_FLAWS = frozenset(
      OutputFlaw.MEANING_CHANGE}
 )
 """Flaws about the sound content, as opposed to the spatial words."""
-HALLUCINATION_FLAWS = CONTENT_FLAWS | {OutputFlaw.CONTRADICTION, OutputFlaw.UNSUPPORTED}
+HALLUCINATION_FLAWS = CONTENT_FLAWS | {
+    OutputFlaw.CONTRADICTION, OutputFlaw.UNSUPPORTED, OutputFlaw.SWAPPED_BINDING,
+}
 """Flaws that change the meaning: they count towards the hallucination rate."""
 
 
@@ -282,8 +302,37 @@ class RephraseSettings(EngineOptions, CaptionSettings):
         return cls(**dict(captions), **dict(engine))
 
 
+class SourceWords(BaseModel):
+    """One sound of a scene with the words of its own place and motion (tasks.scene_captions makes
+    them from the drawn scene): what a scene caption must bind to that sound and to no other."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    caption: str = Field(description="The source's original caption.")
+    descriptors: Descriptors = Field(
+        Descriptors(), description="distance, elevation, direction of the source (where it starts, when "
+        "it moves); the room's words belong to the request",
+    )
+    motion: list[MotionWord] = Field([], description="How it moves, in MOTION_GROUPS order; [] when static.")
+
+    @model_validator(mode="after")
+    def _own_words(self) -> Self:
+        if room := {s: w for s, w in self.descriptors.given().items() if s in ROOM_SLOTS}:
+            raise ValueError(f"a source's words are its place's; room words {room} belong to the request")
+        order = [w for words in MOTION_GROUPS.values() for w in words]
+        groups = [g for w in self.motion for g, words in MOTION_GROUPS.items() if w in words]
+        if len(set(groups)) != len(groups) or self.motion != sorted(self.motion, key=order.index):
+            raise ValueError(f"motion words {self.motion}: one per group, in MOTION_GROUPS order")
+        return self
+
+
 class RephraseRequest(BaseModel):
-    """One caption to rephrase. ``caption`` may be raw bytes; bytes that are not UTF-8 are rejected."""
+    """One caption to rephrase. ``caption`` may be raw bytes; bytes that are not UTF-8 are rejected.
+
+    A scene request (``scene`` set) asks for one caption of several sounds, each bound to its own
+    words: ``caption`` is source 0's (``scene[0].caption``) and ``descriptors`` holds the room's
+    words only. ELSA requests leave ``scene`` out, so they dump, hash and cache as before scenes.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -291,6 +340,20 @@ class RephraseRequest(BaseModel):
     caption: str | bytes = Field(union_mode="left_to_right")
     descriptors: Descriptors = Descriptors()
     seed: int = Field(0, ge=0, description="Base seed; each sample's seed derives from it.")
+    scene: list[SourceWords] | None = Field(
+        None, min_length=1, exclude_if=lambda v: v is None,
+        description="Scenes: every source's caption and words, source 0 first; None for ELSA requests.",
+    )
+
+    @model_validator(mode="after")
+    def _scene(self) -> Self:
+        if self.scene is None:
+            return self
+        if self.caption != self.scene[0].caption:
+            raise ValueError("a scene request's caption is source 0's caption")
+        if place := {s: w for s, w in self.descriptors.given().items() if s in SOURCE_SLOTS}:
+            raise ValueError(f"a scene request's descriptors are the room's; {place} belong to a source")
+        return self
 
 
 class ValidationFlags(BaseModel):
@@ -310,6 +373,11 @@ class ValidationFlags(BaseModel):
     )
     invented_sources: list[str] = Field([], description="Sources, events and names the original lacks.")
     meaning_changes: list[str] = Field([], description='Negations, opposites, counts ("not break", "+two").')
+    swapped_bindings: list[str] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description='Scenes: words of another source in a source\'s clause ("source 1: left (source 0\'s)"); '
+        "None for ELSA captions.",
+    )
 
 
 Status = Literal["ok", "fallback", "rejected"]
@@ -336,6 +404,11 @@ class RephraseResult(BaseModel):
     validation: ValidationFlags | None = None
     attempt_flaws: list[list[OutputFlaw]] = Field([], description="Flaws of each failed attempt, in order.")
     cached: bool = False
+    hard_negative: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="Scenes: the caption with two sources' places and motion swapped, which validation "
+        "rejects as a swapped binding (a contrastive hard negative); None for ELSA captions.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -4,14 +4,27 @@ A slot without a word is removed with its spacing and, when no location word is 
 "the ... of"; the article before the room agrees with the next word. The screen turns bad input
 (empty, too long, not UTF-8, not English, addressed to the model, no content) into a typed
 rejection with a stable reason code instead of a prompt.
+
+A scene's prompt extends the paper's the same way: each sound "is coming from the <distance>
+<elevation> <direction>" of its own, then its motion words, all in one room; the instruction asks
+for one sentence that keeps each sound with its own place and motion.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 
-from schemas.captions import SLOTS, CaptionRejectReason, Descriptors, ValidationConfig
+from schemas.captions import (
+    ROOM_SLOTS,
+    SLOTS,
+    SOURCE_SLOTS,
+    CaptionRejectReason,
+    Descriptors,
+    SourceWords,
+    ValidationConfig,
+)
 from tasks.errors import SpatialAudioCapsError
 from tasks.rephrase.lexicon import content_stems, is_english
 
@@ -25,6 +38,16 @@ INSTRUCTION = PROMPT_TEMPLATE[PROMPT_TEMPLATE.index("Rephrase") :]
 _HEAD, _TAIL = PROMPT_TEMPLATE.split("<original caption>")
 PROMPT_VERSION = "elsa-3.2/v1"
 """Changes whenever build_prompt's output could change: part of every cache key."""
+SCENE_PROMPT_TEMPLATE = (
+    "The sounds of a <size> <reverb> room: <sounds>. Rephrase as one short English sentence describing "
+    "every sound and all the details of its source, keeping each sound with its own location and motion."
+)
+"""The paper's prompt for several sounds: <sounds> lists each as "<original caption> is coming from the
+<distance> <elevation> <direction>, <motion words joined by 'and'>", joined by "; "."""
+SCENE_INSTRUCTION = SCENE_PROMPT_TEMPLATE[SCENE_PROMPT_TEMPLATE.index("Rephrase") :]
+SCENE_PROMPT_VERSION = "scene/v1"
+"""Changes whenever a scene prompt could change: part of scene requests' cache keys (ELSA keys keep
+PROMPT_VERSION alone, so they did not change when scenes came)."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _TRAILING = re.compile(r"[\s.!?;:,]+$")
@@ -94,17 +117,33 @@ def screen_caption(raw: str | bytes, cfg: ValidationConfig) -> str:
     return text
 
 
-def build_prompt(caption: str, d: Descriptors) -> str:
+def _fill(template: str, d: Descriptors, slots: Sequence[str]) -> str:
+    for slot in slots:
+        template = template.replace(f"<{slot}>", getattr(d, slot) or "")
+    template = re.sub(r" {2,}", " ", template).replace(" the of ", " ")
+    return re.sub(r"\b(from|of) a (?=[aeiou])", r"\1 an ", template)
+
+
+def _sound(source: SourceWords) -> str:
+    """One sound of a scene prompt: no place word drops "is coming from the", no motion its comma."""
+    place = " ".join(w for w in (getattr(source.descriptors, slot) for slot in SOURCE_SLOTS) if w)
+    motion = " and ".join(source.motion)
+    return (source.caption + (f" is coming from the {place}" if place else "")
+            + (f", {motion}" if motion else ""))
+
+
+def build_prompt(caption: str, d: Descriptors, scene: Sequence[SourceWords] | None = None) -> str:
     """PROMPT_TEMPLATE filled for one cleaned caption: empty slots leave no doubled space, no
-    dangling "the ... of", and the room's article agrees ("an acoustically dampened room")."""
-    tail = _TAIL
-    for slot in SLOTS:
-        tail = tail.replace(f"<{slot}>", getattr(d, slot) or "")
-    tail = re.sub(r" {2,}", " ", tail).replace(" the of ", " ")
-    tail = re.sub(r"\b(from|of) a (?=[aeiou])", r"\1 an ", tail)
-    return f"{_HEAD}{caption}{tail}"
+    dangling "the ... of", and the room's article agrees ("an acoustically dampened room").
+
+    With ``scene`` (sources with cleaned captions), SCENE_PROMPT_TEMPLATE: every sound with its own
+    words, ``d`` the room's."""
+    if scene is not None:
+        head, tail = SCENE_PROMPT_TEMPLATE.split("<sounds>")
+        return _fill(head, d, ROOM_SLOTS) + "; ".join(map(_sound, scene)) + tail
+    return f"{_HEAD}{caption}{_fill(_TAIL, d, SLOTS)}"
 
 
 def prompt_sentence(prompt: str) -> str:
     """The prompt's first sentence (the filled template), which an echoing model repeats."""
-    return prompt.removesuffix(" " + INSTRUCTION)
+    return prompt.removesuffix(" " + INSTRUCTION).removesuffix(" " + SCENE_INSTRUCTION)

@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
@@ -22,11 +23,12 @@ from schemas.captions import (
     RephraseRequest,
     RephraseResult,
     RephraseSettings,
+    SourceWords,
 )
 from tasks.errors import SpatialAudioCapsError
 from tasks.prompting import CaptionRejected, build_prompt, screen_caption
 from tasks.rephrase.phrasing import TEMPLATE_VERSION, template_caption
-from tasks.rephrase.validation import judge
+from tasks.rephrase.validation import hard_negative, judge
 
 
 class BackendUnavailable(SpatialAudioCapsError):
@@ -42,6 +44,8 @@ class Generation:
     caption: str
     descriptors: Descriptors
     seed: int
+    scene: tuple[SourceWords, ...] | None = None
+    """A scene request's sources (cleaned captions); ``descriptors`` are then the room's words."""
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,15 @@ def recorded_model(settings: RephraseSettings) -> str:
     return TEMPLATE_VERSION if settings.backend == "template" else settings.model
 
 
-def derive_seed(caption: str, d: Descriptors, model: str, base_seed: int, attempt: int) -> int:
+def derive_seed(
+    caption: str, d: Descriptors, model: str, base_seed: int, attempt: int,
+    scene: Sequence[SourceWords] | None = None,
+) -> int:
     """A stable per-sample seed: the same caption, labels, model and base seed give the same text
-    whatever the batch, and each retry gets a new one. 31 bits fit every backend's seed type."""
-    key = "\x1f".join([caption, *(getattr(d, s) or "" for s in SLOTS), model, str(base_seed), str(attempt)])
+    whatever the batch, and each retry gets a new one. 31 bits fit every backend's seed type. A
+    scene's sources enter it too (two scenes may share source 0); ELSA seeds are as before."""
+    parts = [caption, *(getattr(d, s) or "" for s in SLOTS), model, str(base_seed), str(attempt)]
+    key = "\x1f".join(parts + [s.model_dump_json() for s in scene or ()])
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF
 
 
@@ -84,6 +93,7 @@ class _Pending:
     request: RephraseRequest
     caption: str
     prompt: str
+    scene: tuple[SourceWords, ...] | None = None
     failures: list[list[OutputFlaw]] = field(default_factory=list)
     tokens: int = 0
 
@@ -129,12 +139,13 @@ class RephraseBackend(ABC):
         self.stats.seconds += time.perf_counter() - t0
         return out
 
-    def _result(self, p: _Pending, **fields: object) -> RephraseResult:
+    def _result(self, p: _Pending, caption: str, **fields: object) -> RephraseResult:
         raw = p.request.caption  # screened, so bytes here are valid UTF-8
         return RephraseResult(
             sample_id=p.request.sample_id, original_caption=raw if isinstance(raw, str) else raw.decode(),
             descriptors=p.request.descriptors, prompt=p.prompt, backend=self.name, model=self.model,
-            attempt_flaws=p.failures, **fields,
+            attempt_flaws=p.failures, caption=caption,
+            hard_negative=hard_negative(caption, p.scene) if p.scene else None, **fields,
         )
 
     def rephrase(self, batch: list[RephraseRequest]) -> list[RephraseResult]:
@@ -145,16 +156,19 @@ class RephraseBackend(ABC):
         for i, req in enumerate(batch):
             try:
                 caption = screen_caption(req.caption, cfg)
+                scene = None if req.scene is None else tuple(
+                    s.model_copy(update={"caption": screen_caption(s.caption, cfg)}) for s in req.scene)
             except CaptionRejected as exc:
                 results[i] = _rejected(req, self.name, self.model, exc)
                 continue
-            pending.append(_Pending(i, req, caption, build_prompt(caption, req.descriptors)))
+            pending.append(_Pending(i, req, caption, build_prompt(caption, req.descriptors, scene), scene))
         for attempt in range(settings.max_retries + 1):
             if not pending:
                 break
             jobs = [
                 Generation(p.prompt, p.caption, p.request.descriptors,
-                           derive_seed(p.caption, p.request.descriptors, self.model, p.request.seed, attempt))
+                           derive_seed(p.caption, p.request.descriptors, self.model, p.request.seed, attempt,
+                                       p.scene), p.scene)
                 for p in pending
             ]
             still: list[_Pending] = []
@@ -164,7 +178,7 @@ class RephraseBackend(ABC):
                     p.failures.append([OutputFlaw.BACKEND_ERROR])
                     still.append(p)
                     continue
-                text, flags = judge(gen.text, p.prompt, p.caption, p.request.descriptors, cfg)
+                text, flags = judge(gen.text, p.prompt, p.caption, p.request.descriptors, cfg, p.scene)
                 if flags.passed:
                     results[p.index] = self._result(
                         p, status="ok", caption=text, produced_by=self.name, attempts=attempt + 1,
@@ -179,9 +193,10 @@ class RephraseBackend(ABC):
         return [r for r in results if r is not None]
 
     def _fallback(self, p: _Pending) -> RephraseResult:
-        seed = derive_seed(p.caption, p.request.descriptors, TEMPLATE_VERSION, p.request.seed, 0)
-        raw = template_caption(p.caption, p.request.descriptors, seed)
-        text, flags = judge(raw, p.prompt, p.caption, p.request.descriptors, self.settings.validation)
+        seed = derive_seed(p.caption, p.request.descriptors, TEMPLATE_VERSION, p.request.seed, 0, p.scene)
+        raw = template_caption(p.caption, p.request.descriptors, seed, p.scene)
+        cfg = self.settings.validation
+        text, flags = judge(raw, p.prompt, p.caption, p.request.descriptors, cfg, p.scene)
         return self._result(
             p, status="fallback", caption=text, produced_by="template", attempts=len(p.failures),
             seed=seed, generated_tokens=p.tokens, validation=flags,

@@ -1,7 +1,9 @@
 """Content-addressed cache of rephrased captions: the same request never reaches the LLM twice.
 
 A key is the sha256 of everything that decides a result: the caption, its descriptors, the model,
-the base seed, the prompt and template versions, and the sampling and validation settings.
+the base seed, the prompt and template versions, and the sampling and validation settings; for a
+scene request also every source's words and the scene prompt and template versions (entries an ELSA
+request's key does not have, so ELSA keys are what they were before scenes).
 
 Each finished batch is one parquet part, ``<batch hash>.parquet``, with a ``key`` column (the
 32-byte digest) and a ``result`` column (the result as JSON), written atomically
@@ -32,8 +34,8 @@ from pydantic import ValidationError
 
 from schemas.captions import CaptionSettings, RephraseRequest, RephraseResult
 from tasks.errors import SpatialAudioCapsError
-from tasks.prompting import PROMPT_VERSION
-from tasks.rephrase.phrasing import TEMPLATE_VERSION
+from tasks.prompting import PROMPT_VERSION, SCENE_PROMPT_VERSION
+from tasks.rephrase.phrasing import SCENE_TEMPLATE_VERSION, TEMPLATE_VERSION
 from tasks.storage import StorageError, is_s3, join_uri, open_storage
 
 PART_SUFFIX = ".parquet"
@@ -61,6 +63,10 @@ def cache_key(req: RephraseRequest, model: str, settings: CaptionSettings) -> st
         "temperature": settings.temperature, "max_tokens": settings.max_tokens,
         "max_retries": settings.max_retries, "validation": settings.validation.model_dump(),
     }
+    if req.scene is not None:
+        payload |= {"scene": [s.model_dump() for s in req.scene],
+                    "scene_prompt_version": SCENE_PROMPT_VERSION,
+                    "scene_template_version": SCENE_TEMPLATE_VERSION}
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 

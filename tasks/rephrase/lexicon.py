@@ -117,6 +117,47 @@ def spatial_counts(text: str) -> dict[str, dict[str, int]]:
     return counts
 
 
+_MOVES = r"(?:mov(?:es|ing|e)|travel(?:s|l?ing)|sweep(?:s|ing)?|pan(?:s|ning)?|go(?:es|ing)|head(?:s|ing)|" \
+          r"drift(?:s|ing)?|shift(?:s|ing)?|glid(?:es|ing))"
+_SIDE_TO = r"\s+(?:to(?:wards?)?|over\s+to|across\s+to|into)\s+(?:the\s+)?"
+MOTION_PATTERNS: dict[str, tuple[str, ...]] = {
+    "moving from left to right": (rf"(?:{_MOVES}\s+)?(?:from\s+)?(?:the\s+)?left{_SIDE_TO}right\b",
+                                  rf"{_MOVES}\s+(?:over\s+|across\s+)?(?:to(?:wards?)?\s+)?(?:the\s+)?right(?:wards?)?\b"),
+    "moving from right to left": (rf"(?:{_MOVES}\s+)?(?:from\s+)?(?:the\s+)?right{_SIDE_TO}left\b",
+                                  rf"{_MOVES}\s+(?:over\s+|across\s+)?(?:to(?:wards?)?\s+)?(?:the\s+)?left(?:wards?)?\b"),
+    "passing behind": (rf"(?:pass(?:es|ing)?|cross(?:es|ing)?|circl(?:es|ing)|swing(?:s|ing)|{_MOVES})\s+"
+                       r"(?:a?round\s+|across\s+)?(?:behind|the\s+(?:back|rear))\b",),
+    "approaching": (r"approach(?:es|ing)?\b", rf"(?:{_MOVES}|com(?:es|ing)|get(?:s|ting)|draw(?:s|ing))\s+"
+                    r"(?:ever\s+)?(?:closer|nearer)\b"),
+    "receding": (r"reced(?:es|ing)\b", rf"(?:{_MOVES}|get(?:s|ting))\s+(?:further\s+|farther\s+)?away\b"),
+    "rising": (r"ris(?:es|ing)\b", r"ascend(?:s|ing)?\b", rf"{_MOVES}\s+up(?:wards?)?\b"),
+    "descending": (r"descend(?:s|ing)?\b", rf"{_MOVES}\s+down(?:wards?)?\b"),
+}
+"""Motion word (schemas.captions.MotionWord) -> regex alternatives that state it, matched before the
+spatial patterns: inside "moving from the left to the right" or "passing behind", "left", "right" and
+"behind" say how the source moves, not where it is."""
+_MOTION_RE = re.compile(
+    rf"\b{_NOT_NEGATED}(?:" + "|".join(f"(?P<{_group(w)}>{'|'.join(p)})" for w, p in MOTION_PATTERNS.items())
+    + ")", re.IGNORECASE,
+)
+_MOTION_GROUP_WORD = {_group(w): w for w in MOTION_PATTERNS}
+
+
+def motion_counts(text: str) -> tuple[dict[str, int], str]:
+    """How often each motion word is stated (negated mentions don't count), and the text with those
+    phrases blanked out, case kept, so that spatial and content checks read only what is left."""
+    text = " ".join(text.split())
+    counts: dict[str, int] = {}
+    kept: list[str] = []
+    end = 0
+    for m in _MOTION_RE.finditer(text):
+        word = _MOTION_GROUP_WORD[m.lastgroup or ""]
+        counts[word] = counts.get(word, 0) + 1
+        kept.append(text[end : m.start()])
+        end = m.end()
+    return counts, " ".join([*kept, text[end:]]) if kept else text
+
+
 WORD_RE = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 
 STOPWORDS = _words("""

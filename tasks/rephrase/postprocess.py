@@ -11,7 +11,7 @@ import re
 from typing import NamedTuple
 
 from schemas.captions import OutputFlaw, ValidationConfig
-from tasks.prompting import INSTRUCTION, prompt_sentence
+from tasks.prompting import INSTRUCTION, SCENE_INSTRUCTION, prompt_sentence
 from tasks.rephrase.lexicon import is_english
 
 _ABBREVIATIONS = frozenset(("mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "approx"))
@@ -53,11 +53,14 @@ def _unwrap(text: str) -> str:
     return text
 
 
-def postprocess(raw: str, prompt: str, original: str, cfg: ValidationConfig) -> Cleaned:
-    """The first sentence of what the model meant as its answer, and the first flaw that rules it out."""
+def postprocess(raw: str, prompt: str, original: str, cfg: ValidationConfig, sources: int = 1) -> Cleaned:
+    """The first sentence of what the model meant as its answer, and the first flaw that rules it out.
+
+    ``original`` is every sound's caption; each of the ``sources`` sounds may add ``max_extra_chars``
+    (its place and motion words)."""
     text = raw.replace("\r", "\n")
     had_text = any(c.isalpha() for c in text)
-    for echo in (prompt, INSTRUCTION, prompt_sentence(prompt)):
+    for echo in (prompt, INSTRUCTION, SCENE_INSTRUCTION, prompt_sentence(prompt)):
         text = text.replace(echo, "\n")
     lines = [ln.strip() for ln in text.split("\n") if any(c.isalpha() for c in ln)]
     if not lines:
@@ -77,7 +80,7 @@ def postprocess(raw: str, prompt: str, original: str, cfg: ValidationConfig) -> 
     text = text[0].upper() + text[1:]
     if text[-1] not in ".!?":
         text = text.rstrip(",;:") + "."
-    if len(text) > len(original) + cfg.max_extra_chars:
+    if len(text) > len(original) + cfg.max_extra_chars * sources:
         return Cleaned(text, OutputFlaw.TOO_LONG)
     if not is_english(text):
         return Cleaned(text, OutputFlaw.NOT_ENGLISH)

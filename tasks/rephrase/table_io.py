@@ -17,7 +17,7 @@ from typing import BinaryIO
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from schemas.captions import (
     ATTRIBUTE_COLUMNS,
@@ -27,6 +27,7 @@ from schemas.captions import (
     Descriptors,
     RephraseRequest,
     RephraseResult,
+    SourceWords,
 )
 from tasks.descriptors import DEFAULT_DESCRIPTOR_CONFIG, describe_arrays
 from tasks.errors import SpatialAudioCapsError
@@ -53,11 +54,14 @@ STAGE_REQUEST_SCHEMA = pa.schema([
     ("seed", pa.int64()),
     *((c, pa.string()) for c in DESCRIPTOR_COLUMNS),
     ("key", KEY_TYPE),
+    ("scene", pa.string()),
 ])
 """The caption stage's requests.parquet: prompts.parquet's columns, plus ``caption_bytes`` (a caption
 given as raw bytes, ``caption`` then null: the schema is fixed before the first batch is written,
-and the cache key tells str from bytes) and ``key``, the request's cache key, computed once by the
-writer so that deciding which batches are finished never builds a request."""
+and the cache key tells str from bytes), ``key``, the request's cache key, computed once by the
+writer so that deciding which batches are finished never builds a request, and ``scene``, a scene
+request's sources as JSON (null for ELSA requests)."""
+_SCENE = TypeAdapter(list[SourceWords])
 
 
 def requests_table(requests: Sequence[RephraseRequest], keys: Sequence[str]) -> pa.Table:
@@ -72,6 +76,8 @@ def requests_table(requests: Sequence[RephraseRequest], keys: Sequence[str]) -> 
         **{c: pa.array([getattr(r.descriptors, c) for r in requests], pa.string())
            for c in DESCRIPTOR_COLUMNS},
         "key": pa.array([bytes.fromhex(k) for k in keys], KEY_TYPE),
+        "scene": pa.array([None if r.scene is None else _SCENE.dump_json(r.scene).decode() for r in requests],
+                          pa.string()),
     }, schema=STAGE_REQUEST_SCHEMA)
 
 
@@ -84,6 +90,7 @@ def requests_from_table(table: pa.Table) -> list[RephraseRequest]:
             caption=cols["caption"][i] if cols["caption"][i] is not None else cols["caption_bytes"][i],
             seed=cols["seed"][i],
             descriptors=Descriptors(**{c: cols[c][i] for c in DESCRIPTOR_COLUMNS}),
+            scene=None if cols["scene"][i] is None else _SCENE.validate_json(cols["scene"][i]),
         )
         for i in range(table.num_rows)
     ]

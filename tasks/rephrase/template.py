@@ -15,4 +15,4 @@ class TemplateBackend(RephraseBackend):
     name = "template"
 
     def _generate(self, jobs: list[Generation]) -> list[Generated]:
-        return [Generated(template_caption(j.caption, j.descriptors, j.seed)) for j in jobs]
+        return [Generated(template_caption(j.caption, j.descriptors, j.seed, j.scene)) for j in jobs]
