@@ -44,9 +44,9 @@ from schemas.shards import (
     SpatialLabels,
     make_key,
 )
+from tasks.dcase_csv import dcase_csv
 from tasks.errors import AudioRejected, SpatialAudioCapsError, registered
 from tasks.renderers import DEFAULT_RENDERER, renderer
-from tasks.scene_labels import dcase_csv
 
 TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: any fixed value makes the headers reproducible
 TAR_USER = "spatial"

@@ -21,9 +21,9 @@ from schemas.scenes import LABEL_FRAME_S, SceneConfig
 from schemas.shards import SampleRecord
 from tasks.build_file import BuildFileError, load_build, read_scene_file
 from tasks.build_stages import build_in_process
+from tasks.dcase_csv import dcase_rows, read_dcase_csv
 from tasks.doa import intensity_doa
 from tasks.errors import InvalidSceneError
-from tasks.scene_labels import dcase_rows, read_dcase_csv
 from tasks.shard_reader import read_shard
 
 ELSA_SMALL = {"source": "demo", "limit": 10, "n_rooms": 6, "shard_size": 16}

@@ -9,22 +9,12 @@ import pytest
 from schemas.rooms import SURFACES, Placement, RoomSpec, Surface
 from schemas.scenes import LABEL_FRAME_S, FrameLabel, MotionConfig, SceneConfig, SceneSourceLabels
 from schemas.sources import SourceClip
+from tasks.dcase_csv import CLASSES, OTHER, DcaseCsvError, DcaseRow, dcase_csv, dcase_rows, read_dcase_csv
 from tasks.errors import InvalidSceneError, SpatialAudioCapsError
 from tasks.rephrase import sound_sources
 from tasks.rir_engine import relative_direction
 from tasks.scene_geometry import directions_at, draw_scene
-from tasks.scene_labels import (
-    CLASSES,
-    OTHER,
-    DcaseCsvError,
-    DcaseRow,
-    class_index,
-    dcase_csv,
-    dcase_rows,
-    frame_labels,
-    read_dcase_csv,
-    source_labels,
-)
+from tasks.scene_labels import class_index, frame_labels, source_labels
 
 CAPTIONS = (("A dog barks twice",), ("A car drives past on a wet road",), ("Rain falls steadily",))
 
