@@ -89,14 +89,19 @@ def _set(doc: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def _read_yaml(path: str | Path, what: str) -> Any:
+    """A YAML file's document; BuildFileError naming ``what`` when it cannot be read or parsed."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BuildFileError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise BuildFileError(f"{what} {path} is not YAML: {' '.join(str(exc).split())}") from exc
+
+
 def read_build_file(path: str | Path) -> dict[str, dict[str, Any]]:
     """The file's ``config``/``run`` sections (each may be absent)."""
-    try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BuildFileError(f"cannot read build file {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise BuildFileError(f"build file {path} is not YAML: {' '.join(str(exc).split())}") from exc
+    doc = _read_yaml(path, "build file")
     doc = {} if doc is None else doc
     if not isinstance(doc, dict) or set(doc) - set(SECTIONS):
         extra = sorted(set(doc) - set(SECTIONS)) if isinstance(doc, dict) else type(doc).__name__
@@ -110,12 +115,7 @@ def read_build_file(path: str | Path) -> dict[str, dict[str, Any]]:
 def read_scene_file(path: str | Path) -> dict[str, Any]:
     """A scene-distribution YAML (room_specs/scenes_demo.yaml): the mapping set as ``config.scenes``,
     validated with the rest of the build so a bad field is named ``config.scenes.<field>``."""
-    try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BuildFileError(f"cannot read scene config {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise BuildFileError(f"scene config {path} is not YAML: {' '.join(str(exc).split())}") from exc
+    doc = _read_yaml(path, "scene config")
     if not isinstance(doc, dict):
         raise BuildFileError(f"scene config {path}: expected a mapping of SceneConfig fields")
     return doc

@@ -5,7 +5,9 @@ the sound comes from, then compares that with the json labels. Two estimates are
 direct sound (a 2.5 ms broadband window at the first arrival on W, which for a rendered clip
 holds no reflection yet) and the whole clip (300–3000 Hz); the smaller error counts, and a
 sample is flagged when even that exceeds the tolerance. A left/right or front/back swap, a
-FuMa/ambiX mix-up or labels from another sample give errors far beyond it.
+FuMa/ambiX mix-up or labels from another sample give errors far beyond it. A scene sample's
+labels are its source 0's first point, so its audio is checked only before any other source starts
+(``solo_until_s``): source 0 starts the scene, alone.
 
 A dataset summary needs nothing but a few columns of the manifest (read as Arrow: a paper-scale
 manifest is never a list of row objects) and a HEAD or stat per shard; ``--deep`` re-reads every
@@ -28,12 +30,12 @@ import pyarrow.compute as pc
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict
 
-from schemas.shards import RejectRow
+from schemas.shards import RejectRow, SampleRecord
 from tasks.ambisonics import angular_distance_deg
 from tasks.commit import MANIFEST, SIZES, read_manifest, read_rejects, shard_counts, sizes_json, verify_shards
 from tasks.doa import DoaError, first_arrival_index, intensity_doa
 from tasks.errors import SpatialAudioCapsError
-from tasks.shard_reader import iter_tar_samples
+from tasks.shard_reader import iter_tar_samples, read_record
 from tasks.shard_writer import ShardSample, shard_order
 from tasks.storage import ObjectMissing, Storage, StorageError, join_uri, open_storage, safe_uri
 
@@ -68,13 +70,15 @@ def doa_check(
     elevation_deg: float,
     *,
     tolerance_deg: float = DEFAULT_TOLERANCE_DEG,
+    until_s: float | None = None,
 ) -> DoaCheck:
-    """Direct-sound and whole-clip intensity DOA of FOA FLAC bytes against the labelled direction."""
+    """Direct-sound and whole-clip intensity DOA of FOA FLAC bytes against the labelled direction;
+    ``until_s``: only the audio before it (a scene's first other onset)."""
     try:
         y, fs = sf.read(io.BytesIO(flac), dtype="float64", always_2d=True)
     except (sf.SoundFileError, RuntimeError) as e:
         return _failed(key, azimuth_deg, elevation_deg, f"undecodable FLAC: {e}")
-    sig = np.ascontiguousarray(y.T)
+    sig = np.ascontiguousarray(y.T if until_s is None else y[: round(until_s * fs)].T)
     if sig.shape[0] < 4:
         return _failed(key, azimuth_deg, elevation_deg, f"{sig.shape[0]} channel(s): not FOA")
     estimates: dict[str, tuple[float, float, float] | None] = {}
@@ -208,7 +212,14 @@ def inspect_shard(
 def _check_sample(s: ShardSample, tolerance_deg: float) -> DoaCheck:
     lab = s.record.labels
     assert lab is not None
-    return doa_check(s.key, s.flac, lab.azimuth_deg, lab.elevation_deg, tolerance_deg=tolerance_deg)
+    return doa_check(s.key, s.flac, lab.azimuth_deg, lab.elevation_deg, tolerance_deg=tolerance_deg,
+                     until_s=solo_until_s(s.record))
+
+
+def solo_until_s(record: SampleRecord) -> float | None:
+    """When the first source after source 0 starts (None: ELSA, or a one-source scene)."""
+    onsets = [src.onset_s for src in record.sources or () if src.index != 0]
+    return min(onsets) if onsets else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,7 +228,7 @@ def _check_sample(s: ShardSample, tolerance_deg: float) -> DoaCheck:
 
 INSPECT_COLUMNS = (
     "key", "split", "shard", "shard_size", "shard_sha256", "shard_checksum", "duration_s", "spatial",
-    "azimuth_deg", "elevation_deg", "flac_offset", "flac_size",
+    "azimuth_deg", "elevation_deg", "flac_offset", "flac_size", "json_offset", "json_size",
 )  # what a dataset summary and the DOA check read of the manifest
 
 
@@ -233,11 +244,15 @@ def check_rows(
 ) -> list[DoaCheck]:
     """DOA checks of manifest rows, reading only their FLAC bytes (ranged reads)."""
     out = []
-    cols = ["key", "shard", "flac_offset", "flac_size", "azimuth_deg", "elevation_deg"]
+    cols = ["key", "shard", "flac_offset", "flac_size", "json_offset", "json_size", "azimuth_deg",
+            "elevation_deg"]
     for r in rows.select(cols).to_pylist():
-        flac = storage.read_range(join_uri(base, r["shard"]), r["flac_offset"], r["flac_size"])
+        shard = join_uri(base, r["shard"])
+        flac = storage.read_range(shard, r["flac_offset"], r["flac_size"])
+        record = read_record(storage.read_range(shard, r["json_offset"], r["json_size"]))
         az, el = r["azimuth_deg"], r["elevation_deg"]
-        out.append(doa_check(r["key"], flac, az, el, tolerance_deg=tolerance_deg))
+        out.append(doa_check(r["key"], flac, az, el, tolerance_deg=tolerance_deg,
+                             until_s=solo_until_s(record)))
     return out
 
 

@@ -125,6 +125,26 @@ def test_regeneration_lands_beside_the_old_version(tmp_path, flow_env):
     assert len(hashes) == 2
 
 
+def test_a_scene_build_from_the_cli(tmp_path, flow_env):
+    """`spatial-audiocaps build --source demo --scene-config room_specs/scenes_demo.yaml`: the flow
+    renders the scenes' trajectory RIRs in the bank, writes json sources and DCASE csv members, and
+    the card has its scene section and plots."""
+    result = build(tmp_path / "out", flow_env, "--source", "demo", "--limit", "3",
+                   "--scene-config", str(REPO / "room_specs" / "scenes_demo.yaml"))
+    version = _version_dir(result)
+    assert (version / "scene_placements.parquet").exists()
+    spatial = [r for r in _manifest(version) if r["spatial"]]
+    assert spatial and result["samples"] == len(_manifest(version))
+    members = []
+    for tar in version.rglob("*.tar"):
+        with tarfile.open(tar) as tf:
+            members += tf.getnames()
+    assert {n.rsplit(".", 1)[0] for n in members if n.endswith(".csv")} == {r["key"] for r in spatial}
+    card = json.loads((version / "card.json").read_text())
+    assert card["scenes"]["scenes"] == len(spatial)
+    assert "plots/scene_sources.png" in card["plots"]
+
+
 def test_bad_input_is_rejected_with_reasons_and_good_samples_survive(tmp_path, flow_env):
     corpus = tmp_path / "corpus"
     bad_audio = write_bad_audio(corpus / "bad")
