@@ -24,6 +24,7 @@ import webdataset as wds
 import yaml
 from fixtures_llm import tiny_vllm_llm  # noqa: F401 - a fixture
 
+from schemas.build import BuildConfig
 from tasks.caption_stage import batch_records, engine_records, finished_batches, read_stage
 from tasks.storage import open_storage, webdataset_url
 
@@ -194,3 +195,16 @@ def test_prefect_yaml_entrypoints_exist():
         assert f"def {func}(" in (REPO / path).read_text()
     cron = next(d for d in spec["deployments"] if d["name"] == "regenerate-room-set")["schedules"]
     assert cron and cron[0]["cron"]
+
+
+def test_build_deployments_parameters_are_build_configs():
+    """Each build deployment's config survives Prefect's JSON parameters as a BuildConfig; the scene
+    deployment's is a scene build (not normalised away to ELSA's default)."""
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    builds = {d["name"]: d for d in spec["deployments"]
+              if d["entrypoint"] == "flows/build.py:build_spatial_dataset"}
+    configs = {n: BuildConfig.model_validate(json.loads(json.dumps(d["parameters"]["config"])))
+               for n, d in builds.items()}
+    assert configs["build-spatial-audiocaps"].scenes is None
+    scenes = configs["build-spatial-audiocaps-scenes"].scenes
+    assert scenes is not None and max(scenes.sources) == 4 and scenes.motion.moving_share > 0
