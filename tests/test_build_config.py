@@ -21,6 +21,7 @@ from schemas.captions import (
     RephraseRequest,
     RephraseSettings,
 )
+from schemas.scenes import SceneConfig
 from spatial_audiocaps.cli import main
 from tasks.build_file import BuildFileError, load_build, parse_override
 from tasks.commit import config_hash
@@ -72,7 +73,8 @@ def test_execution_knobs_never_enter_the_version():
                "rephraser": CaptionSettings(temperature=0.1), "shard_size": 3, "shard_membership": "locality",
                "seed": 1, "limit": 5,
                "rir": base.rir.model_copy(update={"order": 2}),
-               "audio": base.audio.model_copy(update={"min_loop_s": 1.0})}
+               "audio": base.audio.model_copy(update={"min_loop_s": 1.0}),
+               "scenes": SceneConfig(sources={1: 1.0, 2: 1.0})}
     assert set(changes) | UNVERSIONED == set(BuildConfig.model_fields)
     hashes = {config_hash(base.model_copy(update={k: v}).versioned()) for k, v in changes.items()}
     assert len(hashes) == len(changes) and config_hash(base.versioned()) not in hashes
