@@ -12,13 +12,15 @@ from schemas.captions import DescriptorConfig, RephraseRequest, RephraseResult, 
 from schemas.doa import DoaEstimate
 from schemas.room_set import RoomSetConfig
 from schemas.rooms import Placement, RirRecord, RirSettings, RoomSpec
+from schemas.scenes import SceneConfig, ScenePlan, SceneSourceLabels
 from schemas.shards import DatasetCard, ManifestRow, RejectRow, SampleRecord
 from schemas.sources import SourceClip, SourceReject
 
 MODELS: tuple[type[BaseModel], ...] = (
     RoomSetConfig, RoomSpec, Placement, RirSettings, RirRecord, DoaEstimate,
     AudioPrepConfig, SourceInfo, PreparedClip, RenderedInfo, SourceClip, SourceReject,
-    DescriptorConfig, RephraseSettings, RephraseRequest, RephraseResult,
+    DescriptorConfig, RephraseSettings, RephraseRequest, RephraseResult, SceneConfig, ScenePlan,
+    SceneSourceLabels,
     SampleRecord, ManifestRow, RejectRow, DatasetCard,
 )
 
