@@ -1,7 +1,8 @@
 """``make demo``: the whole build flow on the embedded defaults.
 
 Ephemeral Prefect, local output, the built-in demo corpus, the template rephraser, the paper's
-room distribution. Ends by printing where the dataset card is.
+room distribution. Ends by printing where the dataset card is. ``--scenes YAML`` (``make
+demo-scenes``: room_specs/scenes_demo.yaml) builds multi-source, moving-source scenes instead.
 """
 
 from __future__ import annotations
@@ -21,13 +22,17 @@ def main() -> None:
     parser.add_argument("--out", default="out")
     parser.add_argument("--clips", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--scenes", default=None, metavar="YAML", help="a scene distribution")
     args = parser.parse_args()
 
     from flows.build import build_spatial_dataset
     from schemas.build import BuildConfig, RunOptions
+    from tasks.build_file import read_scene_file
 
-    result = build_spatial_dataset(config=BuildConfig(source="demo", limit=args.clips, shard_size=32),
-                                   run=RunOptions(n_workers=args.workers, progress=True), output=args.out)
+    scenes = read_scene_file(args.scenes) if args.scenes else None
+    config = BuildConfig(source="demo", limit=args.clips, shard_size=32, scenes=scenes)
+    result = build_spatial_dataset(config=config, run=RunOptions(n_workers=args.workers, progress=True),
+                                   output=args.out)
     print(json.dumps(result.model_dump(mode="json"), indent=2))
     print(f"\nDataset card: {result.card}")
 
