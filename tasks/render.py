@@ -92,9 +92,11 @@ def _render_items(
 
     for item in locality_order(items):
         clips = [clip(uri) for uri in _clip_uris(item)]
-        bad = next((c for c in clips if isinstance(c, AudioRejected)), None)
+        bad = next(((n, c) for n, c in enumerate(clips) if isinstance(c, AudioRejected)), None)
         if bad is not None:
-            rejects.append(RenderReject(item.key, item.dataset, item.clip_id, bad.reason, bad.detail))
+            n, exc = bad
+            detail = exc.detail if n == 0 else f"scene source {n} ({_clip_uris(item)[n]}): {exc.detail}"
+            rejects.append(RenderReject(item.key, item.dataset, item.clip_id, exc.reason, detail))
             continue
         mono, clip_info = clips[0]  # type: ignore[misc]
         if item.scene is not None:
