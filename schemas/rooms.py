@@ -82,6 +82,17 @@ class Placement(BaseModel):
     elevation_deg: float = Field(ge=-90.0, le=90.0)
     distance_m: float = Field(gt=0.0)
     room_set_hash: str
+    early_window_s: float | None = Field(
+        None, gt=0.0, exclude_if=lambda v: v is None,
+        description="a moving source's trajectory point: render only the direct sound and the "
+        "reflections within this long after it (the scene renderer takes the late part from the "
+        "source's first point); None: the whole RIR (every room-set placement)",
+    )
+    calibrate_at_m: tuple[float, float, float] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="calibrate the absorption for a source at this position instead of source_m (a "
+        "trajectory point: its path's first point, so the path shares one absorption)",
+    )
 
 
 class IsmDetails(BaseModel):
@@ -93,6 +104,11 @@ class IsmDetails(BaseModel):
     absorption_scale: float = Field(description="calibration factor applied to every surface")
     calibration_iterations: int
     target_t30_s: float = Field(description="the T30 the absorption was calibrated to")
+    early_window_s: float | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="set when the RIR holds only the direct sound and the reflections of this long "
+        "after it (a moving source's trajectory point): no T30/EDT, DRR and C50 of that part only",
+    )
 
 
 class RirRecord(BaseModel):

@@ -24,6 +24,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Motion = Literal["static", "linear", "arc"]
 LABEL_FRAME_S = 0.1
 """Label frames of the json trajectory and the DCASE csv (STARSS23: 100 ms)."""
+EARLY_AFTER_DIRECT_S = 0.05
+"""A moving source's per-point RIR part runs this long past the latest direct sound of its points
+(tasks.scene_render): the direct path and the early reflections that carry direction (past the
+engine's mixing time of 2*sqrt(V) ms for rooms up to ~600 m^3)."""
+SPLIT_FADE_S = 0.005
+"""Raised-cosine handover from the per-point early parts to the shared late part."""
+EARLY_REACH_S = EARLY_AFTER_DIRECT_S + SPLIT_FADE_S
+"""How far after the path's latest direct sound each trajectory point is convolved."""
+POINT_EARLY_WINDOW_S = 0.12
+"""How much of a moving source's later trajectory points the bank renders: the direct sound and
+the reflections of this long after it. With EARLY_REACH_S, this covers paths whose range from the
+receiver changes by up to (0.12 - 0.055) s x 343 m/s = 22 m; longer changes are refused."""
+SPEED_OF_SOUND_M_S = 343.0
 
 
 def _range(v: tuple[float, float], name: str) -> tuple[float, float]:

@@ -11,6 +11,7 @@ and absorption is calibrated until the measured T30 hits the target.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -297,8 +298,12 @@ def _render_channels(
     scale: float,
     channels: list[int],
     anechoic: bool,
+    early_window_s: float | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Render the given ACN channels at one absorption scale; returns (C, N) and the ISM order."""
+    """Render the given ACN channels at one absorption scale; returns (C, N) and the ISM order.
+    ``early_window_s``: only the first samples of that RIR, up to that long after the direct sound
+    (the same images, crossfade and tail noise as the whole RIR there; the tail's shaping and the
+    high-pass see the shorter buffer, which moves only its last milliseconds)."""
     max_order = 0 if anechoic else settings.max_ism_order
     room = _shoebox(spec, scale, settings, max_order)
     img = _image_sources(room, receiver, yaw_deg, source)
@@ -319,6 +324,10 @@ def _render_channels(
             x = np.clip((t_complete - img.times_s) / max(fade, 1e-9), 0.0, 1.0)
             weight = np.where(img.times_s > t_complete - fade, np.sin(0.5 * np.pi * x) ** 2, 1.0)
 
+    if early_window_s is not None and not anechoic:
+        length_s = min(length_s, direct_s + early_window_s)
+        n_samples = math.ceil(length_s * fs) + constants.get("frac_delay_length")
+        keep &= img.times_s < length_s
     sh = real_sh_sn3d(settings.order, img.azimuth, img.elevation)[channels]
     amp = img.amp * weight[None, :]
     rir = _lay_down(img.times_s[keep], amp[:, keep], sh[:, keep], room, n_samples)
@@ -361,8 +370,20 @@ def render_rir(
     yaw_deg: float = 0.0,
     settings: RirSettings | None = None,
     anechoic: bool = False,
+    early_window_s: float | None = None,
+    calibrate_at: tuple[float, float, float] | None = None,
 ) -> RenderedRir:
-    """Render a calibrated ambisonic RIR (ACN/SN3D) for one source and receiver."""
+    """Render a calibrated ambisonic RIR (ACN/SN3D) for one source and receiver.
+
+    ``early_window_s``: only the direct sound and the reflections arriving within that long after
+    it, at the calibrated absorption (calibration renders W alone; the early part is then cheap:
+    no late tail, images up to the window). For the points of a moving source, whose late part the
+    scene renderer takes from one whole RIR: at the room's uncalibrated absorption instead, the
+    early reflections' strength differed enough to move frame directions by ~2 deg.
+    ``calibrate_at``: take the absorption calibrated for a source there instead (the path's first
+    point: every point of a path then shares the absorption of the RIR whose late part it uses, and
+    the calibration, the costly part of an early part, runs once per path and process).
+    """
     settings = settings or RirSettings()
     validate_geometry(spec.dims_m, receiver, source)
     az, el, dist = relative_direction(receiver, yaw_deg, np.asarray(source, dtype=float))
@@ -373,8 +394,18 @@ def render_rir(
         c = pra.constants.get("c")
         air = air_absorption(settings.fs) if settings.air_absorption else np.zeros(len(OCTAVE_BANDS_HZ))
         check_reachable(spec, settings, air, c)
-        scale, iterations, w = _calibrate(spec, receiver, yaw_deg, source, settings, air, c)
-    if w is None:
+        if calibrate_at is None:
+            scale, iterations, w = _calibrate(spec, receiver, yaw_deg, source, settings, air, c)
+        else:
+            validate_geometry(spec.dims_m, receiver, calibrate_at)
+            room_json = spec.model_dump_json(exclude=set(RoomSpec.model_computed_fields))
+            scale, iterations = _calibrated_scale(room_json, tuple(receiver), yaw_deg,
+                                                  tuple(calibrate_at), settings.model_dump_json())
+    if early_window_s is not None:
+        rir, ism_order = _render_channels(
+            spec, receiver, yaw_deg, source, settings, scale, all_channels, anechoic, early_window_s
+        )
+    elif w is None:
         rir, ism_order = _render_channels(
             spec, receiver, yaw_deg, source, settings, scale, all_channels, anechoic
         )
@@ -393,6 +424,20 @@ def render_rir(
         elevation_deg=float(np.degrees(el[0])),
         distance_m=float(dist[0]),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrated_scale(
+    spec_json: str, receiver: tuple[float, float, float], yaw_deg: float, source: tuple[float, float, float],
+    settings_json: str,
+) -> tuple[float, int]:
+    """_calibrate's absorption scale and iterations for a source position, memoised per process
+    (keys are the frozen inputs as JSON): the points of one path ask for their first point's."""
+    spec, settings = RoomSpec.model_validate_json(spec_json), RirSettings.model_validate_json(settings_json)
+    c = pra.constants.get("c")
+    air = air_absorption(settings.fs) if settings.air_absorption else np.zeros(len(OCTAVE_BANDS_HZ))
+    scale, iterations, _ = _calibrate(spec, receiver, yaw_deg, source, settings, air, c)
+    return scale, iterations
 
 
 def _calibrate(
@@ -487,10 +532,13 @@ def _model_step(
 
 
 def measure(rendered: RenderedRir, *, placement_id: str, room_id: str, room_set_hash: str,
-            target_t30_s: float, order: int, anechoic: bool = False) -> RirRecord:
-    """The record of a rendered shoebox RIR: the common measures plus the ISM sub-record."""
+            target_t30_s: float, order: int, anechoic: bool = False,
+            early_window_s: float | None = None) -> RirRecord:
+    """The record of a rendered shoebox RIR: the common measures plus the ISM sub-record (an early
+    part alone has no decay: no T30/EDT, and its DRR and C50 are of that part)."""
     m = room_acoustics.measure_response(
-        rendered.rir, rendered.fs, rendered.azimuth_deg, rendered.elevation_deg, anechoic=anechoic
+        rendered.rir, rendered.fs, rendered.azimuth_deg, rendered.elevation_deg,
+        anechoic=anechoic or early_window_s is not None,
     )
     return RirRecord(
         placement_id=placement_id,
@@ -509,6 +557,7 @@ def measure(rendered: RenderedRir, *, placement_id: str, room_id: str, room_set_
             absorption_scale=rendered.absorption_scale,
             calibration_iterations=rendered.calibration_iterations,
             target_t30_s=target_t30_s,
+            early_window_s=early_window_s,
         ),
         **asdict(m),
     )

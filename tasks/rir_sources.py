@@ -48,10 +48,11 @@ class ShoeboxIsm:
         self, room: RoomSpec, placement: Placement, settings: RirSettings
     ) -> tuple[np.ndarray, RirRecord]:
         p = placement
-        rendered = render_rir(room, p.receiver_m, p.source_m, p.receiver_yaw_deg, settings)
+        rendered = render_rir(room, p.receiver_m, p.source_m, p.receiver_yaw_deg, settings,
+                              early_window_s=p.early_window_s, calibrate_at=p.calibrate_at_m)
         record = measure(
             rendered, placement_id=p.placement_id, room_id=p.room_id, room_set_hash=p.room_set_hash,
-            target_t30_s=room.target_t30_s, order=settings.order,
+            target_t30_s=room.target_t30_s, order=settings.order, early_window_s=p.early_window_s,
         )
         return rendered.rir, record
 

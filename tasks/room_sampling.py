@@ -237,7 +237,12 @@ def rooms_table(rooms: list[RoomSpec], digest: str) -> pa.Table:
 
 
 def placements_table(placements: list[Placement], digest: str) -> pa.Table:
-    table = pa.Table.from_pylist([p.model_dump() for p in placements])
+    """Placements as a table; a field left out of every dump (``early_window_s`` of room-set
+    placements) has no column, one set on some rows is null on the others."""
+    rows = [p.model_dump() for p in placements]
+    present = {k for r in rows for k in r}
+    columns = [k for k in Placement.model_fields if k in present]
+    table = pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows])
     return table.replace_schema_metadata({"room_set_hash": digest})
 
 

@@ -41,7 +41,16 @@ from typing import NamedTuple
 import numpy as np
 
 from schemas.rooms import Placement, RoomSpec
-from schemas.scenes import Motion, SceneConfig, ScenePlan, ScenePoint, SceneSource
+from schemas.scenes import (
+    EARLY_REACH_S,
+    POINT_EARLY_WINDOW_S,
+    SPEED_OF_SOUND_M_S,
+    Motion,
+    SceneConfig,
+    ScenePlan,
+    ScenePoint,
+    SceneSource,
+)
 from schemas.sources import SourceClip
 from tasks.errors import InvalidSceneError
 from tasks.rir_engine import relative_direction
@@ -108,8 +117,10 @@ def draw_scene(
             placements.setdefault(base.placement_id, base)
         else:
             points = []
-            for t, p in _trajectory(path, receiver, cfg.rir_step_deg):
-                placement = _point_placement(base, p)
+            trajectory = _trajectory(path, receiver, cfg.rir_step_deg)
+            _check_early_window(trajectory, receiver, room, i)
+            for k, (t, p) in enumerate(trajectory):
+                placement = _point_placement(base, p, trajectory[0][1] if k > 0 else None)
                 placements.setdefault(placement.placement_id, placement)
                 points.append(ScenePoint(
                     placement_id=placement.placement_id, time_s=t, azimuth_deg=placement.azimuth_deg,
@@ -332,16 +343,37 @@ def _trajectory(path: _Path, receiver: np.ndarray, step_deg: float) -> list[tupl
     return [(float(times[j]), pos[:, j]) for j in chosen]
 
 
-def _point_placement(base: Placement, position: np.ndarray) -> Placement:
+def _check_early_window(
+    trajectory: list[tuple[float, np.ndarray]], receiver: np.ndarray, room: RoomSpec, index: int
+) -> None:
+    """A path's later points hold POINT_EARLY_WINDOW_S after their own direct sound, and the
+    renderer convolves each up to EARLY_REACH_S after the path's latest direct sound: the range may
+    change by at most the difference, in sound travel."""
+    ranges = [float(np.linalg.norm(p - receiver)) for _, p in trajectory]
+    spread_s = (max(ranges) - min(ranges)) / SPEED_OF_SOUND_M_S
+    if spread_s + EARLY_REACH_S > POINT_EARLY_WINDOW_S:
+        raise InvalidSceneError(
+            f"room {room.room_id}: source {index}'s range changes by {max(ranges) - min(ranges):.1f} m along "
+            f"its path, more than its points' early window ({POINT_EARLY_WINDOW_S} s) covers"
+        )
+
+
+def _point_placement(base: Placement, position: np.ndarray, first: np.ndarray | None = None) -> Placement:
     """The bank placement of a trajectory point: the base's room, split and receiver, an id from the
-    millimetre position, labels from the position."""
+    millimetre position, labels from the position. ``first``: the path's first point, given for a
+    moving source's later points, whose RIR is only its early part (``POINT_EARLY_WINDOW_S``, at the
+    absorption calibrated for ``first``; id suffix ``e``): the scene renderer convolves only that
+    part per point and the late part once, from the first point's whole RIR."""
+    early = first is not None
     mm = ",".join(str(int(v)) for v in np.round(np.asarray(position) * 1000.0))
-    pid = f"{base.placement_id}~{hashlib.sha256(mm.encode()).hexdigest()[:12]}"
+    pid = f"{base.placement_id}~{hashlib.sha256(mm.encode()).hexdigest()[:12]}{'e' if early else ''}"
     az, el, dist = _directions(base.receiver_m, base.receiver_yaw_deg, np.asarray(position)[:, None])
     return Placement(
         placement_id=pid, room_id=base.room_id, split=base.split, receiver_m=base.receiver_m,
         receiver_yaw_deg=base.receiver_yaw_deg, source_m=_triple(position), azimuth_deg=float(az[0]),
         elevation_deg=float(el[0]), distance_m=float(dist[0]), room_set_hash=base.room_set_hash,
+        early_window_s=POINT_EARLY_WINDOW_S if early else None,
+        calibrate_at_m=_triple(first) if first is not None else None,
     )
 
 

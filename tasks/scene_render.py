@@ -14,7 +14,8 @@ interval, with ``EDGE_FADE_S`` fades at both edges, and convolved:
   inverse FFT) and overlap-added. Because a listener hears the late diffuse tail of a room
   as the same from every position, only the *early* part of each point's RIR (up to
   ``EARLY_AFTER_DIRECT_S`` past the latest direct sound, then a ``SPLIT_FADE_S`` raised-cosine
-  handover) is convolved per point; the late part is taken from one point (the middle one) and
+  handover) is convolved per point; the late part is taken from one point (the first: the bank
+  renders a path's later points as early parts only, schemas.scenes.POINT_EARLY_WINDOW_S) and
   convolved once with the whole input. This keeps a moving source at about two static
   convolutions of CPU instead of one per point; with identical point RIRs the split is exact, and
   against the exact time-varying convolution with every point's full RIR the 100 ms frame DOAs
@@ -52,7 +53,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from schemas.audio import AudioPrepConfig, RejectReason, RenderedInfo
-from schemas.scenes import LABEL_FRAME_S, ScenePlan, SceneSource
+from schemas.scenes import EARLY_AFTER_DIRECT_S, LABEL_FRAME_S, SPLIT_FADE_S, ScenePlan, SceneSource
 from tasks.audio_prep import (
     RirSpectrum,
     convolve,
@@ -66,12 +67,6 @@ from tasks.renderers import DEFAULT_RENDERER
 
 EDGE_FADE_S = 0.01
 """Raised-cosine fade at both edges of a source's active interval (no click at onset/offset)."""
-EARLY_AFTER_DIRECT_S = 0.05
-"""A moving source's per-point RIR part runs this long past the latest direct sound of its points:
-the direct path and the early reflections that carry direction (past the engine's mixing time of
-2*sqrt(V) ms for rooms up to ~600 m^3)."""
-SPLIT_FADE_S = 0.005
-"""Raised-cosine handover from the per-point early parts to the shared late part."""
 MISSING_RIR = "rir_failed"
 """The reject code of a sample whose RIR the bank does not hold (as tasks/render.py)."""
 _CHUNK_BYTES = 1 << 25  # bound on the spectra of one batch of trajectory points
@@ -208,15 +203,18 @@ def convolve_trajectory(
     fade = round(SPLIT_FADE_S * sr)
     e_len = min(split + fade, length)
     early = np.zeros((len(hs), hs[0].shape[0], e_len), dtype=np.float32)
-    for k, h in enumerate(hs):
+    for k, h in enumerate(hs):  # a shorter RIR ends early (anechoic, or an early part: all it holds)
         part = h[:, :e_len]
         early[k, :, : part.shape[1]] = part
     out = np.zeros((hs[0].shape[0], x.shape[0] + length - 1), dtype=np.float32)
     fft_size = 0
+    # The late part is the longest RIR's: the first point's, the only whole RIR of a path whose
+    # later points the bank rendered as early parts (schemas.scenes.POINT_EARLY_WINDOW_S).
+    full = max(range(len(hs)), key=lambda k: hs[k].shape[1])
     if e_len < length:
         ramp = _ramp(fade)
         early[:, :, split:e_len] *= ramp[::-1]
-        tail = hs[len(hs) // 2][:, split:].copy()
+        tail = hs[full][:, split:].copy()
         tail[:, :fade] *= ramp[: tail.shape[1]]
         late = RirSpectrum.from_rir(tail, sr, block_size)
         y = convolve(x, late)

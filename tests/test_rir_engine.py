@@ -229,3 +229,33 @@ def test_unreachable_t30_is_rejected():
         render_rir(big_dead, (5.0, 5.0, 1.5), (8.0, 6.0, 1.5))
     with pytest.raises(UnreachableT30Error, match="render limit"):
         render_rir(_room(t30=30.0), (5.0, 5.0, 1.5), (8.0, 6.0, 1.5))
+
+
+def test_an_early_part_is_the_whole_rirs_first_samples_and_is_recorded_as_such():
+    """A moving source's later trajectory points are rendered as their first ``early_window_s``
+    only: the same calibrated images, crossfade and tail noise as the whole RIR there (the band
+    filters and high-pass see a shorter buffer: under 1e-3 of the peak where the scene renderer
+    uses it, a few 1e-3 towards the window's end), at a fraction of
+    its length; its record has no T30/EDT and says which part it holds."""
+    surface = Surface(material="x", absorption=[0.17] * 8, scattering=[0.1] * 8)
+    room = RoomSpec(room_id="e", dims_m=(10.0, 8.0, 3.5), surfaces=dict.fromkeys(SURFACES, surface),
+                    target_t30_s=0.7)
+    whole = render_rir(room, (4.0, 3.0, 1.5), (6.0, 4.5, 1.8))
+    early = render_rir(room, (4.0, 3.0, 1.5), (6.0, 4.5, 1.8), early_window_s=0.12)
+    assert early.absorption_scale == whole.absorption_scale
+    # a path's later point takes its first point's absorption (memoised per process)
+    later = render_rir(room, (4.0, 3.0, 1.5), (6.5, 4.0, 1.8), early_window_s=0.12,
+                       calibrate_at=(6.0, 4.5, 1.8))
+    assert later.absorption_scale == whole.absorption_scale
+    direct = int(np.argmax(np.abs(whole.rir[0])))
+    assert early.rir.shape[1] == pytest.approx(direct + 0.12 * 48000, abs=0.005 * 48000)
+    peak = np.abs(whole.rir).max()
+    for after_s, tol in ((0.055, 2e-3), (0.1, 5e-3)):  # the renderer uses the first 55 ms after it
+        cut = direct + round(after_s * 48000)
+        assert np.abs(early.rir[:, :cut] - whole.rir[:, :cut]).max() < tol * peak
+    record = measure(early, placement_id="p", room_id="e", room_set_hash="h", target_t30_s=0.7, order=1,
+                     early_window_s=0.12)
+    assert record.t30_s is None and record.edt_s is None and record.ism.early_window_s == 0.12
+    assert record.direct_doa_error_deg < 1.0
+    assert "early_window_s" not in measure(whole, placement_id="p", room_id="e", room_set_hash="h",
+                                           target_t30_s=0.7, order=1).ism.model_dump()

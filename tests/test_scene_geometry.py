@@ -11,7 +11,14 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.rooms import SURFACES, Placement, RoomSpec, Surface
-from schemas.scenes import BackgroundConfig, MotionConfig, SceneConfig, ScenePlan, SceneSource
+from schemas.scenes import (
+    POINT_EARLY_WINDOW_S,
+    BackgroundConfig,
+    MotionConfig,
+    SceneConfig,
+    ScenePlan,
+    SceneSource,
+)
 from schemas.sources import SourceClip
 from tasks.errors import InvalidSceneError
 from tasks.rir_engine import relative_direction
@@ -145,7 +152,12 @@ def test_point_labels_equal_the_path_labels_at_their_times(moving_scenes):
                     p.azimuth_deg, p.elevation_deg, p.distance_m)
                 if p.placement_id != BASE.placement_id:
                     assert p.placement_id.startswith(f"{BASE.placement_id}~")
-                    assert len(p.placement_id.split("~")[1]) == 12
+                    # a moving source's later points are early parts (id suffix e), its first is whole
+                    early = s.motion != "static" and p is not s.points[0]
+                    assert p.placement_id.split("~")[1] == p.placement_id.split("~")[1][:12] + "e" * early
+                    assert placement.early_window_s == (POINT_EARLY_WINDOW_S if early else None)
+                    first = by_id[s.points[0].placement_id].source_m
+                    assert placement.calibrate_at_m == (first if early else None)
 
 
 def test_a_static_source_0_is_the_base_placement_and_static_sources_are_apart():

@@ -17,7 +17,7 @@ from scipy import signal
 
 from schemas.audio import AudioPrepConfig, RejectReason
 from schemas.rooms import SURFACES, RirSettings, RoomSpec, Surface
-from schemas.scenes import LABEL_FRAME_S, ScenePlan, ScenePoint, SceneSource
+from schemas.scenes import LABEL_FRAME_S, POINT_EARLY_WINDOW_S, ScenePlan, ScenePoint, SceneSource
 from tasks.audio_prep import RirSpectrum, convolve, render_clip
 from tasks.doa import intensity_doa
 from tasks.errors import AudioRejected
@@ -196,6 +196,32 @@ def test_shared_late_part_does_not_bias_the_direction(rirs):
     assert max(diff) < 1.0, np.round(diff, 2)
     energy_db = 10 * math.log10(np.sum(ours[0].astype(float) ** 2) / np.sum(exact[0] ** 2))
     assert abs(energy_db) < 0.5
+
+
+def test_early_part_points_as_the_bank_renders_them_match_whole_calibrated_rirs():
+    """What the bank gives a moving source: its first point whole, every later point only its first
+    POINT_EARLY_WINDOW_S (a fifth to a tenth of the bytes) at the first point's calibrated
+    absorption. Against every point's whole RIR (each calibrated for itself) through the exact
+    time-varying convolution, frame directions and W energy agree."""
+    path = Path(0.0, DURATION, ARC["n"], arc=ARC["arc"])
+    calibrated = RirSettings()
+    whole = [render_rir(ROOM, RECEIVER, tuple(path.xyz[:, k]), settings=calibrated).rir
+             for k in range(path.xyz.shape[1])]
+    first = tuple(path.xyz[:, 0])
+    bank = [whole[0]] + [render_rir(ROOM, RECEIVER, tuple(path.xyz[:, k]), settings=calibrated,
+                                    early_window_s=POINT_EARLY_WINDOW_S, calibrate_at=first).rir
+                         for k in range(1, path.xyz.shape[1])]
+    assert all(h.shape[1] < whole[0].shape[1] / 2 for h in bank[1:])
+    x = _noise(DURATION, 5)
+    offsets = [round(t * SR) for t in path.times]
+    ours, _ = convolve_trajectory(x, offsets, bank, SR, 1 << 15)
+    exact = _exact_time_varying(x, offsets, whole)
+    n = min(ours.shape[1], exact.shape[1])
+    frames = range(round(DURATION / LABEL_FRAME_S))
+    diff = [angular_distance_deg(*_frame_doa(ours[:, :n], f), *_frame_doa(exact[:, :n], f)) for f in frames]
+    assert max(diff) < 0.5, np.round(diff, 2)
+    energy_db = 10 * math.log10(np.sum(ours[0, :n].astype(float) ** 2) / np.sum(exact[0, :n] ** 2))
+    assert abs(energy_db) < 0.1, energy_db
 
 
 def test_identical_points_reproduce_the_static_convolution(rirs):
