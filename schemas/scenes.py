@@ -89,7 +89,8 @@ class SceneConfig(BaseModel):
     Positions of sources other than the base placement's are drawn around the base placement's
     receiver, inside the ranges below (the project's convention), at least ``min_separation_deg``
     apart and ``source_clearance_m`` from every surface; a trajectory must stay inside the same
-    clearance over its whole path.
+    clearance over its whole path (source 0 starts at the room set's placement, which keeps the
+    room set's own source clearance).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -148,12 +149,20 @@ class SceneConfig(BaseModel):
                 f"an onset up to {self.onset_s[1]} s plus the shortest active interval {self.min_active_s} s "
                 f"runs past the scene's {self.duration_s} s"
             )
-        k = max(self.sources)
-        if self.max_polyphony == 1 and k * self.min_active_s > self.duration_s:
-            raise ValueError(
-                f"{k} non-overlapping sources of at least {self.min_active_s} s "
-                f"do not fit in {self.duration_s} s"
-            )
+        p = self.max_polyphony
+        for k in sorted(self.sources):
+            if p is None or p >= k:
+                continue
+            # sources take turns in p lanes (tasks.scene_geometry): lane 0 from 0 s, the others
+            # from an onset; each source sounds for at least min_active_s
+            first, other = -(-k // p), -(-(k - 1) // p)
+            if first * self.min_active_s > self.duration_s or (
+                self.onset_s[0] + other * self.min_active_s > self.duration_s
+            ):
+                raise ValueError(
+                    f"{k} sources, at most {p} at once, of at least {self.min_active_s} s each "
+                    f"do not fit in {self.duration_s} s"
+                )
         if self.distance_m[0] <= 0:
             raise ValueError(f"distances must be positive, got {self.distance_m}")
         if self.elevation_deg[0] < -90.0 or self.elevation_deg[1] > 90.0:

@@ -17,8 +17,9 @@ bands shaded, and a room-size scatter (floor area against T30, one point per roo
 from __future__ import annotations
 
 import io
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from tasks.descriptors import SLOT_LABELS
 from tasks.descriptors import descriptor_bands as table_bands
 from tasks.errors import SpatialAudioCapsError
 from tasks.plan_table import PLAN, iter_scenes
-from tasks.scene_card import scene_figures, scene_stats
+from tasks.scene_card import scene_figures, tally
 from tasks.storage import Storage, join_uri, open_storage, safe_uri
 
 CARD_JSON = "card.json"
@@ -567,17 +568,20 @@ def render_readme(card: DatasetCard, *, uri: str = "") -> str:
 # the stage
 
 
-def _scenes_of(st: Storage, base: str) -> list[ScenePlan]:
-    """The drawn scenes of the manifest's samples (from plan.parquet); none for ELSA builds (whose
-    manifest keys are then never read) or a version without a plan."""
+def _scenes_of(st: Storage, base: str) -> Iterator[ScenePlan]:
+    """The drawn scenes of the manifest's samples, streamed from plan.parquet; none for ELSA builds
+    (whose manifest keys are then never read) or a version without a plan."""
     plan = join_uri(base, PLAN)
     if not st.exists(plan):
-        return []
-    scenes = dict(iter_scenes(plan))
-    if not scenes:
-        return []
-    keys = read_manifest(st, base, ["key"]).column("key").to_pylist()
-    return [scenes[k] for k in keys if k in scenes]
+        return
+    scenes = iter_scenes(plan)
+    first = next(scenes, None)
+    if first is None:
+        return
+    keys = set(read_manifest(st, base, ["key"]).column("key").to_pylist())
+    for key, scene in itertools.chain([first], scenes):
+        if key in keys:
+            yield scene
 
 
 def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | None = None) -> DatasetCard:
@@ -593,10 +597,10 @@ def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | 
     parts = base.rstrip("/").split("/")
     dataset, version = (parts[-2], parts[-1]) if len(parts) >= 2 else ("dataset", parts[-1])
     plots = render_plots(rows)
-    scenes = _scenes_of(st, base)
-    stats = scene_stats(scenes)
+    scenes = tally(_scenes_of(st, base))
+    stats = scenes.stats()
     if stats is not None:
-        figures = scene_figures(stats, scenes, _plt())
+        figures = scene_figures(stats, scenes.speeds, _plt())
         plots.update({f"{PLOTS_DIR}/{name}.png": _png(fig) for name, fig in figures.items()})
     card = compute_card(
         rows, rejects, dataset=dataset, version=version, generated_at=generated_at, plots=sorted(plots)

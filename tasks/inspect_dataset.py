@@ -7,7 +7,7 @@ holds no reflection yet) and the whole clip (300–3000 Hz); the smaller error c
 sample is flagged when even that exceeds the tolerance. A left/right or front/back swap, a
 FuMa/ambiX mix-up or labels from another sample give errors far beyond it. A scene sample's
 labels are its source 0's first point, so its audio is checked only before any other source starts
-(``solo_until_s``): source 0 starts the scene, alone.
+(``solo_until_s``; source 0 starts the scene), and not at all when that leaves under MIN_SOLO_S.
 
 A dataset summary needs nothing but a few columns of the manifest (read as Arrow: a paper-scale
 manifest is never a list of row objects) and a HEAD or stat per shard; ``--deep`` re-reads every
@@ -40,6 +40,8 @@ from tasks.shard_writer import ShardSample, shard_order
 from tasks.storage import ObjectMissing, Storage, StorageError, join_uri, open_storage, safe_uri
 
 DEFAULT_TOLERANCE_DEG = 30.0
+MIN_SOLO_S = 0.25
+"""A scene whose second source starts sooner is not checked: too little of source 0 alone."""
 DEFAULT_DOA_SAMPLES = 64
 _MAX_LISTED = 20
 
@@ -190,7 +192,9 @@ def inspect_shard(
             splits[item.split] += 1
             seconds += item.record.audio.duration_s
             if doa and item.record.labels is not None and (max_samples is None or len(checks) < max_samples):
-                checks.append(_check_sample(item, tolerance_deg))
+                check = _check_sample(item, tolerance_deg)
+                if check is not None:
+                    checks.append(check)
     dup = sorted(k for k, n in keys.items() if n > 1)
     out: dict[str, Any] = {
         "uri": safe_uri(uri),
@@ -209,11 +213,14 @@ def inspect_shard(
     return out
 
 
-def _check_sample(s: ShardSample, tolerance_deg: float) -> DoaCheck:
+def _check_sample(s: ShardSample, tolerance_deg: float) -> DoaCheck | None:
     lab = s.record.labels
     assert lab is not None
+    until = solo_until_s(s.record)
+    if until is not None and until < MIN_SOLO_S:
+        return None
     return doa_check(s.key, s.flac, lab.azimuth_deg, lab.elevation_deg, tolerance_deg=tolerance_deg,
-                     until_s=solo_until_s(s.record))
+                     until_s=until)
 
 
 def solo_until_s(record: SampleRecord) -> float | None:
@@ -249,10 +256,11 @@ def check_rows(
     for r in rows.select(cols).to_pylist():
         shard = join_uri(base, r["shard"])
         flac = storage.read_range(shard, r["flac_offset"], r["flac_size"])
-        record = read_record(storage.read_range(shard, r["json_offset"], r["json_size"]))
+        until = solo_until_s(read_record(storage.read_range(shard, r["json_offset"], r["json_size"])))
+        if until is not None and until < MIN_SOLO_S:
+            continue
         az, el = r["azimuth_deg"], r["elevation_deg"]
-        out.append(doa_check(r["key"], flac, az, el, tolerance_deg=tolerance_deg,
-                             until_s=solo_until_s(record)))
+        out.append(doa_check(r["key"], flac, az, el, tolerance_deg=tolerance_deg, until_s=until))
     return out
 
 

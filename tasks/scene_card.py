@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,41 +36,54 @@ def polyphony(scene: ScenePlan) -> dict[int, float]:
     return dict(out)
 
 
-def scene_stats(scenes: Iterable[ScenePlan]) -> SceneStats | None:
-    """The section's numbers; None when no sample is a scene (an ELSA build's card has none)."""
-    counts: Counter[int] = Counter()
-    motion: Counter[str] = Counter()
-    linear: list[float] = []
-    arc: list[float] = []
-    poly: Counter[int] = Counter()
-    n = n_background = 0
-    for scene in scenes:
-        n += 1
-        counts[len(scene.sources)] += 1
-        n_background += scene.background_snr_db is not None
+@dataclass
+class SceneTally:
+    """The section's numbers gathered in one pass over the scenes (speeds kept for the plot)."""
+
+    scenes: int = 0
+    backgrounds: int = 0
+    counts: Counter[int] = field(default_factory=Counter)
+    motion: Counter[str] = field(default_factory=Counter)
+    speeds: dict[str, list[float]] = field(default_factory=lambda: {"linear": [], "arc": []})
+    poly: Counter[int] = field(default_factory=Counter)
+
+    def add(self, scene: ScenePlan) -> None:
+        self.scenes += 1
+        self.counts[len(scene.sources)] += 1
+        self.backgrounds += scene.background_snr_db is not None
         for s in scene.sources:
-            motion[s.motion] += 1
-            if s.motion == "linear" and s.speed is not None:
-                linear.append(s.speed)
-            elif s.motion == "arc" and s.speed is not None:
-                arc.append(s.speed)
-        poly.update(polyphony(scene))
-    if not n:
-        return None
-    sources = sum(motion.values())
-    total = sum(poly.values())
-    return SceneStats(
-        scenes=n, sources=sources, sources_per_scene={str(k): v for k, v in sorted(counts.items())},
-        moving_share=round((sources - motion["static"]) / sources, 6),
-        motion={k: motion[k] for k in ("static", "linear", "arc")},
-        linear_speed_mps=_speeds(linear), arc_speed_dps=_speeds(arc),
-        overlap_share=round(sum(v for k, v in poly.items() if k >= 2) / total, 6) if total else 0.0,
-        polyphony_seconds={str(k): round(v, 3) for k, v in sorted(poly.items())},
-        background_share=round(n_background / n, 6),
-    )
+            self.motion[s.motion] += 1
+            if s.motion != "static" and s.speed is not None:
+                self.speeds[s.motion].append(s.speed)
+        self.poly.update(polyphony(scene))
+
+    def stats(self) -> SceneStats | None:
+        """None when no sample is a scene (an ELSA build's card has no scene section)."""
+        if not self.scenes:
+            return None
+        sources = sum(self.motion.values())
+        total = sum(self.poly.values())
+        return SceneStats(
+            scenes=self.scenes, sources=sources,
+            sources_per_scene={str(k): v for k, v in sorted(self.counts.items())},
+            moving_share=round((sources - self.motion["static"]) / sources, 6),
+            motion={k: self.motion[k] for k in ("static", "linear", "arc")},
+            linear_speed_mps=_speeds(self.speeds["linear"]), arc_speed_dps=_speeds(self.speeds["arc"]),
+            overlap_share=round(sum(v for k, v in self.poly.items() if k >= 2) / total, 6) if total else 0.0,
+            polyphony_seconds={str(k): round(v, 3) for k, v in sorted(self.poly.items())},
+            background_share=round(self.backgrounds / self.scenes, 6),
+        )
 
 
-def scene_figures(stats: SceneStats, scenes: Sequence[ScenePlan], plt: Any) -> dict[str, Any]:
+def tally(scenes: Iterable[ScenePlan]) -> SceneTally:
+    """One pass over the scenes (a stream: nothing but counts and speeds is kept)."""
+    out = SceneTally()
+    for scene in scenes:
+        out.add(scene)
+    return out
+
+
+def scene_figures(stats: SceneStats, speeds: dict[str, list[float]], plt: Any) -> dict[str, Any]:
     """Figures of the section: sources per scene and polyphony; speeds of moving sources."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 3.4))
     ks = list(stats.sources_per_scene)
@@ -86,11 +100,10 @@ def scene_figures(stats: SceneStats, scenes: Sequence[ScenePlan], plt: Any) -> d
     out = {"scene_sources": fig}
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.4))
     for ax, kind, unit in ((axes[0], "linear", "m/s"), (axes[1], "arc", "deg/s")):
-        v = [s.speed for sc in scenes for s in sc.sources if s.motion == kind and s.speed is not None]
-        ax.hist(v, bins=20, color="#55a868")
+        ax.hist(speeds[kind], bins=20, color="#55a868")
         ax.set_xlabel(f"{kind} speed ({unit})")
         ax.set_ylabel("sources")
-        ax.set_title(f"{kind}: {len(v)} moving sources")
+        ax.set_title(f"{kind}: {len(speeds[kind])} moving sources")
     fig.tight_layout()
     out["scene_motion"] = fig
     return out

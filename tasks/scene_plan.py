@@ -47,7 +47,7 @@ def partners(item: PlanItem, pool: Sequence[SourceClip], n: int, seed: int) -> l
         if len(chosen) == n:
             break
         clip = pool[int(stable_unit("scene-partner", item.key, attempt, seed) * len(pool))]
-        if (clip.dataset, clip.clip_id) not in taken:
+        if (clip.dataset, clip.clip_id) not in taken and clip.captions:  # a scene caption needs each
             taken.add((clip.dataset, clip.clip_id))
             chosen.append(clip)
     return chosen

@@ -67,6 +67,8 @@ def test_a_scene_config_of_one_static_source_is_the_elsa_default():
         ({"onset_s": [0.0, 9.5]}, "runs past the scene"),
         ({"sources": {1: 1.0, 5: 1.0}}, "exceeds max_sources"),
         ({"sources": {3: 1.0}, "max_polyphony": 1, "min_active_s": 4.0}, "do not fit"),
+        ({"sources": {1: 1.0, 4: 1.0}, "max_polyphony": 2, "min_active_s": 4.0, "duration_s": 6.0,
+          "onset_s": [0.0, 1.0]}, "do not fit"),
         ({"motion": {"linear_speed_mps": [0.0, 1.0]}}, "must be positive"),
     ],
 )
@@ -195,3 +197,32 @@ def test_a_scene_rebuild_skips_every_shard_and_keeps_the_bytes(scene_build, tmp_
     again = Path(build_in_process(cfg, str(scene_build.parent.parent)))
     assert again == scene_build
     assert _tars(again) == before
+
+
+def test_scene_tally_counts_sources_time_and_overlap():
+    """The card's scene numbers from drawn scenes: every scene second is counted once, by how many
+    sources sound then (from the intervals), and the speeds are the drawn ones."""
+    from tasks.room_sampling import load_config, sample_room_set
+    from tasks.scene_card import polyphony, tally
+    from tasks.scene_geometry import draw_scene
+    from tasks.sources import read_source
+
+    rooms, placements, _ = sample_room_set(load_config(ROOM_SPECS_DIR / "elsa.yaml"), 0, 4)
+    by_room = {r.room_id: r for r in rooms}
+    clips, _ = read_source("demo", None, limit=3)
+    cfg = SceneConfig.model_validate(read_scene_file(SCENES_DEMO))
+    scenes = [draw_scene(p, by_room[p.room_id], clips, cfg, seed)[0]
+              for seed, p in enumerate(placements[:4])]
+    for scene in scenes:
+        grid = np.arange(0.0, scene.duration_s, 0.001) + 0.0005
+        active = sum((s.onset_s <= grid) & (grid < s.offset_s) for s in scene.sources)
+        got = polyphony(scene)
+        for n in set(active.tolist()):
+            assert got[n] == pytest.approx(float(np.sum(active == n)) * 0.001, abs=0.01)
+    t = tally(scenes)
+    stats = t.stats()
+    assert stats is not None and stats.scenes == 4 and stats.sources_per_scene == {"3": 4}
+    assert sum(stats.polyphony_seconds.values()) == pytest.approx(4 * cfg.duration_s, abs=1e-6)
+    moving = [s for sc in scenes for s in sc.sources if s.motion != "static"]
+    assert sorted(t.speeds["linear"] + t.speeds["arc"]) == sorted(s.speed for s in moving)
+    assert tally([]).stats() is None

@@ -154,9 +154,10 @@ def test_loader_yields_scene_samples_with_their_target_mask(scene_root: Path):
         i = _row(b, clip)
         assert bool(b["source_target"][i]) is target, clip
         assert bool(b["spatial"][i]) is (clip != "mono"), clip
-        # direction and distance are targets only under the mask; room targets on every spatial sample
+        # direction, distance and DRR are targets only under the mask; room targets on every spatial sample
         assert bool(torch.isfinite(b["direction"][i]).all()) is target, clip
         assert bool(torch.isfinite(b["distance_m"][i])) is target, clip
+        assert bool(torch.isfinite(b["drr_db"][i])) is target, clip
         assert bool(torch.isfinite(b["floor_area_m2"][i])) is (clip != "mono"), clip
     i = _row(b, "one")
     assert torch.allclose(b["direction"][i], torch.tensor([0.5, math.sqrt(3) / 2, 0.0]), atol=1e-6)
@@ -177,13 +178,15 @@ def test_masked_loss_ignores_targets_of_multi_source_samples(scene_root: Path):
     wrong["direction"][i] = torch.tensor([-1.0, 0.0, 0.0])  # a finite, wrong direction target
     wrong["distance_m"] = b["distance_m"].clone()
     wrong["distance_m"][i] = 99.0
+    wrong["drr_db"] = b["drr_db"].clone()
+    wrong["drr_db"][i] = -40.0  # source 0's first point's DRR is not the mixture's
     for k, v in spatial_terms(pred, wrong, cfg).items():
         assert torch.equal(v, base[k]), k
     # the mean runs over the target rows only: the same as a batch of just those rows
     rows = b["source_target"].nonzero()[:, 0]
     sub = {k: v[rows] for k, v in b.items() if isinstance(v, torch.Tensor)}
     sub_terms = spatial_terms({k: v[rows] for k, v in pred.items()}, sub, cfg)
-    for k in ("direction", "distance"):
+    for k in ("direction", "distance", "drr"):
         assert float(base[k]) == pytest.approx(float(sub_terms[k]), rel=1e-6)
     # room targets still count the multi-source sample
     room = dict(b)

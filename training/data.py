@@ -127,8 +127,9 @@ def has_source_target(record: SampleRecord) -> bool:
 
     Every spatial ELSA sample qualifies. A scene sample (``sources`` set) qualifies only with one
     static source: with several sources or a moving one, ``labels`` holds source 0's first point,
-    which is not where the sound is. The room labels (T30, DRR, area) hold for every spatial
-    sample either way, so they stay targets under ``spatial``.
+    which is not where the sound is, and its DRR (which depends on where the source is, not only
+    on the room) is that point's. The room labels (T30, area) hold for every spatial sample either
+    way, so they stay targets under ``spatial``.
     """
     if not record.spatial:
         return False
@@ -140,7 +141,7 @@ def decode_sample(
 ) -> dict:
     """One raw sample → tensors: random caption, random crop / repeat-pad, features, labels (NaN if none).
 
-    ``spatial`` marks the room targets, ``source_target`` the direction and distance targets
+    ``spatial`` marks the room targets, ``source_target`` the direction, distance and DRR targets
     (``has_source_target``); a target that does not hold is NaN, so it cannot leak into a loss.
     """
     record: SampleRecord = raw["record"]
@@ -161,7 +162,7 @@ def decode_sample(
         ),
     }
     for name in ("distance_m", "floor_area_m2", "t30_s", "drr_db"):
-        holds = point if name == "distance_m" else labels is not None
+        holds = point if name in ("distance_m", "drr_db") else labels is not None
         v = getattr(labels, name) if holds else None
         out[name] = nan if v is None else float(v)
     if mode.features:

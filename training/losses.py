@@ -75,8 +75,10 @@ def angular_error_deg(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def spatial_terms(pred: dict[str, torch.Tensor], batch: dict, cfg: LossConfig) -> dict[str, torch.Tensor]:
     """The regression terms present in ``pred``: direction, distance, area (scaled), t30, drr (scaled).
 
-    A batch without ``source_target`` (one built by hand, not by training.data.collate) holds no
-    scene sample, so its direction and distance targets are its spatial samples'.
+    Direction, distance and DRR (the source's, not only the room's) are targets where
+    ``source_target`` says the sample's sound comes from one place; area and T30 on every spatial
+    sample. A batch without ``source_target`` (one built by hand, not by training.data.collate)
+    holds no scene sample, so those targets are its spatial samples'.
     """
     mask = batch["spatial"]
     source = batch.get("source_target", mask)
@@ -88,7 +90,7 @@ def spatial_terms(pred: dict[str, torch.Tensor], batch: dict, cfg: LossConfig) -
     if "t30" in pred:
         out["t30"] = mse(pred["t30"], batch["t30_s"], mask)
     if "drr" in pred:
-        out["drr"] = mse(pred["drr"], batch["drr_db"] / cfg.drr_scale_db, mask)
+        out["drr"] = mse(pred["drr"], batch["drr_db"] / cfg.drr_scale_db, source)
     return out
 
 

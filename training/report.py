@@ -94,7 +94,8 @@ class Report(BaseModel):
     rows: dict[str, RowResult]
     projection: Projection | None = None
     scene_localisation: SceneLocalisation | None = Field(
-        None, description="frame-wise localisation on the test split's scene samples (None: no scene)"
+        None, exclude_if=lambda v: v is None,
+        description="frame-wise localisation on the test split's scene samples (absent: no scene)",
     )
     samples: dict[str, list[Any]] = Field(
         default_factory=dict, description="per spatial test sample with direction labels"
