@@ -50,7 +50,7 @@ from tasks.commit import (
 from tasks.dataset_card import write_card
 from tasks.descriptors import describe
 from tasks.plan import PlanConfig, PlanItem, bank_order, build_plan, rir_ids, shard_plans
-from tasks.plan_table import PLAN, iter_plan, read_plan, write_plan
+from tasks.plan_table import PLAN, iter_plan, iter_plan_keys, read_plan, write_plan
 from tasks.prompting import CaptionRejected, screen_caption
 from tasks.render import RenderedSample, render_items
 from tasks.rir_bank import BankReject, bank_cache, bank_key, pack_chunk, render_chunk
@@ -331,7 +331,7 @@ def build_shard(job: ShardJob) -> ShardStats:
     stays cached). Its rejects are put before its receipt, so a skipped shard's are on record.
     """
     items = read_plan(job.plan_uri, job.ref.start, job.ref.stop)
-    plan = job.ref.plan(items)
+    plan = job.ref.plan(i.key for i in items)
     storage = open_storage(job.base)
     listed = verified_receipt(storage, job.base, plan)
     if listed is not None:
@@ -398,7 +398,8 @@ def finalize_stage(summary: PlanSummary, base: str, meta: dict[str, str]) -> tup
     """The manifest, sizes, rejects and card from every shard's receipt and every reject part;
     returns the card's README URI and the number of rejects."""
     storage = open_storage(base)
-    plans = [ref.plan(items) for ref, items in _shards_of(summary)]
+    keys = iter_plan_keys(summary.plan_uri)  # the key column alone: no sample (or scene) is parsed
+    plans = [ref.plan(itertools.islice(keys, ref.stop - ref.start)) for ref in summary.shards]
     _, n_rejects = finalize_dataset(storage, base, plans, meta)
     write_card(base, storage=storage)
     return join_uri(base, "README.md"), n_rejects

@@ -72,6 +72,12 @@ def iter_plan(uri: str) -> Iterator[PlanItem]:
         yield from _items(table)
 
 
+def iter_plan_keys(uri: str) -> Iterator[str]:
+    """Every sample key in shard order, reading only the key column (what shard plans need)."""
+    for table in iter_row_groups(uri, columns=["key"]):
+        yield from table.column("key").to_pylist()
+
+
 def iter_scenes(uri: str) -> Iterator[tuple[str, ScenePlan]]:
     """(key, scene) of every scene sample, reading only those two columns (the dataset card's scene
     section); nothing for an ELSA plan."""

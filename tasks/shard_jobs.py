@@ -30,9 +30,9 @@ class ShardRef(BaseModel):
     start: int = Field(ge=0)
     stop: int = Field(ge=0)
 
-    def plan(self, items: Sequence[PlanItem]) -> ShardPlan:
-        """The shard's plan, given its items (read from its rows)."""
-        return ShardPlan(split=self.split, index=self.index, sample_keys=tuple(i.key for i in items))
+    def plan(self, keys: Iterable[str]) -> ShardPlan:
+        """The shard's plan, given its sample keys (its rows' ``key``)."""
+        return ShardPlan(split=self.split, index=self.index, sample_keys=tuple(keys))
 
 
 class ShardInputs(BaseModel):

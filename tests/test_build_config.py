@@ -149,7 +149,7 @@ def test_shard_refs_are_back_to_back_row_ranges_of_the_plan():
     refs = shard_refs(plans)
     assert [(r.start, r.stop) for r in refs] == [(0, 3), (3, 4), (4, 6)]
     items = [_item(k, "train", None) for k in "abcdef"]
-    assert [r.plan(items[r.start : r.stop]) for r in refs] == plans
+    assert [r.plan(i.key for i in items[r.start : r.stop]) for r in refs] == plans
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 
 from tasks.parquet_rows import iter_row_groups, read_rows, write_table_parts
 from tasks.plan import PlanItem
-from tasks.plan_table import iter_plan, read_plan, write_plan
+from tasks.plan_table import iter_plan, iter_plan_keys, read_plan, write_plan
 
 
 def _items(n: int) -> list[PlanItem]:
@@ -22,6 +22,7 @@ def test_plan_round_trips_in_the_order_written_and_by_row_range(tmp_path):
     uri = str(tmp_path / "plan.parquet")
     assert write_plan(iter(items), uri, part=777) == len(items)
     assert list(iter_plan(uri)) == items  # order kept, every field equal (captions as tuples)
+    assert list(iter_plan_keys(uri)) == [i.key for i in items]  # the key column alone, same order
     for start, stop in [(0, 1), (4090, 4100), (4096, 8192), (9_999, 10_000), (123, 9_877)]:
         assert read_plan(uri, start, stop) == items[start:stop]
 
