@@ -139,6 +139,11 @@ class AudioInfo(BaseModel):
     flac_subtype: FlacSubtype = "PCM_16"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the .flac member's bytes")
     n_bytes: int = Field(gt=0)
+    renderer_id: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="what the audio depends on beyond the scene (Renderer.identity): the HRTF set and "
+        "decoder of a binaural member, the array model of a mic member; absent for ambiX and mono",
+    )
 
     @model_validator(mode="after")
     def _layout(self) -> Self:

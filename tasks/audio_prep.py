@@ -565,7 +565,7 @@ def level_and_encode(
     out = renderer(fmt)
     if not out.spatial:
         raise ValueError(f"renderer {fmt!r} does not render a spatial scene")
-    y, gain_db = normalise_level(out.render(scene), cfg, out.level_channels)
+    y, gain_db = normalise_level(out.render(scene, cfg.target_sr), cfg, out.level_channels)
     flac = encode_flac(y, cfg.target_sr, cfg.flac_subtype, compression_level=cfg.flac_compression_level)
     peak_db = _db(_peak(y))
     info = RenderedInfo(

@@ -34,6 +34,11 @@ class AudioRejected(SpatialAudioCapsError):
         self.detail = detail
 
 
+class LayoutError(SpatialAudioCapsError):
+    """Audio whose channel count does not fit the format it claims (tasks/renderers.py); here so
+    that renderer modules the registry imports can raise it without importing the registry."""
+
+
 class UnknownComponentError(SpatialAudioCapsError):
     """A room source, renderer or shard writer name that no registry entry has."""
 

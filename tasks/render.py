@@ -110,7 +110,8 @@ def _render_items(
                                        scene_info.rendered.gain_db, scene_info))
             continue
         if item.placement_id is None:
-            y, gain_db = normalise_level(mono_out.render(mono[None, :]), cfg, mono_out.level_channels)
+            dry = mono_out.render(mono[None, :], cfg.target_sr)
+            y, gain_db = normalise_level(dry, cfg, mono_out.level_channels)
             flac = encode_flac(
                 y, cfg.target_sr, cfg.flac_subtype, compression_level=cfg.flac_compression_level
             )

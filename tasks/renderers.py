@@ -24,11 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from schemas.shards import MONO_FORMAT, AudioInfo
-from tasks.errors import SpatialAudioCapsError, registered
-
-
-class LayoutError(SpatialAudioCapsError):
-    """Audio whose channel count does not fit the format it claims."""
+from tasks.errors import LayoutError, registered
 
 
 class Renderer(Protocol):
@@ -41,8 +37,13 @@ class Renderer(Protocol):
     level_channels: tuple[int, ...]
     """Output channels whose RMS is levelled to the target (tasks.audio_prep.normalise_level)."""
 
-    def render(self, scene: np.ndarray) -> np.ndarray:
-        """(scene channels, N) float32 -> (output channels, N)."""
+    identity: str | None
+    """What the output depends on beyond the scene, recorded in ``AudioInfo.renderer_id`` (a
+    binaural render's HRTF set and decoder, a mic render's array model); None for ambiX and mono,
+    whose output is the scene itself."""
+
+    def render(self, scene: np.ndarray, fs: int) -> np.ndarray:
+        """(scene channels, N) float32 at ``fs`` Hz -> (output channels, N)."""
         ...
 
     def ambisonic_order(self, channels: int) -> int | None:
@@ -57,7 +58,9 @@ class _AsIs:
     def ambisonic_order(self, channels: int) -> int | None:
         raise NotImplementedError
 
-    def render(self, scene: np.ndarray) -> np.ndarray:
+    identity = None
+
+    def render(self, scene: np.ndarray, fs: int) -> np.ndarray:
         self.ambisonic_order(int(scene.shape[0]))
         return scene
 

@@ -74,8 +74,9 @@ class CardioidPair:
     name = "cardioid_pair"
     spatial = True
     level_channels = (0, 1)
+    identity = None
 
-    def render(self, scene: np.ndarray) -> np.ndarray:
+    def render(self, scene: np.ndarray, fs: int) -> np.ndarray:
         w, y, x = scene[0], scene[1], scene[3]  # ACN: W, Y, Z, X
         c = math.cos(math.pi / 4)
         return 0.5 * np.stack([w + c * x + c * y, w + c * x - c * y])
