@@ -18,6 +18,7 @@ from schemas.audio import AudioPrepConfig
 from schemas.captions import CaptionSettings, EngineOptions
 from schemas.rooms import RirSettings, Split
 from schemas.scenes import SceneConfig
+from schemas.shards import AMBIX_FORMAT
 from schemas.sources import SourceName
 
 UNVERSIONED = frozenset({"input", "room_config"})
@@ -54,6 +55,13 @@ class BuildConfig(BaseModel):
         "room_specs/scenes_demo.yaml); None: ELSA's one static source per sample, and then the field is "
         "absent from the versioned dump, so ELSA builds keep their versions and bytes",
     )
+    formats: tuple[str, ...] = Field(
+        (AMBIX_FORMAT,), exclude_if=lambda v: v == (AMBIX_FORMAT,),
+        description="output formats of every spatial sample, rendered from the same scene: ambiX (``foa``, "
+        "always first: the ``.flac`` member LAION-CLAP loaders read) and any further registered renderer "
+        "(``binaural``: 2 channels, left first, ``{key}.binaural.flac``; ``mic``: DCASE's 4-capsule "
+        "tetrahedral array, ``{key}.mic.flac``). Left out of the versioned dump when ambiX alone",
+    )
     seed: int = 0
     limit: int | None = Field(None, ge=1, description="at most this many source clips")
 
@@ -63,6 +71,17 @@ class BuildConfig(BaseModel):
         """A scene config that draws ELSA's scenes (one static source, no background) is the ELSA
         default itself: same version, same shards (its duration is then unused, as in ELSA)."""
         return None if v is not None and v.is_elsa else v
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _foa_first(cls, v: Any) -> Any:
+        """``foa`` names ambiX (the CLI's spelling); ambiX comes first whatever the order given, once."""
+        if isinstance(v, str):
+            v = [f.strip() for f in v.split(",") if f.strip()]
+        names = [AMBIX_FORMAT if f == "foa" else f for f in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"formats repeat a format: {list(v)}")
+        return (AMBIX_FORMAT, *(f for f in names if f != AMBIX_FORMAT))
 
     def versioned(self) -> dict[str, Any]:
         """The fields that change the data (everything but UNVERSIONED), as hashed and as build.json."""

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
+from schemas.measured import MeasuredDetails, MeasuredRef
+
 # Octave-band centres used by pyroomacoustics at 48 kHz (125 Hz base, up to fs/2).
 OCTAVE_BANDS_HZ: tuple[float, ...] = (125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0)
 # pyroomacoustics' shoebox wall order: x walls, y walls, z walls.
@@ -93,6 +95,12 @@ class Placement(BaseModel):
         description="calibrate the absorption for a source at this position instead of source_m (a "
         "trajectory point: its path's first point, so the path shares one absorption)",
     )
+    srir: MeasuredRef | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="a measured bank's position (tasks/measured_bank.py): the SRIR the 'measured' room "
+        "source reads, with its content hash so the RIR-bank key changes when the data do; None: "
+        "simulated rooms",
+    )
 
 
 class IsmDetails(BaseModel):
@@ -141,6 +149,9 @@ class RirRecord(BaseModel):
     direct_doa_error_deg: float
     engine_version: str = Field(description="version of the source that made it (RirSource.version)")
     ism: IsmDetails | None = Field(default=None, description="set exactly when method is 'ism'")
+    measured: MeasuredDetails | None = Field(
+        default=None, exclude_if=lambda v: v is None, description="set exactly when method is 'measured'"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -162,6 +173,8 @@ class RirRecord(BaseModel):
                 raise ValueError(f"{name} is NaN")
         if (self.method == "ism") != (self.ism is not None):
             raise ValueError("the ism sub-record is set exactly when method is 'ism'")
+        if (self.method == "measured") != (self.measured is not None):
+            raise ValueError("the measured sub-record is set exactly when method is 'measured'")
         return self
 
 

@@ -31,6 +31,8 @@ CLIP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # The format of a non-spatial original (the dry clip); every other format is a spatial renderer's.
 MONO_FORMAT = "mono"
+AMBIX_FORMAT = "ambix"
+"""The format of every spatial sample's ``.flac`` member (ambiX ACN/SN3D; tasks.renderers.Ambix)."""
 FORMAT_RE = r"^[a-z][a-z0-9_]{0,31}$"
 
 DESCRIPTOR_ATTRIBUTES: tuple[str, ...] = ("distance", "direction", "elevation", "reverb", "size")
@@ -175,6 +177,21 @@ class Provenance(BaseModel):
     rendered: RenderedInfo | None = None
 
 
+class FormatMember(BaseModel):
+    """A further output format of a spatial sample (a build's ``formats`` beyond ambiX): its own
+    ``{key}.{format}.flac`` member, rendered from the same scene as ``.flac`` with its own gain."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    audio: AudioInfo
+    rendered: RenderedInfo
+
+
+def member_ext(fmt: str) -> str:
+    """The tar member extension of a further format's audio: ``binaural.flac``, ``mic.flac``."""
+    return f"{fmt}.flac"
+
+
 def make_key(dataset: str, split: str, clip_id: str, aug: int) -> str:
     """``{dataset}-{split}-{clip}-{aug}``: the WebDataset ``__key__`` of a sample."""
     return f"{dataset}-{split}-{clip_id}-{aug}"
@@ -199,12 +216,32 @@ class SampleRecord(BaseModel):
     descriptors: Descriptors | None
     audio: AudioInfo
     provenance: Provenance
+    formats: dict[str, FormatMember] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="further formats of the same spatial sample, by renderer name: each is the member "
+        "``{key}.{format}.flac`` (binaural: 2 channels, left first; mic: 4 capsules); ``audio`` stays the "
+        "ambiX ``.flac``. Absent when the build asked for ambiX alone",
+    )
     sources: list[SceneSourceLabels] | None = Field(
         None, exclude_if=lambda v: v is None,
         description="scene samples: every source's clip, interval, gain and 100 ms trajectory (the .csv "
         "member holds the same in DCASE form); ``labels`` then describes the room and source 0's first "
         "point. Absent from ELSA samples, whose json is unchanged",
     )
+
+    @model_validator(mode="after")
+    def _formats(self) -> Self:
+        for name, member in (self.formats or {}).items():
+            if member.audio.format != name or name == self.audio.format:
+                raise ValueError(
+                    f"formats[{name!r}] holds {member.audio.format} audio beside {self.audio.format}"
+                )
+            if not self.spatial:
+                raise ValueError("only a spatial sample has further formats")
+            if member.audio.num_samples != self.audio.num_samples:
+                raise ValueError(f"formats[{name!r}] has {member.audio.num_samples} samples, .flac "
+                                 f"{self.audio.num_samples}: one scene, one length")
+        return self
 
     @field_validator("dataset")
     @classmethod

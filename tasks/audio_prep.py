@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import gcd
 from typing import BinaryIO
@@ -539,21 +540,41 @@ def prepare_clip(data: AudioSource, cfg: AudioPrepConfig) -> tuple[np.ndarray, P
     return looped, record
 
 
+Encoded = dict[str, tuple[bytes, RenderedInfo]]
+"""FLAC bytes and their record per output format (renderer name), in the order asked for."""
+
+
 def render_clip(
     clip: np.ndarray, rir_spectrum: RirSpectrum, cfg: AudioPrepConfig, fmt: str = DEFAULT_RENDERER
 ) -> tuple[bytes, RenderedInfo]:
     """convolve the prepared mono clip with the ambiX RIR (the scene) → the ``fmt`` renderer →
     one gain on its level channels → FLAC bytes (cfg.flac_subtype)."""
+    return render_formats(clip, rir_spectrum, cfg, (fmt,))[fmt]
+
+
+def render_formats(
+    clip: np.ndarray, rir_spectrum: RirSpectrum, cfg: AudioPrepConfig, formats: Sequence[str]
+) -> Encoded:
+    """render_clip for several output formats of the same sample: the scene is convolved once and
+    each renderer reads it (a build's ``formats``: ambiX beside binaural and mic)."""
     if rir_spectrum.sample_rate != cfg.target_sr:
         raise ValueError(f"RIR is at {rir_spectrum.sample_rate} Hz but the clip is at {cfg.target_sr} Hz")
-    return level_and_encode(
+    return encode_formats(
         convolve(clip, rir_spectrum),
         cfg,
-        fmt,
+        formats,
         rir_samples=rir_spectrum.rir_length,
         block_size=rir_spectrum.block_size,
         fft_size=rir_spectrum.fft_size,
     )
+
+
+def encode_formats(
+    scene: np.ndarray, cfg: AudioPrepConfig, formats: Sequence[str], **convolution: int
+) -> Encoded:
+    """level_and_encode of one scene in each format; each format has its own gain, set on its own
+    level channels (W for ambiX, both ears for binaural), since their levels differ by design."""
+    return {fmt: level_and_encode(scene, cfg, fmt, **convolution) for fmt in formats}
 
 
 def level_and_encode(

@@ -53,6 +53,7 @@ from tasks.plan import PlanConfig, PlanItem, bank_order, build_plan, rir_ids, sh
 from tasks.plan_table import PLAN, iter_plan, iter_plan_keys, read_plan, write_plan
 from tasks.prompting import CaptionRejected, screen_caption
 from tasks.render import RenderedSample, render_items
+from tasks.renderers import check_formats
 from tasks.rir_bank import BankReject, bank_cache, bank_key, pack_chunk, render_chunk
 from tasks.rir_engine import ENGINE_VERSION
 from tasks.room_sampling import (
@@ -174,6 +175,7 @@ def plan_stage(cfg: BuildConfig, placements: list[Placement], base: str) -> Plan
     Shard membership is ``cfg.shard_membership``: mixed (sha256 of the key, the default) or
     following the RIR bank (tasks.plan.shard_plans); the source's rejects go to their reject part.
     """
+    check_formats(cfg.formats)
     clips, source_rejects = read_source(cfg.source, cfg.input, limit=cfg.limit, seed=cfg.seed)
     items = build_plan(clips, placements, PlanConfig(augmentations=cfg.augmentations), cfg.seed)
     del clips
@@ -345,7 +347,7 @@ def build_shard(job: ShardJob) -> ShardStats:
     rirs, records = bank.get(job.inputs.chunk_uris, {p for i in items for p in rir_ids(i)})
     bank_read, bank_used = bank.bytes_read - read_before, bank.bytes_used - used_before
     cpu = time.process_time()
-    rendered, render_rejects = render_items(items, rirs, records, job.audio)
+    rendered, render_rejects = render_items(items, rirs, records, job.audio, job.formats[0], job.formats[1:])
     cpu = time.process_time() - cpu
     rejects = [RejectRow(stage="render", reason=r.reason, detail=r.detail, key=r.key, source=r.clip_id,
                          dataset=r.dataset) for r in render_rejects]
@@ -386,7 +388,7 @@ def _sample(
             captions=infos, provenance=prov,
             labels=labels_from_rir(done.rir, room) if done.rir and room else None,
             descriptors=descriptors_of(done.rir, rooms) if done.rir else None,
-            audio_format=done.format, sources=sources,
+            audio_format=done.format, sources=sources, formats=done.extra,
         )
     except SampleRejected as exc:
         rejects.append(RejectRow(stage="shard", reason=exc.reason, detail=exc.detail, key=item.key,
@@ -441,7 +443,8 @@ def shard_jobs(
     common = {
         "plan_uri": summary.plan_uri, "stage_uri": stage, "rooms_uri": rooms_uri, "base": base,
         "provenance": provenance_fields(room_hash, cfg_hash, cfg.rephraser, cfg.dataset or cfg.source),
-        "audio": cfg.audio, "screening": cfg.rephraser.validation, "rir_cache_mib": rir_cache_mib,
+        "audio": cfg.audio, "formats": cfg.formats, "screening": cfg.rephraser.validation,
+        "rir_cache_mib": rir_cache_mib,
     }
     return [ShardJob(ref=ref, inputs=got, **common)  # type: ignore[arg-type]
             for ref, got in zip(summary.shards, inputs, strict=True)]

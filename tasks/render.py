@@ -10,15 +10,15 @@ clips of all its sources and the RIRs of all its trajectory points.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from schemas.audio import AudioPrepConfig, PreparedClip, RenderedInfo
 from schemas.rooms import RirRecord
 from schemas.shards import MONO_FORMAT
-from tasks.audio_prep import RirSpectrum, encode_flac, normalise_level, prepare_clip, render_clip
+from tasks.audio_prep import Encoded, RirSpectrum, encode_flac, normalise_level, prepare_clip, render_formats
 from tasks.errors import AudioRejected
 from tasks.plan import PlanItem, locality_order
 from tasks.renderers import DEFAULT_RENDERER, renderer
@@ -38,6 +38,7 @@ class RenderedSample:
     rir: RirRecord | None  # a scene's: source 0's first point (the sample's ``labels``)
     gain_db: float
     scene: SceneRendered | None = None  # per-source gains and frame activity of a scene sample
+    extra: Encoded = field(default_factory=dict)  # further formats of a spatial sample, by format
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,14 @@ def render_items(
     records: dict[str, RirRecord],
     cfg: AudioPrepConfig,
     fmt: str = DEFAULT_RENDERER,
+    extra_formats: Sequence[str] = (),
 ) -> tuple[list[RenderedSample], list[RenderReject]]:
-    """Render ``items``, spatial ones with the ``fmt`` renderer, returned in locality order
+    """Render ``items``, spatial ones with the ``fmt`` renderer (and each of ``extra_formats``
+    from the same scene, into ``RenderedSample.extra``), returned in locality order
     (tasks.plan.locality_order); a bad clip or a missing RIR rejects its samples, nothing else.
     One ClipAudio reads the shard's clips, so each source tar is opened once per shard."""
     with ClipAudio() as audio:
-        return _render_items(items, rirs, records, cfg, fmt, audio.read)
+        return _render_items(items, rirs, records, cfg, (fmt, *extra_formats), audio.read)
 
 
 def _render_items(
@@ -68,9 +71,10 @@ def _render_items(
     rirs: dict[str, np.ndarray],
     records: dict[str, RirRecord],
     cfg: AudioPrepConfig,
-    fmt: str,
+    formats: tuple[str, ...],
     read_audio: Callable[[str], bytes],
 ) -> tuple[list[RenderedSample], list[RenderReject]]:
+    fmt, extra_formats = formats[0], formats[1:]
     mono_out = renderer(MONO_FORMAT)
     prepared: dict[str, tuple[np.ndarray, PreparedClip] | AudioRejected] = {}
     spectra: dict[str, RirSpectrum] = {}
@@ -101,13 +105,14 @@ def _render_items(
         mono, clip_info = clips[0]  # type: ignore[misc]
         if item.scene is not None:
             try:
-                flac, scene_info = render_scene(item.scene, [c[0] for c in clips], rirs, cfg, fmt)  # type: ignore[index]
+                flac, scene_info = render_scene(item.scene, [c[0] for c in clips], rirs, cfg,  # type: ignore[index]
+                                                fmt, extra_formats)
             except AudioRejected as exc:
                 rejects.append(RenderReject(item.key, item.dataset, item.clip_id, exc.reason, exc.detail))
                 continue
             first = records[item.scene.sources[0].points[0].placement_id]
             done.append(RenderedSample(item, flac, fmt, clip_info, scene_info.rendered, first,
-                                       scene_info.rendered.gain_db, scene_info))
+                                       scene_info.rendered.gain_db, scene_info, scene_info.extra))
             continue
         if item.placement_id is None:
             dry = mono_out.render(mono[None, :], cfg.target_sr)
@@ -127,13 +132,13 @@ def _render_items(
         rir_uses[pid] -= 1
         spectrum = spectra[pid] if rir_uses[pid] else spectra.pop(pid)
         try:
-            flac, info = render_clip(mono, spectrum, cfg, fmt)
+            encoded = render_formats(mono, spectrum, cfg, formats)
         except AudioRejected as exc:
             rejects.append(RenderReject(item.key, item.dataset, item.clip_id, exc.reason, exc.detail))
             continue
-        done.append(
-            RenderedSample(item, flac, fmt, clip_info, info, records[item.placement_id], info.gain_db)
-        )
+        flac, info = encoded.pop(fmt)
+        done.append(RenderedSample(item, flac, fmt, clip_info, info, records[item.placement_id], info.gain_db,
+                                   extra=encoded))
     return done, rejects
 
 

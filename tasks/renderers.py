@@ -19,12 +19,13 @@ The non-spatial original is the ``mono`` renderer of the dry clip. A new output 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
 
-from schemas.shards import MONO_FORMAT, AudioInfo
-from tasks.errors import LayoutError, registered
+from schemas.shards import AMBIX_FORMAT, MONO_FORMAT, AudioInfo
+from tasks.errors import LayoutError, UnknownComponentError, registered
 
 
 class Renderer(Protocol):
@@ -68,7 +69,7 @@ class _AsIs:
 class Ambix(_AsIs):
     """ambiX order N (ACN/SN3D), (N+1)^2 channels: the scene itself, levelled on W."""
 
-    name = "ambix"
+    name = AMBIX_FORMAT
     spatial = True
     level_channels = (0,)
 
@@ -99,6 +100,14 @@ RENDERERS: dict[str, Renderer] = {r.name: r for r in (Ambix(), Mono())}
 def renderer(name: str) -> Renderer:
     """The registered renderer called ``name`` (UnknownComponentError lists the others)."""
     return registered(RENDERERS, name, "renderer")
+
+
+def check_formats(names: Iterable[str]) -> None:
+    """Every name is a registered renderer of spatial scenes (a build's ``formats``), checked when
+    a build is planned rather than in its first shard task."""
+    for name in names:
+        if not renderer(name).spatial:
+            raise UnknownComponentError(f"renderer {name!r} does not render a spatial scene")
 
 
 def check_layout(info: AudioInfo) -> None:

@@ -9,8 +9,9 @@ entry in ``RIR_SOURCES``; the render, shard and caption stages only see ambiX RI
 A source's ``version`` enters the bank key: change what a source produces, bump its version, and
 every chunk it made is rendered again instead of being reused.
 
-Today one source: ``ism``, the simulated shoebox (tasks/rir_engine.py: image sources with an SN3D
-diffuse tail, absorption calibrated to the room's target T30).
+Sources: ``ism``, the simulated shoebox (tasks/rir_engine.py: image sources with an SN3D diffuse
+tail, absorption calibrated to the room's target T30), and ``measured``, a recorded SRIR bank
+(tasks/measured_bank.py: SOFA or WAVs with a positions table, converted to ambiX).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from schemas.rooms import Placement, RirRecord, RirSettings, RoomSpec
 from tasks.errors import registered
+from tasks.measured_bank import MEASURED_VERSION, render_measured
 from tasks.rir_engine import ENGINE_VERSION, measure, render_rir
 
 
@@ -57,8 +59,22 @@ class ShoeboxIsm:
         return rendered.rir, record
 
 
+class MeasuredSrir:
+    """A measured SRIR bank (tasks/measured_bank.py): the placement's ``srir`` is read, converted
+    to ambiX, truncated to the build's order and resampled to its rate; the room spec is unused
+    (the recording is the room)."""
+
+    method = "measured"
+    version = MEASURED_VERSION
+
+    def render(
+        self, room: RoomSpec, placement: Placement, settings: RirSettings
+    ) -> tuple[np.ndarray, RirRecord]:
+        return render_measured(placement, settings)
+
+
 DEFAULT_RIR_SOURCE = "ism"
-RIR_SOURCES: dict[str, RirSource] = {"ism": ShoeboxIsm()}
+RIR_SOURCES: dict[str, RirSource] = {"ism": ShoeboxIsm(), "measured": MeasuredSrir()}
 
 
 def rir_source(name: str) -> RirSource:

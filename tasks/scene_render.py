@@ -36,7 +36,7 @@ active interval at ``level_db`` relative to source 0's (the gains are recorded, 
 inputs give the same gains and bytes). An optional diffuse background (independent pink noise per
 channel, degree-n channels at 1/(2n+1) of W's energy: the SN3D diffuse field) sits
 ``background_snr_db`` below the mixture's W. The mixture is then levelled and encoded exactly like
-a single clip (tasks.audio_prep.level_and_encode).
+a single clip (tasks.audio_prep.encode_formats).
 
 Activity per 100 ms label frame (schemas.scenes.LABEL_FRAME_S) comes from each source's dry signal
 on the scene's time axis, with the rule that trims silence (tasks.audio_prep.trim_silence): a
@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import fft as sfft
@@ -55,10 +55,11 @@ from scipy import fft as sfft
 from schemas.audio import AudioPrepConfig, RejectReason, RenderedInfo
 from schemas.scenes import EARLY_AFTER_DIRECT_S, LABEL_FRAME_S, SPLIT_FADE_S, ScenePlan, SceneSource
 from tasks.audio_prep import (
+    Encoded,
     RirSpectrum,
     convolve,
     default_block_size,
-    level_and_encode,
+    encode_formats,
     loop_to_min_length,
 )
 from tasks.doa import first_arrival_index
@@ -86,6 +87,8 @@ class SceneRendered:
     rendered: RenderedInfo
     gains_db: tuple[float, ...]
     activity: tuple[np.ndarray, ...]
+    extra: Encoded = field(default_factory=dict)
+    """The further output formats asked for (binaural, mic) of the same mix, by format."""
 
 
 def _ramp(n: int) -> np.ndarray:
@@ -250,8 +253,10 @@ def render_scene(
     rirs: Mapping[str, np.ndarray],
     cfg: AudioPrepConfig,
     fmt: str = DEFAULT_RENDERER,
+    extra_formats: Sequence[str] = (),
 ) -> tuple[bytes, SceneRendered]:
-    """Render a drawn scene to FLAC bytes with the ``fmt`` renderer.
+    """Render a drawn scene to FLAC bytes with the ``fmt`` renderer (and with each of
+    ``extra_formats``, from the same mix, into ``SceneRendered.extra``).
 
     ``monos`` are the prepared clips (cfg.target_sr, float32) in source order; ``rirs`` the ambiX
     RIRs (C, L) by placement id. Raises AudioRejected: ``rir_failed`` when a point's RIR is
@@ -298,7 +303,8 @@ def render_scene(
     if scene.background_snr_db is not None:
         level = _w_rms(mix[0]) * 10.0 ** (-scene.background_snr_db / 20.0)
         mix += diffuse_background(mix.shape[0], n, sr, scene.seed) * np.float32(level)
-    flac, info = level_and_encode(
-        mix, cfg, fmt, rir_samples=rir_samples, block_size=block, fft_size=fft_size
+    encoded = encode_formats(
+        mix, cfg, (fmt, *extra_formats), rir_samples=rir_samples, block_size=block, fft_size=fft_size
     )
-    return flac, SceneRendered(info, tuple(gains_db), tuple(activity))
+    flac, info = encoded.pop(fmt)
+    return flac, SceneRendered(info, tuple(gains_db), tuple(activity), encoded)

@@ -3,8 +3,9 @@
 Inspect, the training loader and evaluation all read shards through here, so only this module
 knows a sample's layout (the members tasks.shard_writer's default writer declares: ``{key}.flac``
 and ``{key}.json``, the json a SampleRecord, and for a scene sample ``{key}.csv``, its DCASE labels,
-which must be exactly what the json's ``sources`` say) and what
-makes a sample unusable; each unusable one comes out as a RejectRow with the reason code that
+which must be exactly what the json's ``sources`` say; and one ``{key}.{format}.flac`` per further
+format the json's ``formats`` names, each checked like ``.flac``; ``sample_audio`` picks one) and
+what makes a sample unusable; each unusable one comes out as a RejectRow with the reason code that
 inspect reports and the loader logs.
 
 ``iter_tar_samples`` never gives up on the rest of a file because of one bad member: damaged
@@ -28,7 +29,14 @@ import soundfile as sf
 from pydantic import ValidationError
 
 from schemas.audio import RejectReason
-from schemas.shards import SHARD_SAMPLE_RATE, RejectRow, SampleRecord, ShardRejectReason
+from schemas.shards import (
+    SHARD_SAMPLE_RATE,
+    AudioInfo,
+    RejectRow,
+    SampleRecord,
+    ShardRejectReason,
+    member_ext,
+)
 from tasks.errors import SpatialAudioCapsError
 from tasks.renderers import check_layout
 from tasks.shard_writer import DEFAULT_WRITER, WRITERS, SampleRejected, ShardSample, reject_row, scene_csv
@@ -69,17 +77,41 @@ def read_record(raw: bytes) -> SampleRecord:
     return record
 
 
-def decode_audio(flac: bytes, record: SampleRecord, dtype: str = "float32") -> np.ndarray:
-    """The FLAC as (channels, frames), decoded completely and agreeing with the record.
+def audio_record(record: SampleRecord, fmt: str | None = None) -> AudioInfo:
+    """The AudioInfo of the sample's ``fmt`` member (None: the ``.flac``); SampleRejected
+    (missing_member) when the sample was not rendered in that format."""
+    if fmt is None or fmt == record.audio.format:
+        return record.audio
+    if record.formats is None or fmt not in record.formats:
+        have = [record.audio.format, *(record.formats or {})]
+        raise SampleRejected(ShardRejectReason.MISSING_MEMBER, f"no {fmt} audio; the sample has {have}")
+    return record.formats[fmt].audio
+
+
+def sample_audio(sample: ShardSample, fmt: str | None = None) -> bytes:
+    """The FLAC bytes of the sample's ``fmt`` member: how a reader picks binaural or mic audio
+    instead of the ambiX ``.flac`` (then ``decode_audio(..., fmt=fmt)``)."""
+    if fmt is None or fmt == sample.record.audio.format:
+        return sample.flac
+    audio_record(sample.record, fmt)
+    return sample.extra[fmt]
+
+
+def decode_audio(
+    flac: bytes, record: SampleRecord, dtype: str = "float32", fmt: str | None = None
+) -> np.ndarray:
+    """The FLAC of the ``fmt`` member (None: ``.flac``) as (channels, frames), decoded completely
+    and agreeing with the record.
 
     Header unreadable: undecodable; rate/channels/length differ from the record: audio_mismatch;
     the stream ends early or breaks: truncated.
     """
+    audio = audio_record(record, fmt)
     try:
         info = sf.info(io.BytesIO(flac))
     except (sf.SoundFileError, RuntimeError) as e:
         raise SampleRejected(RejectReason.UNDECODABLE, f"FLAC header: {e}") from e
-    want = (SHARD_SAMPLE_RATE, record.audio.channels, record.audio.num_samples)
+    want = (SHARD_SAMPLE_RATE, audio.channels, audio.num_samples)
     got = (int(info.samplerate), int(info.channels), int(info.frames))
     if got != want:
         raise SampleRejected(
@@ -94,15 +126,17 @@ def decode_audio(flac: bytes, record: SampleRecord, dtype: str = "float32") -> n
     return np.ascontiguousarray(x.T)
 
 
-def _check_bytes(flac: bytes, record: SampleRecord) -> None:
-    if len(flac) != record.audio.n_bytes or hashlib.sha256(flac).hexdigest() != record.audio.sha256:
-        raise SampleRejected(ShardRejectReason.AUDIO_MISMATCH, "FLAC bytes differ from the record's sha256")
+def _check_bytes(flac: bytes, record: SampleRecord, fmt: str | None = None) -> None:
+    audio = audio_record(record, fmt)
+    if len(flac) != audio.n_bytes or hashlib.sha256(flac).hexdigest() != audio.sha256:
+        name = f"{fmt} FLAC" if fmt else "FLAC"
+        raise SampleRejected(ShardRejectReason.AUDIO_MISMATCH, f"{name} bytes differ from the record's hash")
 
 
-def check_audio(flac: bytes, record: SampleRecord) -> None:
+def check_audio(flac: bytes, record: SampleRecord, fmt: str | None = None) -> None:
     """The FLAC is the record's (size, sha256) and decodes completely as the record says."""
-    _check_bytes(flac, record)
-    decode_audio(flac, record, dtype="int16")
+    _check_bytes(flac, record, fmt)
+    decode_audio(flac, record, dtype="int16", fmt=fmt)
 
 
 def sample_from_members(key: str, members: dict[str, bytes], *, decode: bool = True) -> ShardSample:
@@ -112,23 +146,28 @@ def sample_from_members(key: str, members: dict[str, bytes], *, decode: bool = T
         raise SampleRejected(
             ShardRejectReason.DUPLICATE_KEY, f"key {key} has more than one .{dups[0]} member"
         )
-    extra = sorted(set(members) - set(MEMBER_EXTS))
-    if extra:
-        raise SampleRejected(
-            ShardRejectReason.UNEXPECTED_MEMBER, f"members {extra} are not among {list(MEMBER_EXTS)}"
-        )
     missing = [e for e in REQUIRED_EXTS if e not in members]
     if missing:
         raise SampleRejected(ShardRejectReason.MISSING_MEMBER, f"no .{' .'.join(missing)} member")
     record = read_record(members["json"])
     if record.key != key:
         raise SampleRejected(ShardRejectReason.KEY_MISMATCH, f"member key {key!r}, record key {record.key!r}")
-    sample = ShardSample(key=key, flac=members["flac"], record=record)
+    formats = {member_ext(fmt): fmt for fmt in record.formats or {}}
+    extra = sorted(set(members) - set(MEMBER_EXTS) - set(formats))
+    if extra:
+        raise SampleRejected(
+            ShardRejectReason.UNEXPECTED_MEMBER, f"members {extra} are not among {[*MEMBER_EXTS, *formats]}"
+        )
+    absent = sorted(ext for ext in formats if ext not in members)
+    if absent:
+        raise SampleRejected(ShardRejectReason.MISSING_MEMBER, f"no .{' .'.join(absent)} member")
+    sample = ShardSample(key=key, flac=members["flac"], record=record,
+                         extra={fmt: members[ext] for ext, fmt in formats.items()})
     _check_csv(members.get("csv"), sample)
-    if decode:
-        check_audio(members["flac"], record)
-    else:
-        _check_bytes(members["flac"], record)
+    check = check_audio if decode else _check_bytes
+    check(members["flac"], record)
+    for ext, fmt in formats.items():
+        check(members[ext], record, fmt)
     return sample
 
 

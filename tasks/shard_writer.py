@@ -3,7 +3,8 @@
 A shard is written by a registered ``ShardWriter`` that declares the members of each sample. The
 default (``webdataset``) is an uncompressed tar written by webdataset's TarWriter: each sample's
 members, ``{key}.flac`` then ``{key}.json`` (and, for a scene sample, ``{key}.csv`` first: its
-per-source labels in the DCASE/STARSS23 metadata format), sit next to each other; every header has a fixed
+per-source labels in the DCASE/STARSS23 metadata format; for a build with further formats,
+``{key}.binaural.flac`` / ``{key}.mic.flac``), sit next to each other; every header has a fixed
 mtime, uid/gid 0, fixed user/group names and mode 0444, so the same samples give the same bytes.
 
 Inside a shard, samples are in sha256(key) order, not input order: shards mix clips and
@@ -21,14 +22,14 @@ import json
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, Protocol
 
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict, ValidationError
 from webdataset import TarWriter
 
-from schemas.audio import RejectReason
+from schemas.audio import RejectReason, RenderedInfo
 from schemas.rooms import RirRecord, RoomSpec
 from schemas.scenes import SceneSourceLabels
 from schemas.shards import (
@@ -37,12 +38,14 @@ from schemas.shards import (
     AudioInfo,
     CaptionInfo,
     Descriptors,
+    FormatMember,
     Provenance,
     RejectRow,
     SampleRecord,
     ShardRejectReason,
     SpatialLabels,
     make_key,
+    member_ext,
 )
 from tasks.dcase_csv import dcase_csv
 from tasks.errors import AudioRejected, SpatialAudioCapsError, registered
@@ -99,6 +102,14 @@ class ShardSample:
     key: str
     flac: bytes
     record: SampleRecord
+    extra: Mapping[str, bytes] = field(default_factory=dict)
+    """FLAC bytes of the further formats (record.formats), by format."""
+
+    @property
+    def format_members(self) -> dict[str, bytes]:
+        """The further formats' members by extension (``binaural.flac``, ``mic.flac``): any writer
+        writes them beside its declared members, so a new renderer needs no writer change."""
+        return {member_ext(fmt): flac for fmt, flac in self.extra.items()}
 
     @property
     def json_bytes(self) -> bytes:
@@ -111,7 +122,8 @@ class ShardSample:
     @property
     def tar_bytes(self) -> int:
         """Bytes this sample takes in a default shard (a header and the padded data per member)."""
-        members = (encode(self) for encode in WRITERS[DEFAULT_WRITER].members.values())
+        members = [encode(self) for encode in WRITERS[DEFAULT_WRITER].members.values()]
+        members += self.format_members.values()
         return sum(_member_bytes(len(m)) for m in members if m is not None)
 
 
@@ -140,6 +152,7 @@ def audio_info(flac: bytes, fmt: str = DEFAULT_RENDERER) -> AudioInfo:
         flac_subtype="PCM_24" if info.subtype == "PCM_24" else "PCM_16",
         sha256=hashlib.sha256(flac).hexdigest(),
         n_bytes=len(flac),
+        renderer_id=renderer(fmt).identity,
     )
 
 
@@ -176,6 +189,7 @@ def build_sample(
     descriptors: Descriptors | None = None,
     audio_format: str | None = None,
     sources: Sequence[SceneSourceLabels] | None = None,
+    formats: Mapping[str, tuple[bytes, RenderedInfo]] | None = None,
 ) -> ShardSample:
     """A ShardSample from rendered FLAC bytes and what the earlier stages produced.
 
@@ -183,11 +197,14 @@ def build_sample(
     made the FLAC (RenderedSample.format); unset, the default renderer for a spatial sample and
     ``mono`` otherwise. ``clip_id`` is passed through ``safe_clip_id``; the raw id belongs in
     ``provenance.source_id``. ``sources``: a scene sample's per-source labels (its ``.csv`` too).
+    ``formats``: further formats of a spatial sample (RenderedSample.extra), one member each.
     """
     cid = safe_clip_id(clip_id)
     key = make_key(dataset, split, cid, aug)
     fmt = audio_format or (DEFAULT_RENDERER if labels is not None else MONO_FORMAT)
     audio = audio_info(flac, fmt)
+    members = {name: FormatMember(audio=audio_info(b, name), rendered=info)
+               for name, (b, info) in (formats or {}).items()}
     try:
         record = SampleRecord(
             text=[c.spatial for c in captions],
@@ -204,12 +221,14 @@ def build_sample(
             audio=audio,
             provenance=provenance,
             sources=list(sources) if sources is not None else None,
+            formats=members or None,
         )
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise SampleRejected(ShardRejectReason.INVALID_RECORD, f"{where}: {first.get('msg')}"[:200]) from e
-    return ShardSample(key=key, flac=flac, record=record)
+    return ShardSample(key=key, flac=flac, record=record,
+                       extra={name: b for name, (b, _) in (formats or {}).items()})
 
 
 def reject_row(e: AudioRejected, *, key: str | None, source: str, stage: str = "shard") -> RejectRow:
@@ -372,6 +391,7 @@ class WebDatasetTar:
         try:
             for s in samples:
                 data = {ext: b for ext, encode in self.members.items() if (b := encode(s)) is not None}
+                data.update(s.format_members)
                 pos = writer.tarstream.offset
                 spans: dict[str, tuple[int, int]] = {}
                 for ext in sorted(data):

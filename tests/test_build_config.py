@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from schemas.build import UNVERSIONED, BuildConfig, RunOptions
 from schemas.captions import (
@@ -74,10 +75,18 @@ def test_execution_knobs_never_enter_the_version():
                "seed": 1, "limit": 5,
                "rir": base.rir.model_copy(update={"order": 2}),
                "audio": base.audio.model_copy(update={"min_loop_s": 1.0}),
-               "scenes": SceneConfig(sources={1: 1.0, 2: 1.0})}
+               "scenes": SceneConfig(sources={1: 1.0, 2: 1.0}), "formats": ("ambix", "binaural")}
     assert set(changes) | UNVERSIONED == set(BuildConfig.model_fields)
     hashes = {config_hash(base.model_copy(update={k: v}).versioned()) for k, v in changes.items()}
     assert len(hashes) == len(changes) and config_hash(base.versioned()) not in hashes
+
+
+def test_formats_name_foa_first_and_ambix_alone_leaves_the_version():
+    assert BuildConfig(formats="binaural,foa").formats == ("ambix", "binaural")
+    assert BuildConfig(formats=["foa"]).versioned() == BuildConfig().versioned()
+    assert "formats" in BuildConfig(formats="foa,mic").versioned()
+    with pytest.raises(ValidationError, match="repeat"):
+        BuildConfig(formats="foa,binaural,binaural")
 
 
 def test_the_caption_cache_key_ignores_the_engine():

@@ -9,6 +9,7 @@ the claim ARCHITECTURE.md makes about adding a room source, a renderer or a writ
 from __future__ import annotations
 
 import io
+import json
 import math
 import zlib
 
@@ -30,8 +31,15 @@ from tasks.render import render_items
 from tasks.rir_bank import bank_key, pack_chunk, render_chunk, unpack_chunk
 from tasks.room_acoustics import measure_response
 from tasks.room_sampling import load_config, sample_room_set
-from tasks.shard_reader import iter_tar_samples
-from tasks.shard_writer import ShardSample, build_sample, labels_from_rir, tar_bytes_of, write_tar
+from tasks.shard_reader import decode_audio, iter_tar_samples, sample_audio
+from tasks.shard_writer import (
+    SampleRejected,
+    ShardSample,
+    build_sample,
+    labels_from_rir,
+    tar_bytes_of,
+    write_tar,
+)
 from tasks.sources import read_source
 
 FAST = RirSettings(calibrate=False, max_ism_order=4)
@@ -107,7 +115,7 @@ def _samples(done, rooms) -> list[ShardSample]:
         labels = labels_from_rir(d.rir, rooms[d.rir.room_id]) if d.rir else None
         out.append(build_sample(d.flac, dataset=it.dataset, split=it.split, clip_id=it.clip_id, aug=it.aug,
                                 captions=caps, provenance=prov, labels=labels, descriptors=_words(labels),
-                                audio_format=d.format))
+                                audio_format=d.format, formats=d.extra))
     return out
 
 
@@ -181,12 +189,54 @@ def test_a_renderer_is_one_class_and_a_registry_entry(scene, monkeypatch):
     with pytest.raises(renderers.LayoutError):
         renderers.check_layout(back[0].record.audio.model_copy(update={"format": "ambix", "channels": 2}))
     with pytest.raises(UnknownComponentError, match="cardioid_pair"):
-        renderers.renderer("binaural")
+        renderers.renderer("cardioid_quad")
     # The reader checks layouts against the registry: without the entry, the samples are refused.
     monkeypatch.delitem(renderers.RENDERERS, "cardioid_pair")
     refused = list(iter_tar_samples(io.BytesIO(tar_bytes_of(back)), "test"))
     assert {r.reason for r in refused if not isinstance(r, ShardSample)} == {"invalid_record"}
     assert sum(isinstance(r, ShardSample) for r in refused) == sum(not s.record.spatial for s in back)
+
+
+def test_a_registered_renderer_is_also_a_further_format_beside_ambix(scene, monkeypatch, tmp_path):
+    """A build's ``formats``: the same scene in ambiX (.flac) and in the new format, its own member,
+    with no writer or reader change."""
+    rooms, placements, items = scene
+    monkeypatch.setitem(renderers.RENDERERS, "cardioid_pair", CardioidPair())
+    rirs, records, _ = render_chunk(rooms, placements, FAST)
+    done, rejects = render_items(items, rirs, {r.placement_id: r for r in records}, PREP, "ambix",
+                                 ("cardioid_pair",))
+    assert not rejects
+    samples = _samples(done, rooms)
+    raw = tar_bytes_of(samples)
+    (tmp_path / "shard.tar").write_bytes(raw)
+    for r in wds.WebDataset(str(tmp_path / "shard.tar"), shardshuffle=False):
+        spatial = json.loads(r["json"])["spatial"]
+        want = {"flac", "json", "cardioid_pair.flac"} if spatial else {"flac", "json"}
+        assert {k for k in r if not k.startswith("__")} == want
+    back = _read_back(samples)
+    checked = 0
+    for s in back:
+        if not s.record.spatial:
+            assert s.record.formats is None and s.extra == {}
+            continue
+        member = s.record.formats["cardioid_pair"]
+        assert (member.audio.format, member.audio.channels) == ("cardioid_pair", 2)
+        pair = decode_audio(sample_audio(s, "cardioid_pair"), s.record, fmt="cardioid_pair").astype(float)
+        foa = decode_audio(s.flac, s.record).astype(np.float64)
+        # Same scene: the pair decoded from the ambiX member, at the pair's own gain, is the pair member
+        # (to 16-bit rounding); each format has its own gain on its own level channels.
+        gain = 10 ** ((member.rendered.gain_db - s.record.provenance.rendered.gain_db) / 20)
+        want = CardioidPair().render(foa, 48000) * gain
+        assert np.abs(pair - want).max() < 2e-4 * (1 + gain)
+        checked += 1
+    assert checked
+    spatial = next(s for s in back if s.record.spatial)
+    with pytest.raises(SampleRejected, match="no binaural audio"):
+        sample_audio(spatial, "binaural")
+    broken = ShardSample(spatial.key, spatial.flac, spatial.record, {"cardioid_pair": spatial.flac})
+    missing = ShardSample(spatial.key, spatial.flac, spatial.record, {})
+    for bad, reason in ((broken, "audio_mismatch"), (missing, "missing_member")):
+        assert [r.reason for r in iter_tar_samples(io.BytesIO(tar_bytes_of([bad])), "t")] == [reason]
 
 
 def test_a_writer_is_one_class_and_a_registry_entry(scene, monkeypatch, tmp_path):
