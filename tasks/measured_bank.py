@@ -568,7 +568,7 @@ def to_ambix(x: np.ndarray, fmt: ChannelFormat) -> np.ndarray:
     if fmt == "fuma":
         if x.shape[0] != 4:
             raise MeasuredBankError(f"FuMa SRIRs must be first order (4 channels), got {x.shape[0]}")
-        return x
+        return fuma_to_ambix(x)
     if fmt == "n3d":
         return n3d_to_sn3d(x)
     return x
