@@ -358,7 +358,7 @@ def decode_binaural(scene: np.ndarray, filters: np.ndarray) -> np.ndarray:
     nfft = next_fast_len(n + filters.shape[-1] - 1, real=True)
     spec = np.fft.rfft(scene, n=nfft, axis=-1)
     ears = np.einsum("qk,qek->ek", spec, np.fft.rfft(filters, n=nfft, axis=-1))
-    return np.fft.irfft(ears[::-1], n=nfft, axis=-1)[:, :n].astype(np.float32)
+    return np.fft.irfft(ears, n=nfft, axis=-1)[:, :n].astype(np.float32)
 
 
 def interaural_cues(ears: np.ndarray, fs: int) -> tuple[float, float]:
