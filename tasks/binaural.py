@@ -12,11 +12,20 @@ signals y(d)^T B approximate the HRTF H(d):
   few SH coefficients on it, losing level and smearing ILD (the classic high-frequency roll-off and
   blur of plain LS / virtual-loudspeaker decodes at low order). MagLS fits the magnitude only,
   carrying each direction's phase over from the previous bin's decode (the paper's one-iteration
-  solution), which keeps the energy and ILDs that dominate above ~1.5 kHz.
+  solution), which keeps the energy and ILDs that dominate above ~1.5 kHz. Before the fit the HRTFs
+  are advanced by the set's common delay (its median arrival at the head's centre) and the filters
+  delayed by it afterwards: the carried phase is then that of a centred arrival, so the magnitude-fit
+  band stays causal and in time with the low band (without it the high band sits at t = 0, wraps
+  around and loses 3-6 dB).
 
-Why MagLS over a virtual-loudspeaker decode: it is the standard low-order binaural decoder (it is
-what IEM's BinauralDecoder and SPARTA's ambiBIN implement), it needs no loudspeaker layout or
-regular HRTF grid, and at order 1..3 it is measurably closer to the HRTF's ILDs and timbre.
+Known limit, inherent to any linear order-1 decode: the ITD is right only below f_c, so over the
+0-1.5 kHz ITD band an order-1 render at +-90 deg gives ~0.2 ms against KEMAR's 0.7 ms; at order 3
+(f_c 1.9 kHz) it is within 20 us. ILD and energy hold at every order (tests/test_binaural.py).
+
+Why MagLS over a virtual-loudspeaker decode: it is the usual low-order binaural decoder (IEM's
+BinauralDecoder and SPARTA's ambiBIN offer it), it needs no loudspeaker layout or regular HRTF grid,
+and the paper shows it keeps the high-frequency level and ILDs that LS and virtual-loudspeaker
+decodes lose at orders 1..3.
 
 The fit is plain least squares over the HRTF's measured directions (with a small Tikhonov term):
 the measurement grids we use are near-uniform in solid angle (KEMAR's ring sizes follow cos(el)), so
@@ -397,19 +406,6 @@ def interaural_cues(ears: np.ndarray, fs: int) -> tuple[float, float]:
     return ild, float((lags[idx] + shift) / fs)
 
 
-class _HrtfLoader:
-    """Reads an HRTF set once, on first use; hashable by identity for the filter cache."""
-
-    def __init__(self, sofa_path: str | Path | None) -> None:
-        self._path = sofa_path
-
-    @functools.cached_property
-    def hrtf(self) -> HrtfSet:
-        if self._path is None:
-            return load_sofa_hrtf(kemar_sofa_path(), name=KEMAR_NAME)
-        return load_sofa_hrtf(self._path)
-
-
 class Binaural:
     """Two ears, left first, from an ambiX scene of order 1..3 through an HRTF set (MagLS decode).
 
@@ -422,11 +418,15 @@ class Binaural:
     level_channels = (0, 1)
 
     def __init__(self, sofa_path: str | Path | None = None) -> None:
-        self._loader = _HrtfLoader(sofa_path)
+        """``sofa_path``: a SimpleFreeFieldHRIR file; None = MIT KEMAR from slab. Nothing is read yet."""
+        self._sofa_path = sofa_path
 
-    @property
+    @functools.cached_property
     def hrtf(self) -> HrtfSet:
-        return self._loader.hrtf
+        """The HRTF set, read on first use (a render or the identity)."""
+        if self._sofa_path is None:
+            return load_sofa_hrtf(kemar_sofa_path(), name=KEMAR_NAME)
+        return load_sofa_hrtf(self._sofa_path)
 
     @property
     def identity(self) -> str:
