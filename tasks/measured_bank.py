@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 import yaml
 from pydantic import ValidationError
-from scipy.signal import resample_poly
+from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from schemas.measured import (
     BankManifest,
@@ -60,10 +60,9 @@ standard one, so this project reads (and its tests write) this custom attribute.
 SOFA_CONVENTIONS = ("SingleRoomSRIR", "GeneralFIR")
 SOFAR_DEFAULT_LICENCE = "No license provided, ask the author for permission"
 RATIO_BOUNDS = (1.5, 2.5)
-"""Direct-sound (X^2+Y^2+Z^2)/W^2 below 1.5 reads as SN3D (1), up to 2.5 as FuMa (2), above as N3D
-(3); measured Soundfield FuMa RIRs give 1.8-3.6 per file, about 2.2 in the median."""
+"""Direct-sound (X^2+Y^2+Z^2)/W^2 (300-3000 Hz) below 1.5 reads as SN3D (1), up to 2.5 as FuMa (2),
+above as N3D (3); S3A's measured Soundfield FuMa RIRs give 2.2 in the median of each room."""
 RATIO_FILES = 24  # the format ratio is a median over at most this many files
-DIRECT_WINDOW_S = (0.0005, 0.001)  # before and after the direct onset, for the format ratio
 NOISE_BLOCK_S = 0.01
 T30_RANGE_DB = 45.0
 DOA_POST_MS = 2.0
@@ -448,12 +447,17 @@ def _read_wav(f: Path) -> tuple[np.ndarray, int]:
 
 
 def _direct_ratio(x: np.ndarray, fs: int) -> float:
-    """(X^2+Y^2+Z^2)/W^2 around the direct sound, whatever order the first-order channels are in."""
+    """(X^2+Y^2+Z^2)/W^2 around the direct sound, whatever order the first-order channels are in.
+
+    Band-limited to the DOA band (300-3000 Hz): broadband, a Soundfield's capsule spacing aliases
+    the high frequencies into X, Y, Z, and S3A's FuMa RIRs read about 4.5 (N3D-like) instead of 2.2.
+    """
     if x.shape[0] < 4:
         raise MeasuredBankError("the channel format of an order-0 bank cannot be read from its data")
     onset = first_arrival_index(x[0])
-    i0 = max(0, onset - round(DIRECT_WINDOW_S[0] * fs))
-    seg = x[:4, i0 : onset + round(DIRECT_WINDOW_S[1] * fs) + 1]
+    head = x[:4, : onset + round(0.05 * fs)]
+    band = sosfiltfilt(butter(4, DEFAULT_BAND_HZ, btype="band", fs=fs, output="sos"), head, axis=1)
+    seg = band[:, max(0, onset - round(0.0005 * fs)) : onset + round(DOA_POST_MS * 1e-3 * fs) + 1]
     return float(np.sum(seg[1:4] ** 2) / max(np.sum(seg[0] ** 2), 1e-30))
 
 

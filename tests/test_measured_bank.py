@@ -363,3 +363,17 @@ def test_s3a_rooms_through_the_measured_source():
     assert all(r.t30_s is None for r in records.values() if r.room_id == "Vislab")
     one = load_bank(root / "OldChurch")  # a single room folder, path alone
     assert (one.channel_format, [r.room_id for r in one.rooms]) == ("fuma", ["OldChurch"])
+
+
+
+@pytest.mark.realdata
+def test_s3a_format_from_the_data_alone(tmp_path):
+    """Without its README/metadata text, a Soundfield room still reads as FuMa from its direct sound."""
+    room = _realdata(S3A / "OldChurch")
+    bare = tmp_path / "OldChurch"
+    bare.mkdir()
+    for f in [*room.glob("ls*.wav"), room / "labels_derived.csv"]:
+        shutil.copy(f, bare / f.name)
+    bank = load_bank(bare)
+    assert (bank.channel_format, bank.format_source) == ("fuma", "data")
+    assert 1.8 < float(bank.format_evidence.split("median ")[1].split()[0]) < 2.5
