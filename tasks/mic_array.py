@@ -14,36 +14,40 @@ amplitude from direction u puts on the sphere, at capsule direction v,
     p(v, kR) = sum_n (2n+1) i^(n-1) / ((kR)^2 h_n'(kR)) P_n(u . v),   h_n = j_n - i y_n,
 
 with the time convention of numpy's FFT (x(t) = sum X(f) e^{+i 2 pi f t}), where outgoing waves
-are the spherical Hankel functions of the second kind; this is DCASE's formula term by term. The
-addition theorem in SN3D reads P_n(u . v) = sum_m Y_nm(u) Y_nm(v) (no (2n+1)/4pi: the SN3D
-normalisation absorbs it; with N3D or orthonormal harmonics the (2n+1) or 4pi/(2n+1) would
-appear here), and an ambiX scene's channel (n, m) is Y_nm(u) s(t). So each capsule's pressure
-is, per degree n, the scene's degree-n channels projected on Y_nm(capsule), filtered by the
-radial weight w_n(kR) = (2n+1) i^(n-1) / ((kR)^2 h_n'(kR)), and summed over n <= N. No radial
-inversion is needed (scene -> capsules), so nothing blows up: w_0 -> 1 and w_n ~ (2n+1) i^n
-(kR)^n / ((n+1)(2n-1)!!) as kR -> 0 (at kR -> 0 a capsule hears 1.5 times the free-field delay,
-the well-known rigid-sphere low-frequency factor), and |w_n| ~ (2n+1) / kR at high kR.
+are the spherical Hankel functions of the second kind; this is DCASE's formula term by term. In
+SN3D the addition theorem reads P_n(u . v) = sum_m Y_nm(u) Y_nm(v): SN3D absorbs the factor that
+N3D harmonics would need, 1/(2n+1), and orthonormal ones, 4pi/(2n+1). An ambiX scene's channel
+(n, m) is Y_nm(u) s(t), so each capsule's pressure is, per degree n, the scene's degree-n
+channels projected on Y_nm(capsule), filtered by the radial weight
+w_n(kR) = (2n+1) i^(n-1) / ((kR)^2 h_n'(kR)), and summed over n <= N. No radial inversion is
+needed (scene -> capsules), so nothing blows up: w_0 -> 1 and
+w_n ~ (2n+1) i^n (kR)^n / ((n+1)(2n-1)!!) as kR -> 0 (so at low frequency a capsule hears 1.5
+times the free-field delay, the rigid-sphere low-frequency factor), and |w_n| ~ (2n+1) / kR at
+high kR.
 
 What is approximated, and why it cannot be helped here:
 
 - Order truncation. The full rigid-sphere response needs degrees up to about e kR / 2 (DCASE sums
-  to 30 for 20 kHz); the scene holds only n <= N. The render is the true array's response up to
-  roughly kR ~ N (about 1.3 kHz at N = 1, 3.9 kHz at N = 3 with R = 4.2 cm); above that the
-  capsules' directivity and inter-capsule phase are those of the truncated series: smoother than
-  the real array's, and the time differences of arrival drift towards those of lower frequency.
-  The missing degrees cannot be added: they are components of the incident field that an
-  order-N scene does not contain. Restoring them needs the source directions (a parametric
-  up-mix, e.g. from the ISM image sources or a DOA estimate), which would be an estimate of a
-  different scene, not a rendering of this one.
+  to 30 for 20 kHz); the scene holds only n <= N. Against DCASE's degree-30 steering vector, the
+  GCC-PHAT time differences of arrival of the render (10 directions x 6 capsule pairs, 48 kHz,
+  tests/test_mic_array.py) are off by at most 0.5 samples at N = 1 below kR = 0.5 (650 Hz) but
+  1.3 samples up to kR = 1 (1.3 kHz); at N = 3, 0.11 samples up to kR = 1.5 (1.95 kHz) and 0.9
+  up to kR = 3 (3.9 kHz). Above that the capsules' directivity and phase are those of the
+  truncated series, not of the em32. The missing degrees cannot be added: they are components of
+  the incident field that an order-N scene does not contain. Restoring them needs the source
+  directions (a parametric up-mix from the ISM image sources or a DOA estimate), which would be
+  an estimate of a different scene, not a rendering of this one.
 - Plane waves. The scene is a far-field description at the array centre; near-field curvature
   over the 8.4 cm sphere is ignored (as it is in every ambiX RIR of the project).
 - Ideal capsules: omnidirectional points, matched, no self-noise, no em32 calibration filters.
 
 The radial weights become linear-phase FIRs by frequency sampling: the weight sampled densely,
-inverse-transformed, centred on time zero, truncated to +-2.5 ms and tapered (Tukey). The
-response of a 4.2 cm rigid sphere lasts a few R/c (122 us), so the truncation costs < 1e-6 of the
-peak. The filters are applied centred, so the output stays aligned with the scene (time zero =
-the plane wave at the array centre, as DCASE's labels and the project's ambiX RIRs have it).
+inverse-transformed, centred on time zero, truncated to +-2.5 ms (> 20 time constants R/c of the
+slowest, degree-0 response) and tapered (Tukey). Each FIR's response stays within 6e-5 of w_n
+up to 20 kHz at 44.1, 48 and 96 kHz (what is left in the tails is ringing from the cut at
+Nyquist, where |w_n| is still (2n+1)/kR). The filters are applied centred, so the output stays
+aligned with the scene (time zero = the plane wave at the array centre, as DCASE's labels and
+the project's ambiX RIRs have it).
 
 ``rigid=False`` gives the same capsules in free field (an open sphere, w_n = (2n+1) i^n j_n(kR)):
 their truncated series converges to a pure delay of u . v R / c, the geometric time difference
@@ -76,7 +80,7 @@ CAPSULES: tuple[tuple[int, float, float], ...] = (
 """(em32 capsule number, azimuth_deg, elevation_deg) of MIC channels 1-4, in output order."""
 
 HALF_LENGTH_S = 2.5e-3
-"""Half the FIR length: > 20 time constants R/c of the sphere's slowest (degree-0) response."""
+"""Half the FIR length: > 20 time constants R/c (122 us) of the sphere's slowest, degree-0 response."""
 
 
 class MicArrayError(SpatialAudioCapsError):
@@ -161,7 +165,7 @@ class TetraMic:
             block = slice(n * n, (n + 1) ** 2)
             projected = sh[block].T.astype(np.float32) @ x[block]
             spectrum += rfft(projected, n_fft, axis=1) * rfft(filters[n].astype(np.float32), n_fft)
-        out = irfft(spectrum, n_fft, axis=1)[:, half - 1 : half - 1 + n_samples]
+        out = irfft(spectrum, n_fft, axis=1)[:, half : half + n_samples]
         return out.astype(np.float32)
 
 

@@ -43,8 +43,18 @@ FREQS = np.fft.rfftfreq(N_FFT, 1.0 / FS)
 README = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "foa" / "docs" / "STARSS23_README.md"
 
 # Front/left/right/back, on a capsule's axis, between capsules, steep up and down.
-DIRECTIONS = [(0, 0), (90, 0), (-90, 0), (180, 0), (45, 35), (135, -35), (-135, 35), (30, -60), (-100, 20),
-              (10, 80)]
+DIRECTIONS = [
+    (0, 0),
+    (90, 0),
+    (-90, 0),
+    (180, 0),
+    (45, 35),
+    (135, -35),
+    (-135, 35),
+    (30, -60),
+    (-100, 20),
+    (10, 80),
+]
 PAIRS = list(itertools.combinations(range(len(CAPSULES)), 2))
 
 
@@ -85,7 +95,8 @@ def _rendered_spectra(order: int, az: float, el: float, rigid: bool = True) -> n
 def _gcc_phat_lag(cross: np.ndarray, band: tuple[float, float], upsample: int = 32) -> float:
     """Lag in samples (positive: the first signal arrives later) of the PHAT-weighted cross spectrum
     X_i X_j* restricted to ``band``; upsampled correlation refined by a parabola through its peak."""
-    keep = (FREQS >= band[0]) & (FREQS <= band[1])
+    low, high = band
+    keep = (low <= FREQS) & (high >= FREQS)
     phat = np.zeros_like(cross)
     phat[keep] = cross[keep] / np.abs(cross[keep])
     n = N_FFT * upsample
@@ -110,10 +121,12 @@ def _free_field_tdoas(az: float, el: float) -> np.ndarray:
 def tdoa_errors(order: int, band: tuple[float, float]) -> np.ndarray:
     """|rendered - reference| TDOA, samples, over DIRECTIONS x PAIRS; the reference is DCASE's
     degree-30 rigid-sphere steering vector through the same estimator and band."""
-    return np.concatenate([
-        np.abs(_tdoas(_rendered_spectra(order, az, el), band) - _tdoas(_dcase_steering(az, el), band))
-        for az, el in DIRECTIONS
-    ])
+    return np.concatenate(
+        [
+            np.abs(_tdoas(_rendered_spectra(order, az, el), band) - _tdoas(_dcase_steering(az, el), band))
+            for az, el in DIRECTIONS
+        ]
+    )
 
 
 def test_render_equals_dcase_formula_truncated_at_the_scene_order() -> None:
@@ -217,6 +230,20 @@ def test_bad_sample_rate_is_refused(fs: object) -> None:
     assert isinstance(caught.value, SpatialAudioCapsError)
 
 
+def test_capsules_are_em32_capsules_6_10_26_22() -> None:
+    """em32 release notes give (colatitude, azimuth) per capsule: 6 (55, 45), 10 (125, 315),
+    26 (125, 135), 22 (55, 225); DCASE's M1..M4 are those, and they form a near-regular
+    tetrahedron (pairwise 109.2-110 degrees, not 109.47: elevation 35, not 35.26; centroid at the centre)."""
+    em32 = {6: (55, 45), 10: (125, 315), 26: (125, 135), 22: (55, 225)}
+    for number, az, el in CAPSULES:
+        colatitude, azimuth = em32[number]
+        assert (az % 360, el) == (azimuth, 90 - colatitude)
+    v = unit_vector(*capsule_directions_deg())
+    angles = np.degrees(np.arccos([v[:, i] @ v[:, j] for i, j in PAIRS]))
+    assert np.allclose(angles, 109.47, atol=0.6)
+    assert np.linalg.norm(v.sum(axis=1)) < 1e-9
+
+
 @pytest.mark.realdata
 def test_capsules_are_the_ones_the_starss23_readme_gives() -> None:
     """The README is the authority for DCASE's MIC: M1..M4 (azimuth, elevation, radius)."""
@@ -225,7 +252,7 @@ def test_capsules_are_the_ones_the_starss23_readme_gives() -> None:
     found = {}
     for line in README.read_text(encoding="utf-8").splitlines():
         flat = line.replace("&", "").replace("\\quad", "")
-        hit = re.search(r"M(\d):\s*\((-?[\d.]+)\^\\circ,\s*(-?[\d.]+)\^\\circ,\s*([\d.]+)\\mathrm\{cm\}", flat)
+        hit = re.search(r"M(\d):\s*\((-?[\d.]+)\^\\circ,\s*(-?[\d.]+)\^\\circ,\s*([\d.]+)\\mathrm\{cm", flat)
         if hit:
             found[int(hit[1])] = (float(hit[2]), float(hit[3]), float(hit[4]) / 100)
     assert found == {i + 1: (az, el, RADIUS_M) for i, (_, az, el) in enumerate(CAPSULES)}
