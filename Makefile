@@ -11,7 +11,7 @@ LLM_EXTRA := $(shell nvidia-smi >/dev/null 2>&1 && echo llm || echo llm-cpu)
 # Tests that import vllm in-process; they run under .venv-llm's python.
 LLM_TESTS := tests/test_rephrase_vllm.py
 
-.PHONY: demo demo-scenes test bench lint llm-env clean
+.PHONY: demo demo-scenes demo-binaural test bench lint llm-env clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: $(STAMP)
 # Scenes: 1-3 sources per sample, some moving and overlapping (room_specs/scenes_demo.yaml).
 demo-scenes: $(STAMP)
 	$(PY) -m spatial_audiocaps.demo --out out --clips 12 --scenes room_specs/scenes_demo.yaml
+
+# Binaural (MIT KEMAR, MagLS) and DCASE's tetrahedral mic beside the FOA of every spatial sample.
+demo-binaural: $(STAMP)
+	$(PY) -m spatial_audiocaps.demo --out out --clips 16 --formats foa,binaural,mic
 
 # Two runs: .venv for everything but the vllm-marked tests, .venv-llm for those.
 test: $(STAMP) $(LLM_STAMP)

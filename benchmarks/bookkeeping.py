@@ -107,6 +107,7 @@ def shard_table(split: str, index: int, first: int, count: int, tar: bytes) -> p
         "audio_sha256": [hashlib.sha256(str(j).encode()).hexdigest() for j in i],
         "sample_rate": [48000] * count, "channels": np.where(spatial, 4, 1).tolist(),
         "num_samples": [480000] * count, "duration_s": [10.0] * count, "spatial": spatial.tolist(),
+        "formats": [["ambix"] if s else ["mono"] for s in spatial],
         "azimuth_deg": opt(rng.uniform(-180, 180, count)), "elevation_deg": opt(rng.uniform(-40, 40, count)),
         "distance_m": opt(rng.uniform(0.5, 5, count)), "t30_s": opt(rng.uniform(0.2, 2.5, count)),
         "target_t30_s": opt(rng.uniform(0.2, 2.5, count)), "drr_db": opt(rng.normal(0, 5, count)),

@@ -35,7 +35,7 @@ from schemas.rooms import RirSettings
 from tasks import build_stages
 from tasks.caption_stage import StageIncomplete, run_stage_worker, stage_uri, write_results
 from tasks.commit import config_hash, dataset_uri, dataset_version
-from tasks.room_sampling import load_config, sample_room_set
+from tasks.rir_sources import rir_source
 from tasks.shard_jobs import ShardInputs, ShardJob
 from tasks.storage import install_log_redaction, join_uri, open_storage, safe_uri
 
@@ -44,7 +44,7 @@ IO_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_f
 
 @task(name="sample-rooms", cache_policy=NO_CACHE, **IO_RETRIES)
 def sample_rooms_task(cfg: BuildConfig) -> tuple[list, list, str]:
-    return sample_room_set(load_config(cfg.room_config), cfg.room_seed, cfg.n_rooms)
+    return rir_source(cfg.room_source).room_set(cfg)
 
 
 @task(name="plan", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -53,7 +53,7 @@ def plan_task(cfg: BuildConfig, placements: list, base: str) -> build_stages.Pla
 
 
 @task(name="rir-bank-chunk", cache_policy=NO_CACHE, **IO_RETRIES)
-def rir_chunk_task(job: tuple[dict, list, RirSettings, str, str]) -> build_stages.BankChunk:
+def rir_chunk_task(job: tuple[dict, list, RirSettings, str, str, str]) -> build_stages.BankChunk:
     return build_stages.rir_chunk(*job)
 
 
@@ -160,7 +160,7 @@ def run_build(cfg: BuildConfig, run: RunOptions, output: str) -> BuildResult:
 
     # RIR bank: only the placements the plan uses, a task per chunk of consecutive ids.
     bank_dir = join_uri(base, "rirs")
-    chunk_jobs = [(*job, cfg.rir, bank_dir, base)
+    chunk_jobs = [(*job, cfg.rir, bank_dir, base, cfg.room_source)
                   for job in build_stages.bank_jobs(summary.placements, rooms,
                                                     build_stages.bank_placements(summary, placements),
                                                     run.rir_chunk)]

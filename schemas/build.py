@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from room_specs import DEFAULT_CONFIG
 from schemas.audio import AudioPrepConfig
@@ -21,7 +21,7 @@ from schemas.scenes import SceneConfig
 from schemas.shards import AMBIX_FORMAT
 from schemas.sources import SourceName
 
-UNVERSIONED = frozenset({"input", "room_config"})
+UNVERSIONED = frozenset({"input", "room_config", "bank"})
 """BuildConfig fields that name where the data comes from, not what it is: the room set's content is
 in its own hash, and a clone elsewhere or a copy of the corpus must get the same version."""
 
@@ -35,6 +35,21 @@ class BuildConfig(BaseModel):
     input: str | None = Field(None, description="the source's CSV, directory or tars (not versioned)")
     dataset: str | None = Field(None, description="dataset name in keys and paths; default: the source")
     room_config: str = Field(str(DEFAULT_CONFIG), description="room-set YAML (its rooms are versioned)")
+    room_source: str = Field(
+        "ism", pattern=r"^[a-z][a-z0-9_]*$", exclude_if=lambda v: v == "ism",
+        description="where the rooms and RIRs come from (tasks/rir_sources.py RIR_SOURCES): ism, the paper's "
+        "simulated shoeboxes (room_config); measured, a recorded SRIR bank (bank), whose rooms are held "
+        "out whole per split (room_seed picks which)",
+    )
+    bank: str | None = Field(
+        None, description="the measured bank: a SOFA file (SingleRoomSRIR/GeneralFIR), a folder of ambiX/FuMa"
+        " WAVs with labels_derived.csv, or a folder of such room folders (not versioned: its files' content "
+        "is, through the room-set hash)",
+    )
+    bank_format: Literal["ambix", "fuma", "n3d"] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="the bank's channel format; default: its manifest, SOFA attribute, README text or data",
+    )
     room_seed: int = 0
     n_rooms: int | None = Field(None, description="rooms to sample (default: the config's count)")
     augmentations: dict[Split, int] = Field(default_factory=lambda: {"train": 2, "val": 2, "test": 2})
@@ -71,6 +86,17 @@ class BuildConfig(BaseModel):
         """A scene config that draws ELSA's scenes (one static source, no background) is the ELSA
         default itself: same version, same shards (its duration is then unused, as in ELSA)."""
         return None if v is not None and v.is_elsa else v
+
+    @model_validator(mode="after")
+    def _bank_iff_measured(self) -> BuildConfig:
+        if (self.room_source == "measured") != (self.bank is not None):
+            raise ValueError("a measured room source needs a bank, and a bank needs room_source measured")
+        if self.bank_format is not None and self.bank is None:
+            raise ValueError("bank_format is the format of a bank: give the bank")
+        if self.scenes is not None and self.room_source != "ism":
+            raise ValueError("scenes (several or moving sources) are drawn in simulated rooms only: moving a "
+                             "source through a measured bank's positions is not implemented")
+        return self
 
     @field_validator("formats", mode="before")
     @classmethod

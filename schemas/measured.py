@@ -54,6 +54,18 @@ class MeasuredRoom(BaseModel):
     fs: int = Field(gt=0, description="native sample rate of its files")
     n_positions: int = Field(ge=1)
     dims_m: tuple[float, float, float] | None = Field(None, description="only when a manifest gives it")
+    bank_id: str | None = Field(None, description="set in a room set (bank_room_set): the bank it came from")
+    source: str | None = Field(None, description="the bank's provenance (MeasuredBank.source), for the card")
+    licence: Licence | None = Field(None, description="the bank's licence and where it was found (card)")
+
+    @property
+    def floor_area_m2(self) -> float | None:
+        """As RoomSpec's, or None: a measured room's size is known only from its manifest."""
+        return self.dims_m[0] * self.dims_m[1] if self.dims_m else None
+
+    @property
+    def volume_m3(self) -> float | None:
+        return self.dims_m[0] * self.dims_m[1] * self.dims_m[2] if self.dims_m else None
 
 
 class MeasuredPosition(BaseModel):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
-from schemas.measured import MeasuredDetails, MeasuredRef
+from schemas.measured import MeasuredDetails, MeasuredRef, MeasuredRoom
 
 # Octave-band centres used by pyroomacoustics at 48 kHz (125 Hz base, up to fs/2).
 OCTAVE_BANDS_HZ: tuple[float, ...] = (125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0)
@@ -67,6 +67,11 @@ class RoomSpec(BaseModel):
     @property
     def volume_m3(self) -> float:
         return self.dims_m[0] * self.dims_m[1] * self.dims_m[2]
+
+
+Room = RoomSpec | MeasuredRoom
+"""A room of a room set: a simulated shoebox, or a room of a measured SRIR bank (whose size is
+known only when its manifest gives it). Labels take floor area, volume and dims from either."""
 
 
 class Placement(BaseModel):

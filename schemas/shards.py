@@ -77,9 +77,12 @@ class SpatialLabels(BaseModel):
     edt_s: float | None = None
     drr_db: float
     c50_db: float | None = None
-    floor_area_m2: float = Field(gt=0.0)
-    volume_m3: float = Field(gt=0.0)
-    room_dims_m: tuple[float, float, float]
+    floor_area_m2: float | None = Field(
+        None, gt=0.0, exclude_if=lambda v: v is None,
+        description="None (absent) for a measured room whose bank gives no dimensions",
+    )
+    volume_m3: float | None = Field(None, gt=0.0, exclude_if=lambda v: v is None)
+    room_dims_m: tuple[float, float, float] | None = Field(None, exclude_if=lambda v: v is None)
     direct_doa_error_deg: float = Field(
         ge=0.0, description="direct-path intensity DOA of the rendered RIR against the label"
     )
@@ -299,6 +302,8 @@ class ManifestRow(BaseModel):
     num_samples: int
     duration_s: float
     spatial: bool
+    formats: list[str] = Field(description="the audio members' formats: .flac's first (ambix or mono), then "
+                               "each further {format}.flac (binaural, mic)")
     azimuth_deg: float | None
     elevation_deg: float | None
     distance_m: float | None
@@ -433,6 +438,23 @@ class LabelQA(BaseModel):
     t30_rel_error_max: float | None
 
 
+class BinauralCueStats(BaseModel):
+    """The card's binaural section: interaural cues measured on the rendered ``binaural`` members of
+    single-source samples, against their azimuth labels (a check that left is left in the ears too)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    samples: int = Field(ge=0, description="single-source binaural samples measured (first in shard order)")
+    renderer_ids: list[str] = Field(description="the HRTF sets and decoders of those samples")
+    lateral_samples: int = Field(ge=0, description="samples with 30 < |azimuth| < 150 deg")
+    ild_side_agreement: float | None = Field(
+        description="share of lateral samples whose 1-4 kHz ILD is louder at the ear of the labelled side"
+    )
+    itd_side_agreement: float | None = Field(
+        description="share of lateral samples whose ITD leads at the ear of the labelled side"
+    )
+
+
 class DatasetCard(BaseModel):
     """card.json: what a user needs to trust a dataset version at a glance."""
 
@@ -459,4 +481,8 @@ class DatasetCard(BaseModel):
     scenes: SceneStats | None = Field(
         None, exclude_if=lambda v: v is None,
         description="scene builds: sources per scene, share moving, speeds, overlap (absent for ELSA builds)",
+    )
+    binaural: BinauralCueStats | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="builds with binaural members: measured ILD/ITD against azimuth (absent otherwise)",
     )

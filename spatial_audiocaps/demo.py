@@ -2,7 +2,9 @@
 
 Ephemeral Prefect, local output, the built-in demo corpus, the template rephraser, the paper's
 room distribution. Ends by printing where the dataset card is. ``--scenes YAML`` (``make
-demo-scenes``: room_specs/scenes_demo.yaml) builds multi-source, moving-source scenes instead.
+demo-scenes``: room_specs/scenes_demo.yaml) builds multi-source, moving-source scenes instead;
+``--formats foa,binaural`` (``make demo-binaural``) writes each spatial sample binaurally beside
+its ambiX ``.flac``, and the card then plots the rendered set's ILD/ITD against azimuth.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scenes", default=None, metavar="YAML", help="a scene distribution")
+    parser.add_argument("--formats", default="foa", help="output formats, e.g. foa,binaural,mic")
     args = parser.parse_args()
 
     from flows.build import build_spatial_dataset
@@ -30,7 +33,8 @@ def main() -> None:
     from tasks.build_file import read_scene_file
 
     scenes = read_scene_file(args.scenes) if args.scenes else None
-    config = BuildConfig(source="demo", limit=args.clips, shard_size=32, scenes=scenes)
+    config = BuildConfig(source="demo", limit=args.clips, shard_size=32, scenes=scenes,
+                         formats=args.formats)
     result = build_spatial_dataset(config=config, run=RunOptions(n_workers=args.workers, progress=True),
                                    output=args.out)
     print(json.dumps(result.model_dump(mode="json"), indent=2))

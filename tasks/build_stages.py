@@ -33,7 +33,7 @@ from schemas.captions import (
     SpatialAttributes,
     ValidationConfig,
 )
-from schemas.rooms import Placement, RirRecord, RirSettings, RoomSpec
+from schemas.rooms import Placement, RirRecord, RirSettings, Room
 from schemas.shards import CaptionInfo, Provenance, RejectRow
 from spatial_audiocaps import __version__
 from tasks.caption_stage import read_results, run_stage_worker, stage_uri, write_results, write_stage
@@ -56,14 +56,13 @@ from tasks.render import RenderedSample, render_items
 from tasks.renderers import check_formats
 from tasks.rir_bank import BankReject, bank_cache, bank_key, pack_chunk, render_chunk
 from tasks.rir_engine import ENGINE_VERSION
+from tasks.rir_sources import DEFAULT_RIR_SOURCE, rir_source
 from tasks.room_sampling import (
-    load_config,
     parquet_bytes,
     placements_table,
     read_placements,
     read_rooms,
     rooms_table,
-    sample_room_set,
 )
 from tasks.scene_captions import motion_words, source_words
 from tasks.scene_labels import source_labels
@@ -104,7 +103,7 @@ class PlanSummary(BaseModel):
 
 
 def write_room_set(
-    base: str, cfg: BuildConfig, rooms: list[RoomSpec], placements: list[Placement], room_hash: str
+    base: str, cfg: BuildConfig, rooms: list[Room], placements: list[Placement], room_hash: str
 ) -> str:
     """rooms.parquet, placements.parquet and build.json in the version directory; returns the
     rooms' URI (the shard tasks read their rooms from it)."""
@@ -118,8 +117,8 @@ def write_room_set(
 
 
 def bank_jobs(
-    used: list[str], rooms: list[RoomSpec], placements: list[Placement], chunk: int
-) -> list[tuple[dict[str, RoomSpec], list[Placement]]]:
+    used: list[str], rooms: list[Room], placements: list[Placement], chunk: int
+) -> list[tuple[dict[str, Room], list[Placement]]]:
     """The RIR bank's chunks: ``chunk`` consecutive placement ids of ``used`` (in bank order, which
     shard membership follows), each with its rooms."""
     rooms_by_id = {r.room_id: r for r in rooms}
@@ -135,7 +134,8 @@ def records_uri(chunk_uri: str) -> str:
 
 
 def rir_chunk(
-    rooms: dict[str, RoomSpec], placements: list[Placement], settings: RirSettings, bank_dir: str, base: str
+    rooms: dict[str, Room], placements: list[Placement], settings: RirSettings, bank_dir: str, base: str,
+    source: str = DEFAULT_RIR_SOURCE,
 ) -> BankChunk:
     """Render (or find) one chunk of the RIR bank under ``bank_dir/chunk-<content hash>.npz``.
 
@@ -144,13 +144,13 @@ def rir_chunk(
     """
     storage = open_storage(bank_dir)
     needed = [rooms[p.room_id] for p in placements]
-    uri = join_uri(bank_dir, f"chunk-{bank_key(needed, placements, settings)}.npz")
+    uri = join_uri(bank_dir, f"chunk-{bank_key(needed, placements, settings, source)}.npz")
     if storage.exists(records_uri(uri)):
         records, rejects = _chunk_records(uri)
         return BankChunk(uri=uri, placement_ids=[r.placement_id for r in records], n_rejects=len(rejects),
                          cached=True, cpu_s=0.0)
     cpu = time.process_time()
-    rirs, records, rejects = render_chunk(rooms, placements, settings)
+    rirs, records, rejects = render_chunk(rooms, placements, settings, source)
     cpu = time.process_time() - cpu
     put_rejects(storage, base, f"rir-{uri.rsplit('/', 1)[-1].removesuffix('.npz')}", [
         RejectRow(stage="rir", reason="rir_failed", detail=f"{r.reason}: {r.detail}", source=r.placement_id)
@@ -223,13 +223,13 @@ def bank_placements(summary: PlanSummary, placements: list[Placement]) -> list[P
 
 
 @functools.lru_cache(maxsize=4)
-def read_rooms_of(uri: str) -> dict[str, RoomSpec]:
+def read_rooms_of(uri: str) -> dict[str, Room]:
     """rooms.parquet by room id, read once per process (a version's rooms never change); callers
     must not modify it."""
     return {r.room_id: r for r in read_rooms(io.BytesIO(open_storage(uri).read_bytes(uri)))}
 
 
-def descriptors_of(rec: RirRecord, rooms: dict[str, RoomSpec]) -> Descriptors:
+def descriptors_of(rec: RirRecord, rooms: dict[str, Room]) -> Descriptors:
     """The words of a sample's measured labels (DESIGN.md's table)."""
     return describe(SpatialAttributes(
         azimuth_deg=rec.azimuth_deg, elevation_deg=rec.elevation_deg, distance_m=rec.distance_m,
@@ -237,7 +237,7 @@ def descriptors_of(rec: RirRecord, rooms: dict[str, RoomSpec]) -> Descriptors:
     ))
 
 
-def _requests(item: PlanItem, rec: RirRecord, rooms: dict[str, RoomSpec]) -> list[RephraseRequest]:
+def _requests(item: PlanItem, rec: RirRecord, rooms: dict[str, Room]) -> list[RephraseRequest]:
     """One request per original caption of a spatial sample, with its measured descriptors.
 
     A scene's request binds every source's sound to its own words (its start's place and its
@@ -363,7 +363,7 @@ def build_shard(job: ShardJob) -> ShardStats:
 
 
 def _sample(
-    done: RenderedSample, captions: dict[str, RephraseResult], rooms: dict[str, RoomSpec], job: ShardJob,
+    done: RenderedSample, captions: dict[str, RephraseResult], rooms: dict[str, Room], job: ShardJob,
     rejects: list[RejectRow],
 ) -> ShardSample | None:
     """A rendered sample with its captions and labels, or None with its reason added to ``rejects``."""
@@ -414,12 +414,12 @@ def build_in_process(cfg: BuildConfig, output: str, run: RunOptions | None = Non
     equal the flow's (tests and benchmarks/pipeline.py's baseline run it)."""
     run = run or RunOptions()
     dataset = cfg.dataset or cfg.source
-    rooms, placements, room_hash = sample_room_set(load_config(cfg.room_config), cfg.room_seed, cfg.n_rooms)
+    rooms, placements, room_hash = rir_source(cfg.room_source).room_set(cfg)
     cfg_hash = config_hash(cfg.versioned())
     base = dataset_uri(output, dataset, dataset_version(room_hash, cfg_hash))
     rooms_uri = write_room_set(base, cfg, rooms, placements, room_hash)
     summary = plan_stage(cfg, placements, base)
-    chunks = [rir_chunk(*job, cfg.rir, join_uri(base, "rirs"), base) for job in
+    chunks = [rir_chunk(*job, cfg.rir, join_uri(base, "rirs"), base, cfg.room_source) for job in
               bank_jobs(summary.placements, rooms, bank_placements(summary, placements), run.rir_chunk)]
     stage = stage_uri(base)
     inputs = caption_join(summary, [c.uri for c in chunks], rooms_uri, stage,

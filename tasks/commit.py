@@ -392,6 +392,7 @@ def manifest_rows(built: BuiltShard, samples: dict[str, ShardSample], committed_
                 num_samples=rec.audio.num_samples,
                 duration_s=rec.audio.duration_s,
                 spatial=rec.spatial,
+                formats=[rec.audio.format, *(rec.formats or {})],
                 azimuth_deg=lab.azimuth_deg if lab else None,
                 elevation_deg=lab.elevation_deg if lab else None,
                 distance_m=lab.distance_m if lab else None,

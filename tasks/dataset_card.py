@@ -33,12 +33,14 @@ from schemas.scenes import ScenePlan, SceneStats, SpeedStats
 from schemas.shards import (
     DESCRIPTOR_ATTRIBUTES,
     BackendCaptionStats,
+    BinauralCueStats,
     CaptionStats,
     DatasetCard,
     LabelQA,
     LabelRange,
     SplitStats,
 )
+from tasks.binaural_card import BINAURAL, binaural_points, cue_figure, cue_stats
 from tasks.commit import MANIFEST, read_manifest, read_rejects
 from tasks.descriptors import SLOT_LABELS
 from tasks.descriptors import descriptor_bands as table_bands
@@ -445,6 +447,20 @@ def _speed(v: SpeedStats, unit: str) -> str:
     return f"{v.count} sources, {_fmt(v.min, 1, 2)}–{_fmt(v.max, 1, 2)} {unit} (median {median})"
 
 
+def _binaural_lines(b: BinauralCueStats) -> list[str]:
+    def share(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f} %"
+
+    return [
+        "", "## Binaural members", "",
+        f"Interaural cues measured on the `.binaural.flac` members of {b.samples} single-source samples "
+        f"(renderer {', '.join(f'`{r}`' for r in b.renderer_ids)}; HRTF and decoder named in each json). "
+        f"Of the {b.lateral_samples} clearly lateral ones (30° < |azimuth| < 150°), the 1-4 kHz ILD is "
+        f"louder at the labelled side's ear in {share(b.ild_side_agreement)} and the ITD leads there in "
+        f"{share(b.itd_side_agreement)}. Plot: `plots/binaural_cues.png`.",
+    ]
+
+
 def _scene_lines(sc: SceneStats) -> list[str]:
     """The README's scene section: what a SELD or multi-source user checks first."""
     per = ", ".join(f"{k}: {v}" for k, v in sc.sources_per_scene.items())
@@ -488,7 +504,7 @@ def render_readme(card: DatasetCard, *, uri: str = "") -> str:
     tv, te = card.ranges.get("train_val", {}), card.ranges.get("test", {})
     lines += ["", "## Spatial attributes (Table A.T.2)", "", "| | train & val | test |", "|---|---|---|"]
     lines.append(
-        f"| simulated rooms | {card.group_rooms.get('train_val', 0)} | {card.group_rooms.get('test', 0)} |"
+        f"| rooms | {card.group_rooms.get('train_val', 0)} | {card.group_rooms.get('test', 0)} |"
     )
     for col, label, scale, nd, unit in (
         ("azimuth_deg", "source azimuth", 1, 1, "°"),
@@ -546,6 +562,8 @@ def render_readme(card: DatasetCard, *, uri: str = "") -> str:
     ]
     if card.scenes is not None:
         lines += _scene_lines(card.scenes)
+    if card.binaural is not None:
+        lines += _binaural_lines(card.binaural)
     lines += ["", "## Rejects", ""]
     lines += [f"- {k}: {v}" for k, v in card.rejects.items()] or ["None."]
     lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in card.plots]
@@ -584,6 +602,22 @@ def _scenes_of(st: Storage, base: str) -> Iterator[ScenePlan]:
             yield scene
 
 
+def _binaural_section(st: Storage, base: str, plots: dict[str, bytes]) -> BinauralCueStats | None:
+    """Measured ILD/ITD of the version's binaural members (tasks/binaural_card.py) and their plot;
+    None when no sample has a binaural member. Only the shards holding one are opened, in order."""
+    t = read_manifest(st, base, ["shard", "formats"])
+    formats = t.column("formats").combine_chunks()
+    with_binaural = pc.list_parent_indices(formats).filter(pc.equal(pc.list_flatten(formats), BINAURAL))
+    if not len(with_binaural):
+        return None
+    shards = dict.fromkeys(t.column("shard").take(with_binaural).to_pylist())
+    points, ids = binaural_points((join_uri(base, s) for s in shards), st)
+    stats = cue_stats(points, ids)
+    if len(points):
+        plots[f"{PLOTS_DIR}/binaural_cues.png"] = _png(cue_figure(points, stats, _plt()))
+    return stats
+
+
 def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | None = None) -> DatasetCard:
     """Rebuild card.json, README.md and plots/*.png of a dataset version from its manifest (only
     ``CARD_COLUMNS``, as Arrow) and the reasons of its rejects."""
@@ -602,9 +636,10 @@ def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | 
     if stats is not None:
         figures = scene_figures(stats, scenes.speeds, _plt())
         plots.update({f"{PLOTS_DIR}/{name}.png": _png(fig) for name, fig in figures.items()})
+    cues = _binaural_section(st, base, plots)
     card = compute_card(
         rows, rejects, dataset=dataset, version=version, generated_at=generated_at, plots=sorted(plots)
-    ).model_copy(update={"scenes": stats})
+    ).model_copy(update={"scenes": stats, "binaural": cues})
     for rel, png in sorted(plots.items()):
         st.put_bytes(join_uri(base, rel), png, content_type="image/png")
     st.put_bytes(

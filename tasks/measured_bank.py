@@ -521,7 +521,9 @@ def bank_room_set(
                "placements": rows}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     digest = hashlib.sha256(blob).hexdigest()[:16]
-    return rooms, [Placement(**r, room_set_hash=digest) for r in rows], digest
+    named = [r.model_copy(update={"bank_id": bank.bank_id, "source": bank.source, "licence": bank.licence})
+             for r in rooms]
+    return named, [Placement(**r, room_set_hash=digest) for r in rows], digest
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ from typing import Protocol
 import numpy as np
 
 from schemas.shards import AMBIX_FORMAT, MONO_FORMAT, AudioInfo
+from tasks.binaural import Binaural
 from tasks.errors import LayoutError, UnknownComponentError, registered
+from tasks.mic_array import TetraMic
 
 
 class Renderer(Protocol):
@@ -94,7 +96,7 @@ class Mono(_AsIs):
 
 
 DEFAULT_RENDERER = Ambix.name
-RENDERERS: dict[str, Renderer] = {r.name: r for r in (Ambix(), Mono())}
+RENDERERS: dict[str, Renderer] = {r.name: r for r in (Ambix(), Mono(), Binaural(), TetraMic())}
 
 
 def renderer(name: str) -> Renderer:

@@ -20,10 +20,12 @@ from typing import Protocol
 
 import numpy as np
 
-from schemas.rooms import Placement, RirRecord, RirSettings, RoomSpec
+from schemas.build import BuildConfig
+from schemas.rooms import Placement, RirRecord, RirSettings, Room, RoomSpec
 from tasks.errors import registered
-from tasks.measured_bank import MEASURED_VERSION, render_measured
+from tasks.measured_bank import MEASURED_VERSION, MeasuredBankError, bank_room_set, load_bank, render_measured
 from tasks.rir_engine import ENGINE_VERSION, measure, render_rir
+from tasks.room_sampling import load_config, sample_room_set
 
 
 class RirSource(Protocol):
@@ -36,8 +38,12 @@ class RirSource(Protocol):
     """Enters the RIR-bank key and ``RirRecord.engine_version``."""
 
     def render(
-        self, room: RoomSpec, placement: Placement, settings: RirSettings
+        self, room: Room, placement: Placement, settings: RirSettings
     ) -> tuple[np.ndarray, RirRecord]: ...
+
+    def room_set(self, cfg: BuildConfig) -> tuple[list[Room], list[Placement], str]:
+        """The build's rooms, placements (with their splits) and the set's content hash."""
+        ...
 
 
 class ShoeboxIsm:
@@ -45,6 +51,11 @@ class ShoeboxIsm:
 
     method = "ism"
     version = ENGINE_VERSION
+
+    def room_set(self, cfg: BuildConfig) -> tuple[list[Room], list[Placement], str]:
+        """The paper's parametric rooms (cfg.room_config), sampled with cfg.room_seed."""
+        rooms, placements, digest = sample_room_set(load_config(cfg.room_config), cfg.room_seed, cfg.n_rooms)
+        return list(rooms), placements, digest
 
     def render(
         self, room: RoomSpec, placement: Placement, settings: RirSettings
@@ -67,8 +78,15 @@ class MeasuredSrir:
     method = "measured"
     version = MEASURED_VERSION
 
+    def room_set(self, cfg: BuildConfig) -> tuple[list[Room], list[Placement], str]:
+        """The bank's rooms and positions, one room held out for test (cfg.room_seed picks it)."""
+        if cfg.bank is None:
+            raise MeasuredBankError("room_source measured needs a bank (--bank PATH)")
+        rooms, placements, digest = bank_room_set(load_bank(cfg.bank, cfg.bank_format), cfg.room_seed)
+        return list(rooms), placements, digest
+
     def render(
-        self, room: RoomSpec, placement: Placement, settings: RirSettings
+        self, room: Room, placement: Placement, settings: RirSettings
     ) -> tuple[np.ndarray, RirRecord]:
         return render_measured(placement, settings)
 

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO
@@ -24,8 +25,9 @@ import yaml
 from pydantic import ValidationError
 from scipy.optimize import brentq
 
+from schemas.measured import MeasuredRoom
 from schemas.room_set import RoomSetConfig, SplitPlacement
-from schemas.rooms import OCTAVE_BANDS_HZ, SURFACES, Placement, RoomSpec, Surface
+from schemas.rooms import OCTAVE_BANDS_HZ, SURFACES, Placement, Room, RoomSpec, Surface
 from tasks.errors import InvalidRoomError, UnreachableT30Error
 from tasks.rir_engine import SCALE_RANGE, air_absorption, predicted_t30, scaled_absorption
 
@@ -230,7 +232,7 @@ def content_hash(cfg: RoomSetConfig, seed: int, rooms: list[RoomSpec], rows: lis
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def rooms_table(rooms: list[RoomSpec], digest: str) -> pa.Table:
+def rooms_table(rooms: Sequence[Room], digest: str) -> pa.Table:
     """Rooms as an Arrow table (nested surfaces), with the set hash in the schema metadata."""
     table = pa.Table.from_pylist([r.model_dump() for r in rooms])
     return table.replace_schema_metadata({"room_set_hash": digest})
@@ -253,11 +255,13 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def read_rooms(path: str | Path | BinaryIO) -> list[RoomSpec]:
-    """Rooms back from a rooms.parquet (a path or an open object), validated."""
+def read_rooms(path: str | Path | BinaryIO) -> list[Room]:
+    """Rooms back from a rooms.parquet (a path or an open object), validated: shoeboxes (they have
+    surfaces) or the rooms of a measured bank."""
     rows = pq.read_table(path).to_pylist()
     return [
         RoomSpec.model_validate({k: v for k, v in r.items() if k not in RoomSpec.model_computed_fields})
+        if "surfaces" in r else MeasuredRoom.model_validate(r)
         for r in rows
     ]
 

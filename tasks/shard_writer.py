@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from webdataset import TarWriter
 
 from schemas.audio import RejectReason, RenderedInfo
-from schemas.rooms import RirRecord, RoomSpec
+from schemas.rooms import RirRecord, Room
 from schemas.scenes import SceneSourceLabels
 from schemas.shards import (
     CLIP_RE,
@@ -156,7 +156,7 @@ def audio_info(flac: bytes, fmt: str = DEFAULT_RENDERER) -> AudioInfo:
     )
 
 
-def labels_from_rir(rir: RirRecord, room: RoomSpec) -> SpatialLabels:
+def labels_from_rir(rir: RirRecord, room: Room) -> SpatialLabels:
     """The labels of a sample rendered with this (measured) RIR in this room."""
     return SpatialLabels(
         azimuth_deg=rir.azimuth_deg,
