@@ -455,6 +455,19 @@ class BinauralCueStats(BaseModel):
     )
 
 
+class BankCredit(BaseModel):
+    """A measured SRIR bank a dataset version's rooms come from: what the card must name (where the
+    recordings are from and under which licence), read from rooms.parquet."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bank_id: str
+    source: str
+    licence: str
+    licence_source: str = Field(description="where the licence was found (manifest, SOFA attribute, a file)")
+    rooms: list[str]
+
+
 class DatasetCard(BaseModel):
     """card.json: what a user needs to trust a dataset version at a glance."""
 
@@ -481,6 +494,10 @@ class DatasetCard(BaseModel):
     scenes: SceneStats | None = Field(
         None, exclude_if=lambda v: v is None,
         description="scene builds: sources per scene, share moving, speeds, overlap (absent for ELSA builds)",
+    )
+    measured_banks: list[BankCredit] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="builds on measured SRIR banks: each bank's provenance and licence (absent otherwise)",
     )
     binaural: BinauralCueStats | None = Field(
         None, exclude_if=lambda v: v is None,

@@ -106,7 +106,13 @@ BUILD_FLAGS: tuple[tuple[str, str, type, tuple[str, ...] | None, str], ...] = (
     ("--input", "input", str, None, "the source's CSV, directory or tars"),
     ("--dataset", "dataset", str, None, "dataset name (default: the source)"),
     ("--room-config", "room_config", str, None, "room-set YAML"),
-    ("--room-seed", "room_seed", int, None, "room-set seed"),
+    ("--room-seed", "room_seed", int, None, "room-set seed (measured banks: which rooms are held out)"),
+    ("--room-source", "room_source", str, None, "where rooms and RIRs come from: ism (simulated, default) or "
+     "measured (a recorded SRIR bank, --bank)"),
+    ("--bank", "bank", str, None, "the measured bank: a SOFA file, or a folder of ambiX/FuMa WAVs with "
+     "labels_derived.csv (the S3A layout), or a folder of such rooms"),
+    ("--bank-format", "bank_format", str, ("ambix", "fuma", "n3d"),
+     "the bank's channel format (default: its manifest, SOFA attribute, README text or data)"),
     ("--n-rooms", "n_rooms", int, None, "rooms to sample (default: the room config's)"),
     ("--rephraser", "rephraser.backend", str, get_args(BackendName), "rephrasing backend"),
     ("--rephraser-model", "rephraser.model", str, None, "rephraser model (hub id or local path)"),

@@ -27,12 +27,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from schemas.captions import DescriptorConfig
+from schemas.measured import MeasuredRoom
 from schemas.scenes import ScenePlan, SceneStats, SpeedStats
 from schemas.shards import (
     DESCRIPTOR_ATTRIBUTES,
     BackendCaptionStats,
+    BankCredit,
     BinauralCueStats,
     CaptionStats,
     DatasetCard,
@@ -52,6 +55,7 @@ from tasks.storage import Storage, join_uri, open_storage, safe_uri
 CARD_JSON = "card.json"
 CARD_README = "README.md"
 PLOTS_DIR = "plots"
+ROOMS = "rooms.parquet"
 LABELS: tuple[tuple[str, str, str], ...] = (  # manifest column, title, unit
     ("azimuth_deg", "Source azimuth", "deg (+90 = left)"),
     ("elevation_deg", "Source elevation", "deg (+90 = up)"),
@@ -564,6 +568,12 @@ def render_readme(card: DatasetCard, *, uri: str = "") -> str:
         lines += _scene_lines(card.scenes)
     if card.binaural is not None:
         lines += _binaural_lines(card.binaural)
+    for bank in card.measured_banks or []:
+        lines += ["", f"## Measured rooms: bank `{bank.bank_id}`", "",
+                  f"- Rooms: {', '.join(bank.rooms)}.", f"- Source: {bank.source}",
+                  f"- Licence ({bank.licence_source}): {bank.licence}",
+                  "- Labels come from the bank's positions table; each RIR's direct-sound DOA is checked "
+                  "against its label (Label QA), and T30/EDT/DRR/C50 are measured on the recording."]
     lines += ["", "## Rejects", ""]
     lines += [f"- {k}: {v}" for k, v in card.rejects.items()] or ["None."]
     lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in card.plots]
@@ -600,6 +610,24 @@ def _scenes_of(st: Storage, base: str) -> Iterator[ScenePlan]:
     for key, scene in itertools.chain([first], scenes):
         if key in keys:
             yield scene
+
+
+def _bank_credits(st: Storage, base: str) -> list[BankCredit] | None:
+    """The measured banks of the version's rooms (rooms.parquet), with provenance and licence;
+    None for simulated rooms (or a version without rooms.parquet)."""
+    uri = join_uri(base, ROOMS)
+    if not st.exists(uri):
+        return None
+    banks: dict[str, list[MeasuredRoom]] = {}
+    for row in pq.read_table(io.BytesIO(st.read_bytes(uri))).to_pylist():
+        if row.get("bank_id") is not None:  # a shoebox row has no bank_id column
+            room = MeasuredRoom.model_validate(row)
+            banks.setdefault(room.bank_id, []).append(room)  # type: ignore[arg-type]
+    return [BankCredit(bank_id=bank_id, source=rooms[0].source or "unknown",
+                       licence=rooms[0].licence.text if rooms[0].licence else "unknown",
+                       licence_source=rooms[0].licence.source if rooms[0].licence else "none found",
+                       rooms=sorted(r.name for r in rooms))
+            for bank_id, rooms in sorted(banks.items())] or None
 
 
 def _binaural_section(st: Storage, base: str, plots: dict[str, bytes]) -> BinauralCueStats | None:
@@ -639,7 +667,7 @@ def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | 
     cues = _binaural_section(st, base, plots)
     card = compute_card(
         rows, rejects, dataset=dataset, version=version, generated_at=generated_at, plots=sorted(plots)
-    ).model_copy(update={"scenes": stats, "binaural": cues})
+    ).model_copy(update={"scenes": stats, "binaural": cues, "measured_banks": _bank_credits(st, base)})
     for rel, png in sorted(plots.items()):
         st.put_bytes(join_uri(base, rel), png, content_type="image/png")
     st.put_bytes(

@@ -75,7 +75,8 @@ def test_execution_knobs_never_enter_the_version():
                "seed": 1, "limit": 5,
                "rir": base.rir.model_copy(update={"order": 2}),
                "audio": base.audio.model_copy(update={"min_loop_s": 1.0}),
-               "scenes": SceneConfig(sources={1: 1.0, 2: 1.0}), "formats": ("ambix", "binaural")}
+               "scenes": SceneConfig(sources={1: 1.0, 2: 1.0}), "formats": ("ambix", "binaural"),
+               "room_source": "measured", "bank_format": "fuma"}
     assert set(changes) | UNVERSIONED == set(BuildConfig.model_fields)
     hashes = {config_hash(base.model_copy(update={k: v}).versioned()) for k, v in changes.items()}
     assert len(hashes) == len(changes) and config_hash(base.versioned()) not in hashes

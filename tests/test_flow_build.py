@@ -19,8 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 from bad_inputs import BAD_CAPTIONS, NON_UTF8_CAPTION, write_bad_audio
+from srir_bank import GEOMETRY, wav_room
 
 from tasks.demo_corpus import demo_clips
+from tasks.shard_reader import read_shard
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -143,6 +145,43 @@ def test_a_scene_build_from_the_cli(tmp_path, flow_env):
     card = json.loads((version / "card.json").read_text())
     assert card["scenes"]["scenes"] == len(spatial)
     assert "plots/scene_sources.png" in card["plots"]
+
+
+def test_a_measured_bank_in_three_formats_from_the_cli(tmp_path, flow_env):
+    """`build --room-source measured --bank DIR --formats foa,binaural,mic` on a FuMa WAV bank of two
+    rooms (known geometry, no manifest): whole rooms per split, labels from the bank's table, every
+    spatial sample in three members, and a card naming the bank's licence with its binaural section."""
+    bank = tmp_path / "bank"
+    wav_room(bank / "hall", 6, fmt="fuma")
+    wav_room(bank / "studio", 6, fmt="fuma")
+    (bank / "LICENSE").write_text("CC BY 4.0, test recordings\n")
+    env = flow_env | {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = build(tmp_path / "out", env, "--source", "demo", "--limit", "4", "--workers", "1",
+                   "--room-source", "measured", "--bank", str(bank), "--formats", "foa,binaural,mic")
+    version = _version_dir(result)
+    placements = pq.read_table(version / "placements.parquet").to_pylist()
+    assert {frozenset(p["split"] for p in placements if p["room_id"] == room)
+            for room in {p["room_id"] for p in placements}} == {frozenset({"train"}), frozenset({"test"})}
+    spatial = [r for r in _manifest(version) if r["spatial"]]
+    assert spatial and all(r["formats"] == ["ambix", "binaural", "mic"] for r in spatial)
+    labelled = {(az, el, d) for az, el, d in GEOMETRY}
+    for tar in version.rglob("*.tar"):
+        for sample in read_shard(str(tar)):
+            rec = sample.record
+            if not rec.spatial:
+                continue
+            lab = rec.labels
+            assert (lab.azimuth_deg, lab.elevation_deg, lab.distance_m) in labelled
+            assert lab.floor_area_m2 is None and lab.direct_doa_error_deg < 5.0
+            assert rec.formats["binaural"].audio.channels == 2 and rec.formats["mic"].audio.channels == 4
+            assert "kemar" in rec.formats["binaural"].audio.renderer_id
+            assert rec.formats["mic"].audio.renderer_id.startswith("em32-tetra-rigid")
+    card = json.loads((version / "card.json").read_text())
+    (credit,) = card["measured_banks"]
+    assert credit["rooms"] == ["hall", "studio"] and credit["licence"].startswith("CC BY 4.0")
+    assert card["binaural"]["samples"] == len(spatial) and "plots/binaural_cues.png" in card["plots"]
+    if card["binaural"]["lateral_samples"]:
+        assert card["binaural"]["ild_side_agreement"] == 1.0
 
 
 def test_bad_input_is_rejected_with_reasons_and_good_samples_survive(tmp_path, flow_env):

@@ -18,7 +18,7 @@ import netCDF4
 import numpy as np
 import pytest
 import sofar
-import soundfile as sf
+from srir_bank import FS_BANK, GEOMETRY, LATENCY_S, T60, C, as_format, srir, wav_room
 
 from schemas.rooms import Placement, RirRecord, RirSettings
 from tasks.ambisonics import real_sh_sn3d, unit_vector
@@ -34,43 +34,7 @@ from tasks.rir_sources import rir_source
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 S3A = REALDATA / "foa" / "s3a_soundfield_rirs"
-FS_BANK = 44_100
-T60 = 0.5
-LATENCY_S = 0.01
-C = 343.0
-# (azimuth, elevation, distance) in the receiver's frame: front, left, right, up, back-low, back.
-GEOMETRY = [(0.0, 0.0, 2.0), (90.0, 0.0, 1.5), (-90.0, 0.0, 1.5), (0.0, 90.0, 1.2),
-            (135.0, -30.0, 2.5), (180.0, 0.0, 3.0)]
 SETTINGS = RirSettings()  # 48 kHz, order 1
-
-
-def _srir(az: float, el: float, dist: float, order: int, seed: int, seconds: float = 1.2 * T60) -> np.ndarray:
-    """ambiX (ACN/SN3D) SRIR: latency, direct impulse 1/r, SN3D-diffuse exponential tail."""
-    n = int(seconds * FS_BANK)
-    direct = round((LATENCY_S + dist / C) * FS_BANK)
-    rir = np.zeros(((order + 1) ** 2, n))
-    rir[:, direct] = real_sh_sn3d(order, math.radians(az), math.radians(el)) / dist
-    start = direct + round(0.005 * FS_BANK)
-    t = np.arange(n - start) / FS_BANK
-    degree = np.concatenate([[k] * (2 * k + 1) for k in range(order + 1)])
-    noise = np.random.default_rng(seed).standard_normal((rir.shape[0], t.size))
-    noise *= np.sqrt(1.0 / (2 * degree + 1))[:, None]  # SN3D diffuse field: degree n at 1/(2n+1)
-    rir[:, start:] = 0.02 * noise * np.exp(-3 * math.log(10) * t / T60)
-    return rir
-
-
-def _as(fmt: str, ambix: np.ndarray) -> np.ndarray:
-    """Store an ambiX SRIR in another format (the inverse of what the loader must undo)."""
-    if fmt == "fuma":
-        w, y, z, x = ambix
-        return np.stack([w / math.sqrt(2.0), x, y, z])
-    if fmt == "n3d":
-        order = math.isqrt(ambix.shape[0]) - 1
-        degree = np.concatenate([[k] * (2 * k + 1) for k in range(order + 1)])
-        return ambix * np.sqrt(2.0 * degree + 1)[:, None]
-    return ambix
-
-
 def _write_sofa(path: Path, data: np.ndarray, src: np.ndarray, *, convention: str = "SingleRoomSRIR",
                 spherical: bool = False, listener: np.ndarray | None = None, view: np.ndarray | None = None,
                 fmt_attribute: str | None = None, licence: str | None = None) -> Path:
@@ -109,7 +73,7 @@ def fuma_sofa(tmp_path_factory) -> Path:
     fwd, left, up = np.array([0.0, 1.0, 0.0]), np.array([-1.0, 0.0, 0.0]), np.array([0.0, 0.0, 1.0])
     src = np.array([listener + d * (u[0] * fwd + u[1] * left + u[2] * up)
                     for (az, el, d) in GEOMETRY for u in [unit_vector(az, el)]])
-    data = np.stack([_as("fuma", _srir(az, el, d, 1, i)) for i, (az, el, d) in enumerate(GEOMETRY)])
+    data = np.stack([as_format("fuma", srir(az, el, d, 1, i)) for i, (az, el, d) in enumerate(GEOMETRY)])
     path = tmp_path_factory.mktemp("fuma") / "hall.sofa"
     return _write_sofa(path, data, src, listener=listener[None], view=fwd[None], fmt_attribute="fuma",
                        licence="CC-BY-4.0")
@@ -119,7 +83,7 @@ def fuma_sofa(tmp_path_factory) -> Path:
 def n3d_sofa(tmp_path_factory) -> Path:
     """GeneralFIR, second-order N3D, spherical positions, no format attribute: found from the data."""
     src = np.array(GEOMETRY)
-    data = np.stack([_as("n3d", _srir(az, el, d, 2, 10 + i)) for i, (az, el, d) in enumerate(GEOMETRY)])
+    data = np.stack([as_format("n3d", srir(az, el, d, 2, 10 + i)) for i, (az, el, d) in enumerate(GEOMETRY)])
     return _write_sofa(tmp_path_factory.mktemp("n3d") / "lab.sofa", data, src, convention="GeneralFIR",
                        spherical=True)
 
@@ -213,26 +177,10 @@ def test_placements_name_their_data_so_the_bank_key_follows_it(fuma_sofa, tmp_pa
 # WAV banks
 
 
-def _wav_room(folder: Path, n: int, *, fs: int = FS_BANK, channels: int = 4, fmt: str = "ambix",
-              rates: list[int] | None = None) -> Path:
-    folder.mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        az, el, d = GEOMETRY[i % len(GEOMETRY)]
-        x = _as(fmt, _srir(az, el, d, 1, i, seconds=0.15))[:channels]
-        sf.write(folder / f"ls{i + 1}.wav", x.T, (rates or [fs] * n)[i], subtype="FLOAT")
-        rows.append({"file": f"ls{i + 1}.wav", "azimuth_deg": az, "elevation_deg": el, "distance_m": d})
-    with open(folder / "labels_derived.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return folder
-
-
 def test_whole_rooms_are_held_out(tmp_path):
     root = tmp_path / "bank"
     for k in range(5):
-        _wav_room(root / f"room{k}", 2 + k % 2)
+        wav_room(root / f"room{k}", 2 + k % 2)
     (root / "LICENSE").write_text("CC-BY-SA-4.0\nAttribution required.\n")
     bank = load_bank(root)
     assert (bank.channel_format, bank.format_source) == ("ambix", "data")  # ratio ~1 from the data
@@ -268,45 +216,45 @@ def test_whole_rooms_are_held_out(tmp_path):
 
 
 def _no_source_positions(tmp: Path) -> Path:
-    path = _write_sofa(tmp / "x.sofa", np.stack([_srir(0, 0, 1, 1, 0)] * 2), np.array([[1.0, 0, 0]] * 2))
+    path = _write_sofa(tmp / "x.sofa", np.stack([srir(0, 0, 1, 1, 0)] * 2), np.array([[1.0, 0, 0]] * 2))
     with netCDF4.Dataset(path, "a") as nc:
         nc.renameVariable("SourcePosition", "SourcePositionMissing")
     return path
 
 
 def _source_at_listener(tmp: Path) -> Path:  # sofar's default position is [0, 0, 1]; zero it
-    return _write_sofa(tmp / "x.sofa", np.stack([_srir(0, 0, 1, 1, 0)] * 2), np.zeros((2, 3)))
+    return _write_sofa(tmp / "x.sofa", np.stack([srir(0, 0, 1, 1, 0)] * 2), np.zeros((2, 3)))
 
 
 def _mixed_rates(tmp: Path) -> Path:
-    return _wav_room(tmp / "r", 2, rates=[44_100, 48_000])
+    return wav_room(tmp / "r", 2, rates=[44_100, 48_000])
 
 
 def _manifest_rate(tmp: Path) -> Path:
-    room = _wav_room(tmp / "r", 2)
+    room = wav_room(tmp / "r", 2)
     (room / "bank.yaml").write_text("fs: 48000\n")
     return room
 
 
 def _three_channels(tmp: Path) -> Path:
-    return _wav_room(tmp / "r", 2, channels=3)
+    return wav_room(tmp / "r", 2, channels=3)
 
 
 def _missing_column(tmp: Path) -> Path:
-    room = _wav_room(tmp / "r", 2)
+    room = wav_room(tmp / "r", 2)
     table = room / "labels_derived.csv"
     table.write_text(table.read_text().replace("distance_m", "dist"))
     return room
 
 
 def _absent_file(tmp: Path) -> Path:
-    room = _wav_room(tmp / "r", 2)
+    room = wav_room(tmp / "r", 2)
     (room / "ls2.wav").unlink()
     return room
 
 
 def _fuma_second_order(tmp: Path) -> Path:
-    return _write_sofa(tmp / "x.sofa", np.stack([_srir(0, 0, 1, 2, 0)] * 2), np.array([[1.0, 0, 0]] * 2),
+    return _write_sofa(tmp / "x.sofa", np.stack([srir(0, 0, 1, 2, 0)] * 2), np.array([[1.0, 0, 0]] * 2),
                        fmt_attribute="fuma")
 
 
