@@ -28,9 +28,10 @@ demo: $(STAMP)
 demo-scenes: $(STAMP)
 	$(PY) -m spatial_audiocaps.demo --out out --clips 12 --scenes room_specs/scenes_demo.yaml
 
-# Binaural (MIT KEMAR, MagLS) and DCASE's tetrahedral mic beside the FOA of every spatial sample.
+# FOA, binaural (MIT KEMAR, MagLS) and DCASE's tetrahedral mic of every spatial sample, from order-3
+# scenes (binaural ITD and mic delays need it; the .flac is their first order).
 demo-binaural: $(STAMP)
-	$(PY) -m spatial_audiocaps.demo --out out --clips 16 --formats foa,binaural,mic
+	$(PY) -m spatial_audiocaps.demo --out out --clips 16 --formats foa,binaural,mic --order 3
 
 # Two runs: .venv for everything but the vllm-marked tests, .venv-llm for those.
 test: $(STAMP) $(LLM_STAMP)

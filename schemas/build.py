@@ -18,7 +18,7 @@ from schemas.audio import AudioPrepConfig
 from schemas.captions import CaptionSettings, EngineOptions
 from schemas.rooms import RirSettings, Split
 from schemas.scenes import SceneConfig
-from schemas.shards import AMBIX_FORMAT
+from schemas.shards import AMBIX_FORMAT, FLAC_FORMATS
 from schemas.sources import SourceName
 
 UNVERSIONED = frozenset({"input", "room_config", "bank"})
@@ -72,10 +72,12 @@ class BuildConfig(BaseModel):
     )
     formats: tuple[str, ...] = Field(
         (AMBIX_FORMAT,), exclude_if=lambda v: v == (AMBIX_FORMAT,),
-        description="output formats of every spatial sample, rendered from the same scene: ambiX (``foa``, "
-        "always first: the ``.flac`` member LAION-CLAP loaders read) and any further registered renderer "
-        "(``binaural``: 2 channels, left first, ``{key}.binaural.flac``; ``mic``: DCASE's 4-capsule "
-        "tetrahedral array, ``{key}.mic.flac``). Left out of the versioned dump when ambiX alone",
+        description="output formats of every spatial sample, rendered from the same scene. First the "
+        "``.flac`` member (what LAION-CLAP loaders read): ``ambix`` (the scene at the RIR order) or ``foa`` "
+        "(its first order: with rir.order 3, FOA beside accurate binaural/mic); then any further "
+        "registered renderer, each its own member: ``binaural`` (2 channels, left first, "
+        "``{key}.binaural.flac``), ``mic`` (DCASE's 4-capsule tetrahedral array, ``{key}.mic.flac``). "
+        "Left out of the versioned dump when ambiX alone",
     )
     seed: int = 0
     limit: int | None = Field(None, ge=1, description="at most this many source clips")
@@ -100,14 +102,18 @@ class BuildConfig(BaseModel):
 
     @field_validator("formats", mode="before")
     @classmethod
-    def _foa_first(cls, v: Any) -> Any:
-        """``foa`` names ambiX (the CLI's spelling); ambiX comes first whatever the order given, once."""
+    def _flac_first(cls, v: Any) -> Any:
+        """A comma-separated string is a list; the ``.flac`` format (ambix or foa; ambix when neither
+        is named) comes first, each format once."""
         if isinstance(v, str):
             v = [f.strip() for f in v.split(",") if f.strip()]
-        names = [AMBIX_FORMAT if f == "foa" else f for f in v]
+        names = list(v)
         if len(set(names)) != len(names):
-            raise ValueError(f"formats repeat a format: {list(v)}")
-        return (AMBIX_FORMAT, *(f for f in names if f != AMBIX_FORMAT))
+            raise ValueError(f"formats repeat a format: {names}")
+        flac = [f for f in names if f in FLAC_FORMATS]
+        if len(flac) > 1:
+            raise ValueError(f"one .flac format, ambix or foa, got {flac}")
+        return (*(flac or [AMBIX_FORMAT]), *(f for f in names if f not in FLAC_FORMATS))
 
     def versioned(self) -> dict[str, Any]:
         """The fields that change the data (everything but UNVERSIONED), as hashed and as build.json."""

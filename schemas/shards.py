@@ -32,7 +32,11 @@ CLIP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # The format of a non-spatial original (the dry clip); every other format is a spatial renderer's.
 MONO_FORMAT = "mono"
 AMBIX_FORMAT = "ambix"
-"""The format of every spatial sample's ``.flac`` member (ambiX ACN/SN3D; tasks.renderers.Ambix)."""
+"""The default format of a spatial sample's ``.flac`` member: ambiX ACN/SN3D at the RIR order
+(tasks.renderers.Ambix)."""
+FOA_FORMAT = "foa"
+"""The other ``.flac`` format: the scene's first order only (tasks.renderers.FirstOrder)."""
+FLAC_FORMATS = (AMBIX_FORMAT, FOA_FORMAT)
 FORMAT_RE = r"^[a-z][a-z0-9_]{0,31}$"
 
 DESCRIPTOR_ATTRIBUTES: tuple[str, ...] = ("distance", "direction", "elevation", "reverb", "size")

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from schemas.shards import AMBIX_FORMAT, MONO_FORMAT, AudioInfo
+from schemas.shards import AMBIX_FORMAT, FOA_FORMAT, MONO_FORMAT, AudioInfo
 from tasks.binaural import Binaural
 from tasks.errors import LayoutError, UnknownComponentError, registered
 from tasks.mic_array import TetraMic
@@ -82,6 +82,31 @@ class Ambix(_AsIs):
         return order
 
 
+class FirstOrder:
+    """FOA: the first four channels (W, Y, Z, X) of an ambiX scene of any order, levelled on W.
+
+    The ``.flac`` member LAION-CLAP-style loaders expect, even when the build renders the scene at
+    a higher order for its binaural and mic members (which need order 3 to be accurate: see
+    tasks/binaural.py and tasks/mic_array.py). ACN/SN3D truncation is exact: a higher-order scene's
+    first four channels are the FOA scene."""
+
+    name = FOA_FORMAT
+    spatial = True
+    level_channels = (0,)
+    identity = None
+
+    def render(self, scene: np.ndarray, fs: int) -> np.ndarray:
+        Ambix().ambisonic_order(int(scene.shape[0]))
+        if scene.shape[0] < 4:
+            raise LayoutError(f"FOA needs an ambiX scene of order >= 1, got {scene.shape[0]} channel(s)")
+        return scene[:4]
+
+    def ambisonic_order(self, channels: int) -> int | None:
+        if channels != 4:
+            raise LayoutError(f"FOA has 4 channels, got {channels}")
+        return 1
+
+
 class Mono(_AsIs):
     """The dry clip as it is: one channel, the non-spatial original of a clip."""
 
@@ -96,7 +121,7 @@ class Mono(_AsIs):
 
 
 DEFAULT_RENDERER = Ambix.name
-RENDERERS: dict[str, Renderer] = {r.name: r for r in (Ambix(), Mono(), Binaural(), TetraMic())}
+RENDERERS: dict[str, Renderer] = {r.name: r for r in (Ambix(), FirstOrder(), Mono(), Binaural(), TetraMic())}
 
 
 def renderer(name: str) -> Renderer:

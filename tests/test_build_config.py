@@ -82,12 +82,15 @@ def test_execution_knobs_never_enter_the_version():
     assert len(hashes) == len(changes) and config_hash(base.versioned()) not in hashes
 
 
-def test_formats_name_foa_first_and_ambix_alone_leaves_the_version():
-    assert BuildConfig(formats="binaural,foa").formats == ("ambix", "binaural")
-    assert BuildConfig(formats=["foa"]).versioned() == BuildConfig().versioned()
-    assert "formats" in BuildConfig(formats="foa,mic").versioned()
+def test_formats_put_the_flac_format_first_and_ambix_alone_leaves_the_version():
+    assert BuildConfig(formats="binaural,foa").formats == ("foa", "binaural")
+    assert BuildConfig(formats="mic").formats == ("ambix", "mic")
+    assert BuildConfig(formats=["ambix"]).versioned() == BuildConfig().versioned()
+    assert "formats" in BuildConfig(formats="foa").versioned()
     with pytest.raises(ValidationError, match="repeat"):
         BuildConfig(formats="foa,binaural,binaural")
+    with pytest.raises(ValidationError, match="one .flac format"):
+        BuildConfig(formats="foa,ambix")
 
 
 def test_the_caption_cache_key_ignores_the_engine():

@@ -163,7 +163,7 @@ def test_a_measured_bank_in_three_formats_from_the_cli(tmp_path, flow_env):
     assert {frozenset(p["split"] for p in placements if p["room_id"] == room)
             for room in {p["room_id"] for p in placements}} == {frozenset({"train"}), frozenset({"test"})}
     spatial = [r for r in _manifest(version) if r["spatial"]]
-    assert spatial and all(r["formats"] == ["ambix", "binaural", "mic"] for r in spatial)
+    assert spatial and all(r["formats"] == ["foa", "binaural", "mic"] for r in spatial)
     labelled = {(az, el, d) for az, el, d in GEOMETRY}
     for tar in version.rglob("*.tar"):
         for sample in read_shard(str(tar)):
