@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scenes", default=None, metavar="YAML", help="a scene distribution")
     parser.add_argument("--formats", default="ambix", help="output formats, e.g. foa,binaural,mic")
-    parser.add_argument("--order", type=int, default=1, help="ambisonic order of the RIRs (3 for binaural/mic)")
+    parser.add_argument("--order", type=int, default=1, help="RIR ambisonic order (3 for binaural/mic)")
     args = parser.parse_args()
 
     from flows.build import build_spatial_dataset

@@ -89,7 +89,7 @@ def test_formats_put_the_flac_format_first_and_ambix_alone_leaves_the_version():
     assert "formats" in BuildConfig(formats="foa").versioned()
     with pytest.raises(ValidationError, match="repeat"):
         BuildConfig(formats="foa,binaural,binaural")
-    with pytest.raises(ValidationError, match="one .flac format"):
+    with pytest.raises(ValidationError, match=r"one \.flac format"):
         BuildConfig(formats="foa,ambix")
 
 
