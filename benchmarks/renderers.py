@@ -5,7 +5,7 @@ One 10 s prepared clip (benchmarks/scene_render.py's) is convolved with an RIR o
 engine in the same 10 x 8 x 3.5 m room, at ambisonic order 1 (the FOA default) and 3 (what an
 accurate binaural or mic render needs: see tasks/binaural.py and tasks/mic_array.py). Per order:
 
-- ``foa``: ``render_formats(..., ("ambix",))``, the existing sample (convolution, level, FLAC);
+- ``foa``: ``render_formats(..., ("foa",))``, the existing sample (convolution, level, FLAC);
 - ``+binaural``, ``+mic``, ``+both``: the same call with further formats (the scene is convolved
   once; each format is rendered, levelled and encoded on its own);
 - ``binaural_only`` / ``mic_only``: the renderer's ``render(scene, fs)`` alone on the convolved
@@ -48,10 +48,10 @@ def cases_for(order: int, mono: np.ndarray, cfg: AudioPrepConfig) -> dict[str, t
     audio_s = scene.shape[1] / SR
     binaural, mic = renderer("binaural"), renderer("mic")
     return {
-        "foa": (lambda: render_formats(mono, spectrum, cfg, ("ambix",)), audio_s),
-        "+binaural": (lambda: render_formats(mono, spectrum, cfg, ("ambix", "binaural")), audio_s),
-        "+mic": (lambda: render_formats(mono, spectrum, cfg, ("ambix", "mic")), audio_s),
-        "+both": (lambda: render_formats(mono, spectrum, cfg, ("ambix", "binaural", "mic")), audio_s),
+        "foa": (lambda: render_formats(mono, spectrum, cfg, ("foa",)), audio_s),
+        "+binaural": (lambda: render_formats(mono, spectrum, cfg, ("foa", "binaural")), audio_s),
+        "+mic": (lambda: render_formats(mono, spectrum, cfg, ("foa", "mic")), audio_s),
+        "+both": (lambda: render_formats(mono, spectrum, cfg, ("foa", "binaural", "mic")), audio_s),
         "binaural_only": (lambda: binaural.render(scene, SR), audio_s),
         "mic_only": (lambda: mic.render(scene, SR), audio_s),
     }

@@ -95,6 +95,9 @@ class BuildConfig(BaseModel):
             raise ValueError("a measured room source needs a bank, and a bank needs room_source measured")
         if self.bank_format is not None and self.bank is None:
             raise ValueError("bank_format is the format of a bank: give the bank")
+        if self.formats[0] == AMBIX_FORMAT and self.rir.order > 1:
+            raise ValueError(f"an ambix .flac of order {self.rir.order} has {(self.rir.order + 1) ** 2} "
+                             "channels and FLAC holds at most 8: write foa as the .flac (formats foa,...)")
         if self.scenes is not None and self.room_source != "ism":
             raise ValueError("scenes (several or moving sources) are drawn in simulated rooms only: moving a "
                              "source through a measured bank's positions is not implemented")

@@ -22,6 +22,7 @@ from schemas.captions import (
     RephraseRequest,
     RephraseSettings,
 )
+from schemas.rooms import RirSettings
 from schemas.scenes import SceneConfig
 from spatial_audiocaps.cli import main
 from tasks.build_file import BuildFileError, load_build, parse_override
@@ -91,6 +92,9 @@ def test_formats_put_the_flac_format_first_and_ambix_alone_leaves_the_version():
         BuildConfig(formats="foa,binaural,binaural")
     with pytest.raises(ValidationError, match=r"one \.flac format"):
         BuildConfig(formats="foa,ambix")
+    with pytest.raises(ValidationError, match="FLAC holds at most 8"):
+        BuildConfig(formats="binaural", rir=RirSettings(order=3))
+    assert BuildConfig(formats="foa,binaural", rir=RirSettings(order=3)).formats == ("foa", "binaural")
 
 
 def test_the_caption_cache_key_ignores_the_engine():
