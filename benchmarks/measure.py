@@ -4,14 +4,17 @@ CPU of a run: getrusage of the process and of its reaped children (Dask workers 
 the cluster closes), plus psutil's cpu_times of descendants still alive (the ephemeral Prefect
 server). Peak memory per process: a sampler thread in the parent polls the child's process tree,
 since a process's own ru_maxrss is gone with it and RUSAGE_CHILDREN mixes every descendant.
+In-process benchmarks (scene_render, renderers) time their cases with ``interleaved_medians``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import resource
+import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
@@ -76,3 +79,18 @@ class TreePeaks:
         rows = [(rss, self.cmdlines.get(pid, "")) for pid, rss in self.peaks.items() if pid != self.pid
                 and not any(x in self.cmdlines.get(pid, "") for x in exclude)]
         return max(rows, default=(0, ""))
+
+
+def interleaved_medians(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median process-CPU seconds of each case over ``repeats`` rounds, after one warm-up call each
+    (imports, filter design, FFT plans). Cases run interleaved, round by round, so a change in the
+    machine's load touches every case alike and the ratios between them stay comparable."""
+    for fn in cases.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            t = time.process_time()
+            fn()
+            times[name].append(time.process_time() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}

@@ -20,9 +20,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ import scipy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.measure import interleaved_medians
 from benchmarks.scene_render import DURATION, ROOM, SR, clip
 from schemas.audio import AudioPrepConfig
 from schemas.rooms import RirSettings
@@ -62,15 +61,8 @@ def main() -> None:
     mono = clip(0)
     cases = {f"o{order}/{name}": case for order in (1, 3)
              for name, case in cases_for(order, mono, cfg).items()}
-    for fn, _ in cases.values():
-        fn()  # warm-up: imports, HRTF load, filter design, FFT plans
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(REPEATS):
-        for name, (fn, _) in cases.items():
-            t = time.process_time()
-            fn()
-            times[name].append(time.process_time() - t)
-    per_s = {name: statistics.median(times[name]) / audio_s for name, (_, audio_s) in cases.items()}
+    medians = interleaved_medians({name: fn for name, (fn, _) in cases.items()}, REPEATS)
+    per_s = {name: medians[name] / audio_s for name, (_, audio_s) in cases.items()}
     ratio = {name: round(v / per_s[name.split("/")[0] + "/foa"], 3) for name, v in per_s.items()}
     print(json.dumps({
         "benchmark": "renderers",

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from scipy import signal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.measure import interleaved_medians
 from schemas.audio import AudioPrepConfig
 from schemas.rooms import SURFACES, RirSettings, RoomSpec, Surface
 from schemas.scenes import POINT_EARLY_WINDOW_S, ScenePlan, ScenePoint, SceneSource
@@ -154,15 +154,8 @@ def main() -> None:
         "scene3_static": (lambda: render_scene(plan([static, *others]), monos, rirs, cfg), DURATION),
         "scene3": (lambda: render_scene(plan([static, linear, arc]), monos, rirs, cfg), DURATION),
     }
-    for fn, _ in cases.values():
-        fn()  # warm-up: imports, FFT plans
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(REPEATS):
-        for name, (fn, _) in cases.items():
-            t = time.process_time()
-            fn()
-            times[name].append(time.process_time() - t)
-    per_s = {name: statistics.median(times[name]) / audio_s for name, (_, audio_s) in cases.items()}
+    medians = interleaved_medians({name: fn for name, (fn, _) in cases.items()}, REPEATS)
+    per_s = {name: medians[name] / audio_s for name, (_, audio_s) in cases.items()}
     ratio = {name: round(v / per_s["static"], 3) for name, v in per_s.items()}
     result = {
         "benchmark": "scene_render",
