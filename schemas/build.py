@@ -98,9 +98,6 @@ class BuildConfig(BaseModel):
         if self.formats[0] == AMBIX_FORMAT and self.rir.order > 1:
             raise ValueError(f"an ambix .flac of order {self.rir.order} has {(self.rir.order + 1) ** 2} "
                              "channels and FLAC holds at most 8: write foa as the .flac (formats foa,...)")
-        if self.scenes is not None and self.room_source != "ism":
-            raise ValueError("scenes (several or moving sources) are drawn in simulated rooms only: moving a "
-                             "source through a measured bank's positions is not implemented")
         return self
 
     @field_validator("formats", mode="before")

@@ -2,9 +2,11 @@
 
 Each spatial sample of the plan (aug >= 1) keeps its clip as source 0 and its placement as the
 scene's base (its receiver, and source 0's start); tasks.scene_geometry draws the rest around
-that receiver. Counts and partner clips are stable draws from the sample's key (sha256, like the
-plan's own), so a rerun plans the same scenes, and partners come from the same split, so no test
-clip is heard in a training scene. Mono originals stay as they are.
+that receiver in a simulated room, tasks.measured_scenes at the recorded positions of a measured
+one (which adds no placement: every point is one of the bank's). Counts and partner clips are
+stable draws from the sample's key (sha256, like the plan's own), so a rerun plans the same
+scenes, and partners come from the same split, so no test clip is heard in a training scene.
+Mono originals stay as they are.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from schemas.rooms import Placement, RoomSpec
+from schemas.measured import MeasuredRoom
+from schemas.rooms import Placement, Room
 from schemas.scenes import SceneConfig, ScenePlan
 from schemas.sources import SourceClip
 from tasks.errors import InvalidSceneError
+from tasks.measured_scenes import draw_measured_scene
 from tasks.plan import PlanItem, stable_unit
 from tasks.scene_geometry import draw_scene
 
@@ -59,12 +63,17 @@ but a moving source 0 starts at the base placement, so a room can fit one draw a
 
 
 def _draw(
-    item: PlanItem, base: Placement, room: RoomSpec, clips: list[SourceClip], cfg: SceneConfig, seed: int
+    item: PlanItem, base: Placement, room: Room, clips: list[SourceClip], cfg: SceneConfig, seed: int,
+    positions: Sequence[Placement],
 ) -> tuple[ScenePlan, list[Placement]]:
-    """The first of ``DRAWS`` stable draws that fits the room; the last draw's error otherwise."""
+    """The first of ``DRAWS`` stable draws that fits the room; the last draw's error otherwise.
+    ``positions``: a measured room's placements (its recorded positions); unused for a shoebox."""
 
     def draw(attempt: int) -> tuple[ScenePlan, list[Placement]]:
-        return draw_scene(base, room, clips, cfg, int(stable_unit("scene", item.key, attempt, seed) * 2**31))
+        scene_seed = int(stable_unit("scene", item.key, attempt, seed) * 2**31)
+        if isinstance(room, MeasuredRoom):
+            return draw_measured_scene(base, room, positions, clips, cfg, scene_seed), []
+        return draw_scene(base, room, clips, cfg, scene_seed)
 
     for attempt in range(DRAWS - 1):
         try:
@@ -82,18 +91,23 @@ class SceneReject(NamedTuple):
 
 
 def plan_scenes(
-    items: Sequence[PlanItem], placements: Mapping[str, Placement], rooms: Mapping[str, RoomSpec],
+    items: Sequence[PlanItem], placements: Mapping[str, Placement], rooms: Mapping[str, Room],
     cfg: SceneConfig, seed: int,
 ) -> tuple[list[PlanItem], list[Placement], list[SceneReject]]:
     """Every spatial item with its drawn scene, the new placements (trajectory points and further
-    sources' positions) that the RIR bank must render, each once, and the samples whose room cannot
-    hold their scene (rejected, named; if that is every spatial sample, the config itself is wrong
-    and InvalidSceneError says so)."""
+    sources' positions in simulated rooms; none in measured ones) that the RIR bank must render,
+    each once, and the samples whose room cannot hold their scene (rejected, named; if that is
+    every spatial sample, the config itself is wrong and InvalidSceneError says so)."""
     pool: dict[str, dict[tuple[str, str], SourceClip]] = defaultdict(dict)
     for item in items:
         pool[item.split].setdefault((item.dataset, item.clip_id), _clip_of(item))
     pools = {split: sorted(clips.values(), key=lambda c: (c.dataset, c.clip_id))
              for split, clips in pool.items()}
+    recorded: dict[str, list[Placement]] = defaultdict(list)  # a measured room's positions
+    if any(isinstance(r, MeasuredRoom) for r in rooms.values()):
+        for p in placements.values():
+            if isinstance(rooms.get(p.room_id), MeasuredRoom):
+                recorded[p.room_id].append(p)
     out: list[PlanItem] = []
     extra: dict[str, Placement] = {}
     rejects: list[SceneReject] = []
@@ -104,7 +118,8 @@ def plan_scenes(
         base = placements[item.placement_id]
         others = partners(item, pools[item.split], source_count(item.key, cfg, seed) - 1, seed)
         try:
-            scene, new = _draw(item, base, rooms[base.room_id], [_clip_of(item), *others], cfg, seed)
+            scene, new = _draw(item, base, rooms[base.room_id], [_clip_of(item), *others], cfg, seed,
+                               recorded.get(base.room_id, ()))
         except InvalidSceneError as exc:
             rejects.append(SceneReject(item, str(exc)))
             continue
