@@ -9,6 +9,7 @@ licence reach the card.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,6 +56,15 @@ class MeasuredRoom(BaseModel):
     n_positions: int = Field(ge=1)
     dims_m: tuple[float, float, float] | None = Field(None, description="only when a manifest gives it")
     bank_id: str | None = Field(None, description="set in a room set (bank_room_set): the bank it came from")
+    split: Literal["train", "val", "test"] | None = Field(
+        None, description="in a room set: the split the whole room is held out in; None when the bank has "
+        "too few rooms and the room's positions are spread over the splits",
+    )
+    root: str | None = Field(
+        None, exclude=True,
+        description="the folder the bank's file names are relative to, where this process finds them; not "
+        "dumped (never in a hash, rooms.parquet or a record), so a bank moved elsewhere is the same data",
+    )
     source: str | None = Field(None, description="the bank's provenance (MeasuredBank.source), for the card")
     licence: Licence | None = Field(None, description="the bank's licence and where it was found (card)")
 
@@ -75,7 +85,7 @@ class MeasuredPosition(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     room_id: str
-    file: str = Field(description="absolute path of the WAV or SOFA file")
+    file: str = Field(description="the WAV or SOFA file, relative to the bank's folder (MeasuredBank.root)")
     index: int | None = Field(None, description="measurement index M in a SOFA file; None for a WAV")
     azimuth_deg: float = Field(gt=-180.0, le=180.0)
     elevation_deg: float = Field(ge=-90.0, le=90.0)
@@ -89,7 +99,7 @@ class MeasuredBank(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bank_id: str = Field(description="content hash of every file the bank was read from")
-    path: str
+    path: str = Field(description="the SOFA file or folder as given")
     kind: Literal["sofa", "wav"]
     source: str = Field(description="what the data are (manifest, SOFA attributes or README text)")
     licence: Licence
@@ -100,20 +110,26 @@ class MeasuredBank(BaseModel):
     rooms: list[MeasuredRoom]
     positions: list[MeasuredPosition]
 
+    @property
+    def root(self) -> str:
+        """The folder positions' file names are relative to: the one holding ``path``."""
+        return str(Path(self.path).resolve().parent)
+
 
 class MeasuredRef(BaseModel):
-    """A placement's measured SRIR: enough to read, convert and check it without the bank."""
+    """A placement's measured SRIR: enough to read, convert and check it given the bank's folder
+    (MeasuredRoom.root). It enters the room-set hash and the RIR-bank key, so it holds what the
+    data are (a relative name and its hash), not where this machine keeps them or their licence."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bank_id: str
-    file: str
+    file: str = Field(description="path relative to the bank's folder (MeasuredRoom.root)")
     index: int | None = None
     channel_format: ChannelFormat
     order: int = Field(ge=0)
     native_fs: int = Field(gt=0)
     sha256: str
-    licence: str
 
 
 class MeasuredDetails(BaseModel):

@@ -192,6 +192,11 @@ class FormatMember(BaseModel):
 
     audio: AudioInfo
     rendered: RenderedInfo
+    scene_order: int = Field(
+        ge=0, description="ambisonic order of the scene it was rendered from (the RIR's): a binaural or "
+        "mic member from an order-1 scene has shortened ITDs / capsule delays above ~0.6 kHz; order 3 is "
+        "accurate",
+    )
 
 
 def member_ext(fmt: str) -> str:
@@ -227,7 +232,7 @@ class SampleRecord(BaseModel):
         None, exclude_if=lambda v: v is None,
         description="further formats of the same spatial sample, by renderer name: each is the member "
         "``{key}.{format}.flac`` (binaural: 2 channels, left first; mic: 4 capsules); ``audio`` stays the "
-        "ambiX ``.flac``. Absent when the build asked for ambiX alone",
+        "``.flac`` (ambix or foa). Absent when the build asked for the .flac alone",
     )
     sources: list[SceneSourceLabels] | None = Field(
         None, exclude_if=lambda v: v is None,
@@ -450,6 +455,7 @@ class BinauralCueStats(BaseModel):
 
     samples: int = Field(ge=0, description="single-source binaural samples measured (first in shard order)")
     renderer_ids: list[str] = Field(description="the HRTF sets and decoders of those samples")
+    scene_orders: list[int] = Field(description="ambisonic orders of the scenes they were decoded from")
     lateral_samples: int = Field(ge=0, description="samples with 30 < |azimuth| < 150 deg")
     ild_side_agreement: float | None = Field(
         description="share of lateral samples whose 1-4 kHz ILD is louder at the ear of the labelled side"
@@ -470,6 +476,10 @@ class BankCredit(BaseModel):
     licence: str
     licence_source: str = Field(description="where the licence was found (manifest, SOFA attribute, a file)")
     rooms: list[str]
+    rooms_held_out_whole: bool = Field(
+        description="every room's positions are in one split; False when the bank had too few rooms and "
+        "positions of one room are spread over train, val and test"
+    )
 
 
 class DatasetCard(BaseModel):

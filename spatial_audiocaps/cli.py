@@ -119,8 +119,8 @@ BUILD_FLAGS: tuple[tuple[str, str, type, tuple[str, ...] | None, str], ...] = (
     ("--shard-size", "shard_size", int, None, "samples per shard"),
     ("--seed", "seed", int, None, "plan seed"),
     ("--limit", "limit", int, None, "at most this many source clips"),
-    ("--formats", "formats", str, None, "output formats of spatial samples, comma-separated: foa (always), "
-     "binaural ({key}.binaural.flac), mic ({key}.mic.flac)"),
+    ("--formats", "formats", str, None, "output formats of spatial samples, comma-separated: the .flac "
+     "(ambix, the default, or foa: first order), then binaural ({key}.binaural.flac), mic ({key}.mic.flac)"),
     ("--rephrase-deployment", "run.rephrase_deployment", str, None,
      "run the caption stage on the GPU pool (e.g. rephrase-captions/rephrase-captions-gpu)"),
     ("--rephrase-workers", "run.rephrase_workers", int, None, "caption-stage workers (one engine each)"),

@@ -5,11 +5,13 @@ must be louder (ILD, 1-4 kHz) and earlier (ITD) at the left ear. The card measur
 audio actually written, not on the HRTF: it reads the ``binaural`` members of the first
 single-source spatial samples in shard order (scenes with several sources have no one azimuth),
 measures ILD and ITD with ``tasks.binaural.interaural_cues`` and plots both against the labelled
-azimuth. Reading stops after ``limit`` samples, so the section costs the same at any scale.
+azimuth. Reading stops after ``limit`` samples or ``MAX_SHARDS`` shards (a scene build's samples
+all have several sources), so the section costs the same at any scale.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,17 +25,20 @@ from tasks.storage import Storage
 
 BINAURAL = "binaural"
 CARD_SAMPLES = 300
+MAX_SHARDS = 8
 LATERAL_DEG = (30.0, 150.0)
 
 
 def binaural_points(
     shard_uris: Iterable[str], storage: Storage, limit: int = CARD_SAMPLES
-) -> tuple[np.ndarray, list[str]]:
+) -> tuple[np.ndarray, list[str], list[int]]:
     """(n, 4) rows of (azimuth, elevation, ILD dB, ITD s) of up to ``limit`` single-source binaural
-    samples, and their renderer ids, in shard order; shards are read only until ``limit`` is met."""
+    samples, their renderer ids and scene orders, in shard order; at most MAX_SHARDS shards are
+    read, and only until ``limit`` is met."""
     rows: list[tuple[float, float, float, float]] = []
     ids: set[str] = set()
-    for uri in shard_uris:
+    orders: set[int] = set()
+    for uri in itertools.islice(shard_uris, MAX_SHARDS):
         for s in read_shard(uri, storage=storage, decode=False):
             if not _single_binaural(s):
                 continue
@@ -42,9 +47,10 @@ def binaural_points(
             ild, itd = interaural_cues(ears, SHARD_SAMPLE_RATE)
             rows.append((s.record.labels.azimuth_deg, s.record.labels.elevation_deg, ild, itd))  # type: ignore[union-attr]
             ids.add(member.audio.renderer_id or BINAURAL)
+            orders.add(member.scene_order)
             if len(rows) >= limit:
-                return np.asarray(rows), sorted(ids)
-    return np.asarray(rows).reshape(-1, 4), sorted(ids)
+                return np.asarray(rows), sorted(ids), sorted(orders)
+    return np.asarray(rows).reshape(-1, 4), sorted(ids), sorted(orders)
 
 
 def _single_binaural(s: ShardSample | Any) -> bool:
@@ -52,7 +58,7 @@ def _single_binaural(s: ShardSample | Any) -> bool:
             and BINAURAL in (s.record.formats or {}))
 
 
-def cue_stats(points: np.ndarray, renderer_ids: list[str]) -> BinauralCueStats:
+def cue_stats(points: np.ndarray, renderer_ids: list[str], scene_orders: list[int]) -> BinauralCueStats:
     """How often the ears agree with the labelled side, over the clearly lateral samples."""
     az = points[:, 0] if len(points) else np.zeros(0)
     lateral = (np.abs(az) > LATERAL_DEG[0]) & (np.abs(az) < LATERAL_DEG[1])
@@ -62,7 +68,8 @@ def cue_stats(points: np.ndarray, renderer_ids: list[str]) -> BinauralCueStats:
     def agree(column: int) -> float | None:
         return round(float(np.mean((points[lateral, column] > 0) == left)), 4) if n else None
 
-    return BinauralCueStats(samples=len(points), renderer_ids=renderer_ids, lateral_samples=n,
+    return BinauralCueStats(samples=len(points), renderer_ids=renderer_ids, scene_orders=scene_orders,
+                            lateral_samples=n,
                             ild_side_agreement=agree(2), itd_side_agreement=agree(3))
 
 

@@ -389,6 +389,7 @@ def _sample(
             labels=labels_from_rir(done.rir, room) if done.rir and room else None,
             descriptors=descriptors_of(done.rir, rooms) if done.rir else None,
             audio_format=done.format, sources=sources, formats=done.extra,
+            scene_order=done.rir.order if done.rir else None,
         )
     except SampleRejected as exc:
         rejects.append(RejectRow(stage="shard", reason=exc.reason, detail=exc.detail, key=item.key,

@@ -61,7 +61,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
-from schemas.shards import ManifestRow, RejectRow
+from schemas.shards import AMBIX_FORMAT, MONO_FORMAT, ManifestRow, RejectRow
 from tasks.shard_writer import MemberOffsets, ShardPlan, ShardSample, write_tar
 from tasks.storage import (
     Digest,
@@ -446,6 +446,17 @@ class Receipt:
     info: ObjectInfo
 
 
+def _with_formats(rows: pa.Table) -> pa.Table:
+    """A receipt written before samples had further formats lacks ``formats``: each of its samples
+    had the one .flac, ambiX when spatial, mono otherwise, so a resumed build adopts its shard."""
+    if "formats" in rows.column_names or "spatial" not in rows.column_names:
+        return rows
+    spatial = rows.column("spatial").to_pylist()
+    formats = pa.array([[AMBIX_FORMAT] if s else [MONO_FORMAT] for s in spatial],
+                       MANIFEST_SCHEMA.field("formats").type)
+    return rows.add_column(MANIFEST_SCHEMA.get_field_index("formats"), "formats", formats)
+
+
 def read_receipt(storage: Storage, base: str, plan: ShardPlan) -> Receipt | None:
     """The plan's receipt, None when there is none. CommitError when it is unreadable, is not a
     table of manifest rows, or lists other samples than this plan's in this shard."""
@@ -454,7 +465,7 @@ def read_receipt(storage: Storage, base: str, plan: ShardPlan) -> Receipt | None
     if info is None:
         return None
     try:
-        rows = _read_small(storage, uri)
+        rows = _with_formats(_read_small(storage, uri))
     except (OSError, pa.ArrowException) as e:
         raise CommitError(f"receipt {safe_uri(uri)} is unreadable ({e})") from None
     check_table(rows, ManifestRow, f"receipt {safe_uri(uri)}")

@@ -462,6 +462,10 @@ def _binaural_lines(b: BinauralCueStats) -> list[str]:
         f"Of the {b.lateral_samples} clearly lateral ones (30° < |azimuth| < 150°), the 1-4 kHz ILD is "
         f"louder at the labelled side's ear in {share(b.ild_side_agreement)} and the ITD leads there in "
         f"{share(b.itd_side_agreement)}. Plot: `plots/binaural_cues.png`.",
+        *([f"Decoded from order-{min(b.scene_orders)} scenes: below order 3 a linear decode shortens the ITD "
+           "(about 0.2 ms instead of 0.7 ms at ±90° for order 1), so ITD cues are weaker than a listener's; "
+           "build with rir.order=3 and formats foa,binaural for accurate ones."] if b.scene_orders and
+          min(b.scene_orders) < 3 else []),
     ]
 
 
@@ -570,7 +574,11 @@ def render_readme(card: DatasetCard, *, uri: str = "") -> str:
         lines += _binaural_lines(card.binaural)
     for bank in card.measured_banks or []:
         lines += ["", f"## Measured rooms: bank `{bank.bank_id}`", "",
-                  f"- Rooms: {', '.join(bank.rooms)}.", f"- Source: {bank.source}",
+                  f"- Rooms: {', '.join(bank.rooms)}; "
+                  + ("each held out whole in one split." if bank.rooms_held_out_whole else
+                     "too few to hold rooms out whole: a room's positions are spread over train, val and "
+                     "test, so test rooms are heard in training."),
+                  f"- Source: {bank.source}",
                   f"- Licence ({bank.licence_source}): {bank.licence}",
                   "- Labels come from the bank's positions table; each RIR's direct-sound DOA is checked "
                   "against its label (Label QA), and T30/EDT/DRR/C50 are measured on the recording."]
@@ -626,21 +634,25 @@ def _bank_credits(st: Storage, base: str) -> list[BankCredit] | None:
     return [BankCredit(bank_id=bank_id, source=rooms[0].source or "unknown",
                        licence=rooms[0].licence.text if rooms[0].licence else "unknown",
                        licence_source=rooms[0].licence.source if rooms[0].licence else "none found",
-                       rooms=sorted(r.name for r in rooms))
+                       rooms=sorted(r.name for r in rooms),
+                       rooms_held_out_whole=all(r.split is not None for r in rooms))
             for bank_id, rooms in sorted(banks.items())] or None
 
 
 def _binaural_section(st: Storage, base: str, plots: dict[str, bytes]) -> BinauralCueStats | None:
     """Measured ILD/ITD of the version's binaural members (tasks/binaural_card.py) and their plot;
     None when no sample has a binaural member. Only the shards holding one are opened, in order."""
-    t = read_manifest(st, base, ["shard", "formats"])
+    try:
+        t = read_manifest(st, base, ["shard", "formats"])
+    except KeyError:  # a version finalized before further formats existed has none
+        return None
     formats = t.column("formats").combine_chunks()
     with_binaural = pc.list_parent_indices(formats).filter(pc.equal(pc.list_flatten(formats), BINAURAL))
     if not len(with_binaural):
         return None
     shards = dict.fromkeys(t.column("shard").take(with_binaural).to_pylist())
-    points, ids = binaural_points((join_uri(base, s) for s in shards), st)
-    stats = cue_stats(points, ids)
+    points, ids, orders = binaural_points((join_uri(base, s) for s in shards), st)
+    stats = cue_stats(points, ids, orders)
     if len(points):
         plots[f"{PLOTS_DIR}/binaural_cues.png"] = _png(cue_figure(points, stats, _plt()))
     return stats

@@ -67,6 +67,9 @@ NOISE_BLOCK_S = 0.01
 T30_RANGE_DB = 45.0
 DOA_POST_MS = 2.0
 MIN_KEEP_S = 0.1
+MAX_LABEL_ERROR_DEG = 20.0
+"""Largest direct-sound DOA error a measured RIR may have against its label (S3A's worst is 15 deg:
+a real microphone and loudspeaker, not a swapped or mislabelled file)."""
 """Never cut a measured RIR shorter than this: C50 and DRR need a late part to compare against."""
 
 
@@ -154,11 +157,11 @@ def _load_wav_dir(root: Path, bank_format: ChannelFormat | None) -> MeasuredBank
     hashed: list[tuple[str, str]] = []
     channels: set[int] = set()
     for d in room_dirs:
-        room, pos, n_ch = _read_room(d, manifest)
+        room, pos, n_ch = _read_room(d, manifest, root.parent)
         rooms.append(room)
         positions += pos
         channels.add(n_ch)
-        hashed += [(str(Path(q.file).relative_to(root.parent)), q.sha256) for q in pos]
+        hashed += [(q.file, q.sha256) for q in pos]
         hashed.append((str((d / LABELS_FILE).relative_to(root.parent)), _sha256_file(d / LABELS_FILE)))
     if len(channels) > 1:
         raise MeasuredBankError(f"{root}: rooms with different channel counts {sorted(channels)}")
@@ -166,7 +169,7 @@ def _load_wav_dir(root: Path, bank_format: ChannelFormat | None) -> MeasuredBank
         hashed.append((manifest_path.name, _sha256_file(manifest_path)))
     texts = _texts(text_dirs)
     order = _order_of(channels.pop(), str(root))
-    files = [Path(q.file) for q in positions[:RATIO_FILES]]
+    files = [root.parent / q.file for q in positions[:RATIO_FILES]]
     fmt, fmt_source, evidence = _decide_format(
         bank_format, manifest, _text_format(texts, root.parent), lambda: map(_read_wav, files)
     )
@@ -179,9 +182,11 @@ def _load_wav_dir(root: Path, bank_format: ChannelFormat | None) -> MeasuredBank
     )
 
 
-def _read_room(d: Path, manifest: BankManifest) -> tuple[MeasuredRoom, list[MeasuredPosition], int]:
+def _read_room(
+    d: Path, manifest: BankManifest, base: Path
+) -> tuple[MeasuredRoom, list[MeasuredPosition], int]:
     """One room folder: its labels table checked against its files (columns, presence, rates,
-    channel counts)."""
+    channel counts); positions name their files relative to ``base``."""
     table = d / LABELS_FILE
     with open(table, newline="") as fh:
         reader = csv.DictReader(fh)
@@ -208,10 +213,11 @@ def _read_room(d: Path, manifest: BankManifest) -> tuple[MeasuredRoom, list[Meas
             raise MeasuredBankError(f"{f}: {info.samplerate} Hz, but the bank manifest says {manifest.fs} Hz")
         try:
             az, el, dist = (float(row[c]) for c in LABEL_COLUMNS[1:])
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:  # TypeError: a short row (csv fills None)
             raise MeasuredBankError(f"{table}: row {row['file']!r} has a non-numeric label ({exc})") from exc
         az, el, dist = _label(az, el, dist, f"{table} row {row['file']!r}")
-        positions.append(MeasuredPosition(room_id=d.name, file=str(f), azimuth_deg=az, elevation_deg=el,
+        positions.append(MeasuredPosition(room_id=d.name, file=str(f.relative_to(base)), azimuth_deg=az,
+                                          elevation_deg=el,
                                           distance_m=dist, sha256=_sha256_file(f)))
     if len(rates) > 1:
         raise MeasuredBankError(f"{d}: files at different sample rates {rates} (one rate per room)")
@@ -358,7 +364,7 @@ def _load_sofa(path: Path, bank_format: ChannelFormat | None) -> MeasuredBank:
     positions = []
     for i in range(m):
         a, e, d = _label(float(az[i]), float(el[i]), float(dist[i]), f"{path}[{i}]")
-        positions.append(MeasuredPosition(room_id=room_id, file=str(path), index=i, azimuth_deg=a,
+        positions.append(MeasuredPosition(room_id=room_id, file=path.name, index=i, azimuth_deg=a,
                                           elevation_deg=e, distance_m=d, sha256=_sha256_samples(ir[i])))
     name = str(getattr(sofa, "GLOBAL_Title", "") or getattr(sofa, "GLOBAL_RoomDescription", "") or path.stem)
     room = MeasuredRoom(room_id=room_id, name=name, fs=fs, n_positions=m,
@@ -475,55 +481,76 @@ def _bank(**fields: object) -> MeasuredBank:
 
 
 def bank_room_set(
-    bank: MeasuredBank, seed: int, *, val_rooms: int = 0, test_rooms: int = 1
+    bank: MeasuredBank, seed: int, *, val_rooms: int = 1, test_rooms: int = 1
 ) -> tuple[list[MeasuredRoom], list[Placement], str]:
-    """Rooms, placements and the set's content hash, with WHOLE rooms held out per split.
+    """Rooms, placements and the set's content hash, with WHOLE rooms held out per split when the
+    bank has rooms to spare.
 
-    A seeded permutation of the rooms (sorted by id) gives the first ``val_rooms`` to val, the
-    next ``test_rooms`` to test and the rest to train, so every position of a room lands in one
-    split and no test room is ever heard in training. Receiver at the origin with yaw 0; the
-    source where the bank's label puts it.
+    With more than ``val_rooms + test_rooms`` rooms, a seeded permutation of the rooms (sorted by
+    id) gives the first ``val_rooms`` to val, the next ``test_rooms`` to test and the rest to train:
+    every position of a room lands in one split and no test room is heard in training
+    (``MeasuredRoom.split``). A smaller bank (one SOFA file, one S3A room) cannot do that and still
+    train: each room's positions are then spread over the splits (seeded; ~10 % val and test, at
+    least one each where the room has three positions), and ``MeasuredRoom.split`` is None, which
+    the card reports. Receiver at the origin with yaw 0; the source where the bank's label puts it.
+    The hash covers the positions' relative names and content, not where the bank lies.
     """
     rooms = sorted(bank.rooms, key=lambda r: r.room_id)
-    if val_rooms < 0 or test_rooms < 0 or val_rooms + test_rooms > len(rooms):
-        raise MeasuredBankError(
-            f"cannot hold out {val_rooms} val and {test_rooms} test rooms of a bank with {len(rooms)}"
-        )
-    perm = np.random.default_rng([seed, 1 << 30]).permutation(len(rooms))
-    split_of = {
+    if val_rooms < 0 or test_rooms < 0:
+        raise MeasuredBankError(f"cannot hold out {val_rooms} val and {test_rooms} test rooms")
+    whole = len(rooms) > val_rooms + test_rooms
+    rng = np.random.default_rng([seed, 1 << 30])
+    perm = rng.permutation(len(rooms))
+    room_split = {
         rooms[int(k)].room_id: "val" if i < val_rooms else "test" if i < val_rooms + test_rooms else "train"
         for i, k in enumerate(perm)
-    }
-    rows: list[dict] = []
-    counters: dict[str, int] = {}
+    } if whole else {}
+    by_room: dict[str, list[MeasuredPosition]] = {}
     for q in bank.positions:
-        j = counters.get(q.room_id, 0)
-        counters[q.room_id] = j + 1
-        split = split_of[q.room_id]
-        source = q.distance_m * unit_vector(q.azimuth_deg, q.elevation_deg)
-        rows.append({
-            "placement_id": f"{q.room_id}-{split}-{j}",
-            "room_id": q.room_id,
-            "split": split,
-            "receiver_m": (0.0, 0.0, 0.0),
-            "receiver_yaw_deg": 0.0,
-            "source_m": tuple(float(v) for v in source),
-            "azimuth_deg": q.azimuth_deg,
-            "elevation_deg": q.elevation_deg,
-            "distance_m": q.distance_m,
-            "srir": MeasuredRef(
-                bank_id=bank.bank_id, file=q.file, index=q.index, channel_format=bank.channel_format,
-                order=bank.order, native_fs=next(r.fs for r in rooms if r.room_id == q.room_id),
-                sha256=q.sha256, licence=bank.licence.text,
-            ).model_dump(mode="json"),
-        })
+        by_room.setdefault(q.room_id, []).append(q)
+    split_of: dict[tuple[str, int], str] = {}
+    for room_id, qs in sorted(by_room.items()):
+        for j, k in enumerate(rng.permutation(len(qs)) if not whole else range(len(qs))):
+            split_of[room_id, int(k)] = room_split[room_id] if whole else _position_split(j, len(qs))
+    rows: list[dict] = []
+    counters: dict[tuple[str, str], int] = {}
+    native = {r.room_id: r.fs for r in rooms}
+    for room_id, qs in sorted(by_room.items()):
+        for k, q in enumerate(qs):
+            split = split_of[room_id, k]
+            j = counters.get((room_id, split), 0)
+            counters[room_id, split] = j + 1
+            source = q.distance_m * unit_vector(q.azimuth_deg, q.elevation_deg)
+            rows.append({
+                "placement_id": f"{q.room_id}-{split}-{j}",
+                "room_id": q.room_id,
+                "split": split,
+                "receiver_m": (0.0, 0.0, 0.0),
+                "receiver_yaw_deg": 0.0,
+                "source_m": tuple(float(v) for v in source),
+                "azimuth_deg": q.azimuth_deg,
+                "elevation_deg": q.elevation_deg,
+                "distance_m": q.distance_m,
+                "srir": MeasuredRef(
+                    bank_id=bank.bank_id, file=q.file, index=q.index, channel_format=bank.channel_format,
+                    order=bank.order, native_fs=native[q.room_id], sha256=q.sha256,
+                ).model_dump(mode="json"),
+            })
     payload = {"bank_id": bank.bank_id, "seed": seed, "val_rooms": val_rooms, "test_rooms": test_rooms,
                "placements": rows}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     digest = hashlib.sha256(blob).hexdigest()[:16]
-    named = [r.model_copy(update={"bank_id": bank.bank_id, "source": bank.source, "licence": bank.licence})
+    named = [r.model_copy(update={"bank_id": bank.bank_id, "source": bank.source, "licence": bank.licence,
+                                  "split": room_split.get(r.room_id), "root": bank.root})
              for r in rooms]
     return named, [Placement(**r, room_set_hash=digest) for r in rows], digest
+
+
+def _position_split(j: int, n: int) -> str:
+    """The split of the j-th of a room's n positions in seeded order, when rooms cannot be held
+    out whole: ~10 % val, ~10 % test (one each from three positions on), the rest train."""
+    held = max(1, round(0.1 * n)) if n >= 3 else 0
+    return "val" if j < held else "test" if j < 2 * held else "train"
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,10 +564,11 @@ def _sofa_data(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, int]:
     return np.asarray(sofa.Data_IR, dtype=np.float64), _sofa_fs(sofa, Path(path))
 
 
-def read_srir(ref: MeasuredRef) -> tuple[np.ndarray, int]:
-    """The referenced SRIR as stored (channels first, the bank's format) and its rate, after
-    checking that its content still hashes to what the placement was made from."""
-    f = Path(ref.file)
+def read_srir(ref: MeasuredRef, root: str | Path) -> tuple[np.ndarray, int]:
+    """The referenced SRIR as stored (channels first, the bank's format) and its rate, from the
+    bank's folder ``root``, after checking that its content still hashes to what the placement was
+    made from."""
+    f = Path(root) / ref.file
     if not f.is_file():
         raise MeasuredBankError(f"{f}: the measured SRIR is gone")
     if ref.index is None:
@@ -607,21 +635,27 @@ def noise_floor_cut(w: np.ndarray, fs: int) -> tuple[int, float]:
     return min(w.size, max(i1 * b, round((noise - icpt) / slope * fs))), range_db
 
 
-def render_measured(placement: Placement, settings: RirSettings) -> tuple[np.ndarray, RirRecord]:
+def render_measured(
+    room: MeasuredRoom, placement: Placement, settings: RirSettings
+) -> tuple[np.ndarray, RirRecord]:
     """The ambiX RIR of a measured placement at ``settings.order`` and ``settings.fs``, and its
     record measured like any other source's (T30/EDT/DRR/C50 and the direct-path DOA check).
 
     The measurement's latency before the direct sound is cut so that the direct sound arrives at
-    distance / c, as in a simulated RIR: scene onsets then mean the same for both sources.
+    distance / c, as in a simulated RIR: scene onsets then mean the same for both sources. A
+    recording whose direct sound arrives more than MAX_LABEL_ERROR_DEG from its label is refused
+    (the placement becomes a bank reject): its label would be untrue.
     """
     ref = placement.srir
     if ref is None:
         raise MeasuredBankError(f"placement {placement.placement_id} names no measured SRIR")
+    if room.root is None:
+        raise MeasuredBankError(f"room {room.room_id} does not say where its bank is (MeasuredRoom.root)")
     if ref.order < settings.order:
         raise MeasuredBankError(
             f"{ref.file}: the bank is order {ref.order}, the build asks for order {settings.order}"
         )
-    raw, fs = read_srir(ref)
+    raw, fs = read_srir(ref, room.root)
     rir = to_ambix(raw, ref.channel_format)[: n_channels(settings.order)]
     if fs != settings.fs:
         g = math.gcd(settings.fs, fs)
@@ -642,13 +676,19 @@ def render_measured(placement: Placement, settings: RirSettings) -> tuple[np.nda
         err = float(angular_distance_deg(est.azimuth_deg, est.elevation_deg, p.azimuth_deg, p.elevation_deg))
         m = replace(m, direct_azimuth_deg=est.azimuth_deg, direct_elevation_deg=est.elevation_deg,
                     direct_doa_error_deg=err)
+    if m.direct_doa_error_deg > MAX_LABEL_ERROR_DEG:
+        raise MeasuredBankError(
+            f"{ref.file}: direct sound from az {m.direct_azimuth_deg:.1f}, el {m.direct_elevation_deg:.1f} "
+            f"deg, {m.direct_doa_error_deg:.1f} deg from its label (az {p.azimuth_deg}, el {p.elevation_deg})"
+        )
     record = RirRecord(
         placement_id=p.placement_id, room_id=p.room_id, room_set_hash=p.room_set_hash, method="measured",
         fs=settings.fs, order=settings.order, n_samples=rir.shape[1], azimuth_deg=p.azimuth_deg,
         elevation_deg=p.elevation_deg, distance_m=p.distance_m, engine_version=MEASURED_VERSION,
         measured=MeasuredDetails(bank_id=ref.bank_id, file=ref.file, index=ref.index,
                                  channel_format=ref.channel_format, native_fs=ref.native_fs,
-                                 licence=ref.licence, predelay_removed_s=cut / settings.fs),
+                                 licence=room.licence.text if room.licence else "unknown",
+                                 predelay_removed_s=cut / settings.fs),
         **vars(m),
     )
     return rir.astype(np.float32), record

@@ -61,7 +61,6 @@ import math
 
 import numpy as np
 from scipy.fft import irfft, next_fast_len, rfft
-from scipy.signal.windows import tukey
 from scipy.special import spherical_jn, spherical_yn
 
 from schemas.scenes import SPEED_OF_SOUND_M_S
@@ -121,6 +120,8 @@ def radial_filters(order: int, fs: int, rigid: bool = True) -> np.ndarray:
     taps = 2 * half + 1
     n_fft = 1 << (8 * taps - 1).bit_length()
     kr = 2 * np.pi * np.fft.rfftfreq(n_fft, 1.0 / fs) * RADIUS_M / SPEED_OF_SOUND_M_S
+    from scipy.signal.windows import tukey  # here: shard readers import this module, not scipy.signal
+
     window = tukey(taps, 0.5)
     filters = np.empty((order + 1, taps))
     for n in range(order + 1):

@@ -130,11 +130,14 @@ def renderer(name: str) -> Renderer:
 
 
 def check_formats(names: Iterable[str]) -> None:
-    """Every name is a registered renderer of spatial scenes (a build's ``formats``), checked when
-    a build is planned rather than in its first shard task."""
+    """Every name is a registered renderer of spatial scenes (a build's ``formats``) whose identity
+    resolves (a binaural renderer's HRTF loads), checked when a build is planned rather than in its
+    first shard task, after the RIR bank and the caption stage."""
     for name in names:
-        if not renderer(name).spatial:
+        out = renderer(name)
+        if not out.spatial:
             raise UnknownComponentError(f"renderer {name!r} does not render a spatial scene")
+        _ = out.identity
 
 
 def check_layout(info: AudioInfo) -> None:

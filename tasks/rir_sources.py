@@ -21,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from schemas.build import BuildConfig
+from schemas.measured import MeasuredRoom
 from schemas.rooms import Placement, RirRecord, RirSettings, Room, RoomSpec
 from tasks.errors import registered
 from tasks.measured_bank import MEASURED_VERSION, MeasuredBankError, bank_room_set, load_bank, render_measured
@@ -72,23 +73,30 @@ class ShoeboxIsm:
 
 class MeasuredSrir:
     """A measured SRIR bank (tasks/measured_bank.py): the placement's ``srir`` is read, converted
-    to ambiX, truncated to the build's order and resampled to its rate; the room spec is unused
-    (the recording is the room)."""
+    to ambiX, truncated to the build's order and resampled to its rate; the room (a MeasuredRoom)
+    says where the bank's files are (the recording is the room)."""
 
     method = "measured"
     version = MEASURED_VERSION
 
     def room_set(self, cfg: BuildConfig) -> tuple[list[Room], list[Placement], str]:
-        """The bank's rooms and positions, one room held out for test (cfg.room_seed picks it)."""
+        """The bank's rooms and positions (one room each held out for val and test when the bank has
+        three or more; cfg.room_seed picks them); refused when the bank's order is below the build's."""
         if cfg.bank is None:
             raise MeasuredBankError("room_source measured needs a bank (--bank PATH)")
-        rooms, placements, digest = bank_room_set(load_bank(cfg.bank, cfg.bank_format), cfg.room_seed)
+        bank = load_bank(cfg.bank, cfg.bank_format)
+        if bank.order < cfg.rir.order:
+            raise MeasuredBankError(f"{cfg.bank}: the bank is order {bank.order}, the build asks for order "
+                                    f"{cfg.rir.order} (rir.order)")
+        rooms, placements, digest = bank_room_set(bank, cfg.room_seed)
         return list(rooms), placements, digest
 
     def render(
         self, room: Room, placement: Placement, settings: RirSettings
     ) -> tuple[np.ndarray, RirRecord]:
-        return render_measured(placement, settings)
+        if not isinstance(room, MeasuredRoom):
+            raise MeasuredBankError(f"{placement.placement_id}: a measured RIR needs its bank's room")
+        return render_measured(room, placement, settings)
 
 
 DEFAULT_RIR_SOURCE = "ism"

@@ -57,7 +57,7 @@ class ShardJob(BaseModel):
     base: str
     provenance: dict[str, str | None]
     audio: AudioPrepConfig
-    formats: tuple[str, ...] = Field(description="spatial output formats, ambiX first (BuildConfig)")
+    formats: tuple[str, ...] = Field(description="spatial output formats, the .flac's first (BuildConfig)")
     screening: ValidationConfig
     rir_cache_mib: int
 

@@ -71,7 +71,8 @@ def read_record(raw: bytes) -> SampleRecord:
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise SampleRejected(ShardRejectReason.INVALID_RECORD, f"{where}: {first.get('msg')}"[:200]) from e
     try:
-        check_layout(record.audio)
+        for audio in (record.audio, *(m.audio for m in (record.formats or {}).values())):
+            check_layout(audio)
     except SpatialAudioCapsError as e:
         raise SampleRejected(ShardRejectReason.INVALID_RECORD, f"audio: {e}"[:200]) from e
     return record

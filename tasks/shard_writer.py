@@ -190,6 +190,7 @@ def build_sample(
     audio_format: str | None = None,
     sources: Sequence[SceneSourceLabels] | None = None,
     formats: Mapping[str, tuple[bytes, RenderedInfo]] | None = None,
+    scene_order: int | None = None,
 ) -> ShardSample:
     """A ShardSample from rendered FLAC bytes and what the earlier stages produced.
 
@@ -197,13 +198,16 @@ def build_sample(
     made the FLAC (RenderedSample.format); unset, the default renderer for a spatial sample and
     ``mono`` otherwise. ``clip_id`` is passed through ``safe_clip_id``; the raw id belongs in
     ``provenance.source_id``. ``sources``: a scene sample's per-source labels (its ``.csv`` too).
-    ``formats``: further formats of a spatial sample (RenderedSample.extra), one member each.
+    ``formats``: further formats of a spatial sample (RenderedSample.extra), one member each, rendered
+    from a scene of ambisonic order ``scene_order`` (the RIR's; required with ``formats``).
     """
     cid = safe_clip_id(clip_id)
     key = make_key(dataset, split, cid, aug)
     fmt = audio_format or (DEFAULT_RENDERER if labels is not None else MONO_FORMAT)
     audio = audio_info(flac, fmt)
-    members = {name: FormatMember(audio=audio_info(b, name), rendered=info)
+    if formats and scene_order is None:
+        raise ValueError("further formats need the order of the scene they were rendered from")
+    members = {name: FormatMember(audio=audio_info(b, name), rendered=info, scene_order=scene_order)
                for name, (b, info) in (formats or {}).items()}
     try:
         record = SampleRecord(

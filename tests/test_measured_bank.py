@@ -20,6 +20,7 @@ import pytest
 import sofar
 from srir_bank import FS_BANK, GEOMETRY, LATENCY_S, T60, C, as_format, srir, wav_room
 
+from schemas.measured import MeasuredRoom
 from schemas.rooms import Placement, RirRecord, RirSettings
 from tasks.ambisonics import real_sh_sn3d, unit_vector
 from tasks.measured_bank import (
@@ -94,10 +95,10 @@ def _direct(rir: np.ndarray) -> np.ndarray:
     return rir[:, k] / rir[0, k]
 
 
-def _render_all(placements: list[Placement], settings: RirSettings = SETTINGS):
+def _render_all(rooms: list[MeasuredRoom], placements: list[Placement], settings: RirSettings = SETTINGS):
     """Through the production bank: render_chunk with the registered source, then pack/unpack."""
-    rooms = dict.fromkeys({p.room_id for p in placements})  # the measured source ignores room specs
-    rirs, records, rejects = unpack_chunk(pack_chunk(*render_chunk(rooms, placements, settings, "measured")))
+    by_id = {r.room_id: r for r in rooms}  # a measured room says where its bank's files are
+    rirs, records, rejects = unpack_chunk(pack_chunk(*render_chunk(by_id, placements, settings, "measured")))
     assert not rejects, rejects
     return rirs, {r.placement_id: r for r in records}
 
@@ -109,9 +110,9 @@ def test_fuma_sofa_round_trips_through_the_measured_source(fuma_sofa):
     assert [r.fs for r in bank.rooms] == [FS_BANK] and bank.rooms[0].dims_m is None
     got = [(q.azimuth_deg, q.elevation_deg, q.distance_m) for q in bank.positions]
     assert np.allclose(got, GEOMETRY, atol=1e-6)  # labels in the listener's frame, +90 = left
-    _, placements, _ = bank_room_set(bank, seed=0, test_rooms=0)
+    rooms, placements, _ = bank_room_set(bank, seed=0, val_rooms=0, test_rooms=0)
     assert {p.split for p in placements} == {"train"} and len(placements) == len(GEOMETRY)
-    rirs, records = _render_all(placements)
+    rirs, records = _render_all(rooms, placements)
     for p in placements:
         rir, rec = rirs[p.placement_id], records[p.placement_id]
         assert rec.method == "measured" and rec.ism is None and rec.engine_version == "measured/1"
@@ -135,36 +136,44 @@ def test_n3d_bank_detected_from_its_data_and_truncated_to_the_build_order(n3d_so
     assert "median 3.0" in bank.format_evidence  # (X^2+Y^2+Z^2)/W^2 of N3D
     assert bank.licence.text == "unknown" and bank.licence.source == "none found"
     assert np.allclose([(q.azimuth_deg, q.elevation_deg, q.distance_m) for q in bank.positions], GEOMETRY)
-    _, placements, _ = bank_room_set(bank, seed=1, test_rooms=0)
+    rooms, placements, _ = bank_room_set(bank, seed=1, val_rooms=0, test_rooms=0)
     second = RirSettings(order=2)
-    rirs, records = _render_all(placements, second)
+    rirs, records = _render_all(rooms, placements, second)
     for p in placements:
         assert rirs[p.placement_id].shape[0] == 9 and records[p.placement_id].direct_doa_error_deg < 3.0
         gains = real_sh_sn3d(2, math.radians(p.azimuth_deg), math.radians(p.elevation_deg))
         assert _direct(rirs[p.placement_id]) == pytest.approx(gains, abs=0.02)  # N3D -> SN3D, order 2
-    rir, rec = render_measured(placements[1], SETTINGS)
+    rir, rec = render_measured(rooms[0], placements[1], SETTINGS)
     assert rir.shape[0] == 4 and rec.order == 1
     with pytest.raises(MeasuredBankError, match=r"order 2.*order 3"):
-        render_measured(placements[1], RirSettings(order=3))
+        render_measured(rooms[0], placements[1], RirSettings(order=3))
     given = load_bank(n3d_sofa, "ambix")  # the caller's word beats the data's
     assert (given.channel_format, given.format_source) == ("ambix", "argument")
 
 
 def test_placements_name_their_data_so_the_bank_key_follows_it(fuma_sofa, tmp_path):
     copy = shutil.copy(fuma_sofa, tmp_path / "hall.sofa")
-    _, before, _ = bank_room_set(load_bank(copy), seed=0, test_rooms=0)
+    rooms, before, digest = bank_room_set(load_bank(copy), seed=0, val_rooms=0, test_rooms=0)
+    # The same bank elsewhere is the same data: same placements, hash and bank key (no paths in them).
+    moved = shutil.copy(copy, (tmp_path / "elsewhere").mkdir() or tmp_path / "elsewhere" / "hall.sofa")
+    moved_rooms, moved_placements, moved_digest = bank_room_set(load_bank(moved), seed=0, val_rooms=0,
+                                                                test_rooms=0)
+    assert (moved_placements, moved_digest) == (before, digest) and moved_rooms[0].root != rooms[0].root
+    assert bank_key(moved_rooms, moved_placements, SETTINGS, "measured") == bank_key(rooms, before, SETTINGS,
+                                                                                       "measured")
+    assert str(tmp_path) not in json.dumps([p.model_dump(mode="json") for p in before])
     with netCDF4.Dataset(copy, "a") as nc:  # one measurement changes, the others do not
         nc["Data.IR"][2, 0, 100] = 0.5
-    _, after, _ = bank_room_set(load_bank(copy), seed=0, test_rooms=0)
+    _, after, _ = bank_room_set(load_bank(copy), seed=0, val_rooms=0, test_rooms=0)
     changed = [a.placement_id for a, b in zip(after, before, strict=True) if a.srir.sha256 != b.srir.sha256]
     assert changed == [before[2].placement_id]
     assert bank_key([], before, SETTINGS, "measured") != bank_key([], after, SETTINGS, "measured")
     with pytest.raises(MeasuredBankError, match="content changed"):
-        read_srir(before[2].srir)
+        read_srir(before[2].srir, rooms[0].root)
     # Simulated placements and records serialise as before: no srir / measured keys at all.
     plain = before[0].model_copy(update={"srir": None})
     assert "srir" not in json.loads(plain.model_dump_json())
-    rec = render_measured(before[0], SETTINGS)[1]
+    rec = render_measured(rooms[0], before[0], SETTINGS)[1]
     ism_like = rec.model_dump(exclude={"measured"}) | {"method": "ism", "ism": {
         "ism_max_order": 1, "absorption_scale": 1.0, "calibration_iterations": 0, "target_t30_s": 1.0}}
     assert "measured" not in json.loads(RirRecord.model_validate(ism_like).model_dump_json())
@@ -201,7 +210,19 @@ def test_whole_rooms_are_held_out(tmp_path):
     assignments = {tuple(p.split for p in bank_room_set(bank, seed=s, test_rooms=2)[1]) for s in range(8)}
     assert len(assignments) > 1  # the seed decides which rooms are held out
     with pytest.raises(MeasuredBankError, match="cannot hold out"):
-        bank_room_set(bank, seed=0, val_rooms=3, test_rooms=3)
+        bank_room_set(bank, seed=0, val_rooms=-1)
+    # Too few rooms to hold any out whole (one SOFA file, one room folder): each room's positions
+    # are spread over the splits instead, and the rooms say so (split None).
+    rooms, spread, _ = bank_room_set(bank, seed=0, val_rooms=3, test_rooms=3)
+    assert {r.split for r in rooms} == {None}
+    for room in rooms:  # two positions: both train; three: one per split
+        splits = sorted(p.split for p in spread if p.room_id == room.room_id)
+        assert splits == (["train"] * 2 if room.n_positions == 2 else ["test", "train", "val"])
+    one = wav_room(tmp_path / "one", 20)
+    rooms, spread, _ = bank_room_set(load_bank(one), seed=0)
+    assert rooms[0].split is None and sorted(p.split for p in spread).count("train") == 16
+    assert {p.split for p in spread} == {"train", "val", "test"}
+    assert len({p.placement_id for p in spread}) == 20
     manifest = {"licence": "CC0", "source": "synthetic", "channel_format": "ambix",
                 "dims_m": {"room1": [4, 5, 3]}}
     (root / "bank.json").write_text(json.dumps(manifest))
@@ -253,6 +274,13 @@ def _absent_file(tmp: Path) -> Path:
     return room
 
 
+def _short_row(tmp: Path) -> Path:
+    room = wav_room(tmp / "r", 2)
+    table = room / "labels_derived.csv"
+    table.write_text(table.read_text().rstrip("\n").rsplit("\n", 1)[0] + "\nls2.wav,0,0\n")
+    return room
+
+
 def _fuma_second_order(tmp: Path) -> Path:
     return _write_sofa(tmp / "x.sofa", np.stack([srir(0, 0, 1, 2, 0)] * 2), np.array([[1.0, 0, 0]] * 2),
                        fmt_attribute="fuma")
@@ -266,11 +294,26 @@ def _fuma_second_order(tmp: Path) -> Path:
     (_three_channels, r"3 channels is not \(N\+1\)\^2"),
     (_missing_column, r"missing columns \['distance_m'\]"),
     (_absent_file, "names 'ls2.wav', which is not in"),
+    (_short_row, "non-numeric label"),
     (_fuma_second_order, "FuMa banks must be first order"),
 ])
 def test_bad_banks_give_typed_errors(tmp_path, make, match):
     with pytest.raises(MeasuredBankError, match=match):
         load_bank(make(tmp_path))
+
+
+def test_a_recording_that_disagrees_with_its_label_is_a_bank_reject(tmp_path):
+    """Left and right swapped in the table: those two RIRs are refused (their labels would be untrue),
+    the others render."""
+    room = wav_room(tmp_path / "r", 4)  # front, left, right, up
+    table = room / "labels_derived.csv"
+    rows = table.read_text().splitlines()
+    rows[2], rows[3] = rows[2].replace(",90.0,", ",-90.0,"), rows[3].replace(",-90.0,", ",90.0,")
+    table.write_text("\n".join(rows) + "\n")
+    rooms, placements, _ = bank_room_set(load_bank(room), seed=0, val_rooms=0, test_rooms=0)
+    _, records, rejects = render_chunk({r.room_id: r for r in rooms}, placements, SETTINGS, "measured")
+    assert sorted(r.placement_id for r in rejects) == [placements[1].placement_id, placements[2].placement_id]
+    assert all("from its label" in r.detail for r in rejects) and len(records) == 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,8 +341,9 @@ def test_s3a_rooms_through_the_measured_source():
             lab = table[Path(q.file).name]
             assert (q.azimuth_deg, q.elevation_deg, q.distance_m) == pytest.approx(
                 (float(lab["azimuth_deg"]), float(lab["elevation_deg"]), float(lab["distance_m"])))
-    _, placements, _ = bank_room_set(bank, seed=0)
-    _, records = _render_all(placements)
+    rooms, placements, _ = bank_room_set(bank, seed=0)
+    assert sorted(r.split for r in rooms) == ["test", "train", "val"]  # three rooms: each held out whole
+    _, records = _render_all(rooms, placements)
     for room in bank.rooms:
         recs = [r for r in records.values() if r.room_id == room.room_id]
         assert len(recs) == room.n_positions

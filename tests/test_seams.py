@@ -115,7 +115,8 @@ def _samples(done, rooms) -> list[ShardSample]:
         labels = labels_from_rir(d.rir, rooms[d.rir.room_id]) if d.rir else None
         out.append(build_sample(d.flac, dataset=it.dataset, split=it.split, clip_id=it.clip_id, aug=it.aug,
                                 captions=caps, provenance=prov, labels=labels, descriptors=_words(labels),
-                                audio_format=d.format, formats=d.extra))
+                                audio_format=d.format, formats=d.extra,
+                                scene_order=d.rir.order if d.rir else None))
     return out
 
 
