@@ -112,6 +112,22 @@ def test_receipt_only_after_a_verified_upload_then_skip_then_adopt(root, samples
     assert verified_receipt(st, base, other) is None
 
 
+def test_a_receipt_from_before_further_formats_is_adopted(root, samples, tmp_path):
+    """Receipts written before the manifest's ``formats`` column: a resumed build reads them with
+    the one .flac each sample had (ambix when spatial, mono otherwise) and skips the shard."""
+    st = open_storage(root)
+    base = dataset_uri(root, DS, VER)
+    plan = plan_samples(samples, max_samples=50)[0]
+    done = commit_shard(st, base, plan, {s.key: s for s in samples}, tmp_dir=tmp_path)
+    old = done.rows.drop_columns(["formats"])
+    buf = io.BytesIO()
+    pq.write_table(old, buf)
+    st.put_bytes(receipt_uri(base, plan), buf.getvalue())
+    read = verified_receipt(st, base, plan)
+    assert read is not None and read == done.rows
+    assert {tuple(f) for f in read.column("formats").to_pylist()} <= {("ambix",), ("mono",)}
+
+
 def test_a_shard_with_only_rejected_samples_gets_an_empty_receipt(root, samples, tmp_path):
     st = open_storage(root)
     base = dataset_uri(root, DS, VER)
