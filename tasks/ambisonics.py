@@ -6,10 +6,12 @@ and normalisation cannot drift between the renderer, the DOA estimator and the l
 
 from __future__ import annotations
 
-from math import factorial
+from math import factorial, isqrt
 
 import numpy as np
 from scipy.special import lpmv
+
+from tasks.errors import LayoutError
 
 MAX_ORDER = 3
 
@@ -19,6 +21,15 @@ def n_channels(order: int) -> int:
     if not 0 <= order <= MAX_ORDER:
         raise ValueError(f"ambisonic order must be in 0..{MAX_ORDER}, got {order}")
     return (order + 1) ** 2
+
+
+def order_of(channels: int, what: str = "an ambiX signal") -> int:
+    """The ambisonic order N of (N+1)^2 channels (LayoutError otherwise): the one check every
+    renderer and reader of ambiX makes before trusting a channel count."""
+    order = isqrt(channels) - 1
+    if channels < 1 or (order + 1) ** 2 != channels:
+        raise LayoutError(f"{what}: {channels} channels is not (N+1)^2 for an ambisonic order N")
+    return order
 
 
 def acn_index(n: int, m: int) -> int:

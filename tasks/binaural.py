@@ -64,7 +64,7 @@ from pathlib import Path
 import numpy as np
 from scipy.fft import next_fast_len
 
-from tasks.ambisonics import real_sh_sn3d, vector_to_angles, wrap_azimuth
+from tasks.ambisonics import order_of, real_sh_sn3d, vector_to_angles, wrap_azimuth
 from tasks.errors import LayoutError, SpatialAudioCapsError
 
 HEAD_RADIUS_M = 0.0875
@@ -438,8 +438,8 @@ class Binaural:
 
     def render(self, scene: np.ndarray, fs: int) -> np.ndarray:
         channels = int(scene.shape[0])
-        order = math.isqrt(channels) - 1
-        if (order + 1) ** 2 != channels or not MIN_ORDER <= order <= MAX_ORDER:
+        order = order_of(channels, "binaural decoding")
+        if not MIN_ORDER <= order <= MAX_ORDER:
             raise LayoutError(
                 f"binaural decoding needs an ambiX scene of order {MIN_ORDER}..{MAX_ORDER} "
                 f"((N+1)^2 = 4, 9 or 16 channels), got {channels} channels"

@@ -44,9 +44,16 @@ from schemas.measured import (
     MeasuredRoom,
 )
 from schemas.rooms import Placement, RirRecord, RirSettings
-from tasks.ambisonics import angular_distance_deg, fuma_to_ambix, n_channels, unit_vector, vector_to_angles
+from tasks.ambisonics import (
+    angular_distance_deg,
+    fuma_to_ambix,
+    n_channels,
+    order_of,
+    unit_vector,
+    vector_to_angles,
+)
 from tasks.doa import DEFAULT_BAND_HZ, direct_sound_doa, first_arrival_index
-from tasks.errors import SpatialAudioCapsError
+from tasks.errors import LayoutError, SpatialAudioCapsError
 from tasks.room_acoustics import direct_index, measure_response
 from tasks.room_sampling import SPEED_OF_SOUND
 
@@ -124,10 +131,11 @@ def _bank_id(parts: list[tuple[str, str]]) -> str:
 
 
 def _order_of(n_ch: int, where: str) -> int:
-    order = math.isqrt(n_ch) - 1
-    if n_ch < 1 or (order + 1) ** 2 != n_ch:
-        raise MeasuredBankError(f"{where}: {n_ch} channels is not (N+1)^2 for an ambisonic order N")
-    return order
+    """tasks.ambisonics.order_of with the bank's own error type (bad input, not a bad render)."""
+    try:
+        return order_of(n_ch, where)
+    except LayoutError as exc:
+        raise MeasuredBankError(str(exc)) from None
 
 
 def _label(az: float, el: float, dist: float, where: str) -> tuple[float, float, float]:

@@ -64,7 +64,7 @@ from scipy.fft import irfft, next_fast_len, rfft
 from scipy.special import spherical_jn, spherical_yn
 
 from schemas.scenes import SPEED_OF_SOUND_M_S
-from tasks.ambisonics import MAX_ORDER, real_sh_sn3d
+from tasks.ambisonics import MAX_ORDER, order_of, real_sh_sn3d
 from tasks.errors import LayoutError, SpatialAudioCapsError
 
 RADIUS_M = 0.042
@@ -175,8 +175,8 @@ def _scene_order(scene: np.ndarray) -> int:
     if np.ndim(scene) != 2:
         raise LayoutError(f"an ambiX scene is (channels, samples), got shape {np.shape(scene)}")
     channels = int(np.shape(scene)[0])
-    order = math.isqrt(channels) - 1
-    if channels < 1 or (order + 1) ** 2 != channels or order > MAX_ORDER:
+    order = order_of(channels, "the MIC renderer")
+    if order > MAX_ORDER:
         raise LayoutError(
             f"the MIC renderer needs an ambiX scene of (N+1)^2 channels with N <= {MAX_ORDER}, "
             f"got {channels} channels"

@@ -18,13 +18,13 @@ The non-spatial original is the ``mono`` renderer of the dry clip. A new output 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
 
 from schemas.shards import AMBIX_FORMAT, FOA_FORMAT, MONO_FORMAT, AudioInfo
+from tasks.ambisonics import order_of
 from tasks.binaural import Binaural
 from tasks.errors import LayoutError, UnknownComponentError, registered
 from tasks.mic_array import TetraMic
@@ -76,10 +76,7 @@ class Ambix(_AsIs):
     level_channels = (0,)
 
     def ambisonic_order(self, channels: int) -> int | None:
-        order = math.isqrt(channels) - 1
-        if channels < 1 or (order + 1) ** 2 != channels:
-            raise LayoutError(f"ambiX needs (N+1)^2 channels, got {channels}")
-        return order
+        return order_of(channels, "ambiX")
 
 
 class FirstOrder:
