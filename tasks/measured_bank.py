@@ -154,7 +154,10 @@ def _load_wav_dir(root: Path, bank_format: ChannelFormat | None) -> MeasuredBank
     manifest, manifest_path = _manifest(root)
     if (root / LABELS_FILE).is_file():
         room_dirs = [root]
-        text_dirs = [root, root.parent]  # one room of a collection: the collection's README too
+        # One room of a collection (its parent holds other rooms): the collection's README too; a
+        # room folder anywhere else reads only its own texts (not, say, a project's LICENSE).
+        siblings = [d for d in root.parent.iterdir() if d != root and (d / LABELS_FILE).is_file()]
+        text_dirs = [root, root.parent] if siblings else [root]
     else:
         room_dirs = sorted(d for d in root.iterdir() if d.is_dir() and (d / LABELS_FILE).is_file())
         text_dirs = [root, *room_dirs]
@@ -238,12 +241,17 @@ def _read_room(
     return room, positions, n_ch
 
 
+_TEXT_NAME = re.compile(r"readme|licen[cs]e|copying|notice|metadata", re.I)
+
+
 def _texts(dirs: list[Path]) -> list[tuple[Path, str]]:
-    """README, metadata and licence texts (.txt, .md, no extension) of the given folders."""
+    """README, metadata and licence texts (.txt, .md, no extension; named so) of the given folders."""
     out = []
     for d in dirs:
         for f in sorted(d.iterdir()) if d.is_dir() else []:
-            if f.is_file() and f.suffix.lower() in (".txt", ".md", "") and f.stat().st_size < 1 << 20:
+            named = _TEXT_NAME.search(f.name) and not f.name.startswith(".")
+            text = f.suffix.lower() in (".txt", ".md", "")
+            if named and text and f.is_file() and f.stat().st_size < 1 << 20:
                 out.append((f, f.read_text(errors="replace")))
     return out
 
