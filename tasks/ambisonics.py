@@ -90,6 +90,13 @@ def angular_distance_deg(
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
+def n3d_to_sn3d(signal: np.ndarray) -> np.ndarray:
+    """ACN/N3D to ACN/SN3D, shape (channels, n_samples): degree-n channels divided by sqrt(2n + 1)."""
+    order = order_of(int(np.shape(signal)[0]), "N3D signal")
+    degree = np.concatenate([[n] * (2 * n + 1) for n in range(order + 1)])
+    return np.asarray(signal) / np.sqrt(2.0 * degree + 1.0)[:, None]
+
+
 def fuma_to_ambix(signal: np.ndarray) -> np.ndarray:
     """Convert first-order FuMa (W, X, Y, Z; W at -3 dB) to ambiX (W, Y, Z, X; SN3D).
 

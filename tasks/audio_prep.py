@@ -208,20 +208,21 @@ def decode(data: AudioSource, cfg: AudioPrepConfig) -> tuple[np.ndarray, int]:
 # resample, trim, loop
 
 
-def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Polyphase resampling (scipy resample_poly, Kaiser window) by sr_out/sr_in reduced by gcd.
+def resample(x: np.ndarray, sr_in: int, sr_out: int, dtype: type = np.float32) -> np.ndarray:
+    """Polyphase resampling (scipy resample_poly, Kaiser window) along the last axis by sr_out/sr_in
+    reduced by gcd, in ``dtype`` (float32 for clips; RIRs and HRIRs keep float64).
 
     Common rates reduce to small factors (44.1k→48k is 160/147). Odd rates (e.g. 44101 Hz) give
     huge factors; resample_poly still handles them exactly, at a one-off filter-design cost.
     """
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x, dtype=dtype)
     if sr_in <= 0 or sr_out <= 0:
         raise ValueError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
     if sr_in == sr_out:
         return x
     g = gcd(sr_in, sr_out)
-    y = signal.resample_poly(x, sr_out // g, sr_in // g)
-    return np.asarray(y, dtype=np.float32)
+    y = signal.resample_poly(x, sr_out // g, sr_in // g, axis=-1)
+    return np.asarray(y, dtype=dtype)
 
 
 def trim_silence(

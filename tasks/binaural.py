@@ -292,12 +292,12 @@ def _write_hrtf_sofa(
 
 def resample_hrtf(hrtf: HrtfSet, fs: int) -> HrtfSet:
     """The same set at ``fs`` (polyphase resampling of every HRIR); the identity is unchanged."""
-    from scipy import signal  # ~1 s to import: only for renders, not for the registry's importers
+    # Here, not at the top: audio_prep imports the renderer registry, which imports this module.
+    from tasks.audio_prep import resample
 
     if fs == hrtf.fs:
         return hrtf
-    g = math.gcd(int(fs), hrtf.fs)
-    hrirs = signal.resample_poly(hrtf.hrirs, int(fs) // g, hrtf.fs // g, axis=-1)
+    hrirs = resample(hrtf.hrirs, hrtf.fs, int(fs), dtype=np.float64)
     return HrtfSet(hrtf.name, hrtf.sha256, int(fs), hrtf.azimuth_deg, hrtf.elevation_deg, hrirs)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import soundfile as sf
 import yaml
 from pydantic import ValidationError
-from scipy.signal import butter, resample_poly, sosfiltfilt
+from scipy.signal import butter, sosfiltfilt
 
 from schemas.measured import (
     BankManifest,
@@ -47,11 +47,14 @@ from schemas.rooms import Placement, RirRecord, RirSettings
 from tasks.ambisonics import (
     angular_distance_deg,
     fuma_to_ambix,
+    n3d_to_sn3d,
     n_channels,
     order_of,
     unit_vector,
     vector_to_angles,
+    wrap_azimuth,
 )
+from tasks.audio_prep import resample
 from tasks.doa import DEFAULT_BAND_HZ, direct_sound_doa, first_arrival_index
 from tasks.errors import LayoutError, SpatialAudioCapsError
 from tasks.room_acoustics import direct_index, measure_response
@@ -143,8 +146,7 @@ def _label(az: float, el: float, dist: float, where: str) -> tuple[float, float,
         raise MeasuredBankError(f"{where}: no usable source position (az {az}, el {el}, distance {dist})")
     if not -90.0 <= el <= 90.0:
         raise MeasuredBankError(f"{where}: elevation {el} outside [-90, 90]")
-    az = -((-az + 180.0) % 360.0) + 180.0  # (-180, 180]
-    return float(az), float(el), float(dist)
+    return float(wrap_azimuth(az)), float(el), float(dist)
 
 
 # WAV folders ---------------------------------------------------------------------------------
@@ -605,13 +607,6 @@ def read_srir(ref: MeasuredRef, root: str | Path) -> tuple[np.ndarray, int]:
     return x, int(fs)
 
 
-def n3d_to_sn3d(x: np.ndarray) -> np.ndarray:
-    """ACN/N3D to ACN/SN3D: degree-n channels divided by sqrt(2n + 1)."""
-    order = _order_of(x.shape[0], "N3D signal")
-    degree = np.concatenate([[n] * (2 * n + 1) for n in range(order + 1)])
-    return x / np.sqrt(2.0 * degree + 1.0)[:, None]
-
-
 def to_ambix(x: np.ndarray, fmt: ChannelFormat) -> np.ndarray:
     """A bank's SRIR (channels first) as ambiX: FuMa through tasks.ambisonics.fuma_to_ambix
     ([sqrt2 W, Y, Z, X]), N3D rescaled to SN3D, ambiX unchanged."""
@@ -674,8 +669,7 @@ def render_measured(
     raw, fs = read_srir(ref, room.root)
     rir = to_ambix(raw, ref.channel_format)[: n_channels(settings.order)]
     if fs != settings.fs:
-        g = math.gcd(settings.fs, fs)
-        rir = resample_poly(rir, settings.fs // g, fs // g, axis=1)
+        rir = resample(rir, fs, settings.fs, dtype=np.float64)
     onset = direct_index(rir[0])
     cut = max(0, onset - round(placement.distance_m / SPEED_OF_SOUND * settings.fs))
     end, range_db = noise_floor_cut(rir[0, cut:], settings.fs)

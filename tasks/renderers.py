@@ -93,8 +93,7 @@ class FirstOrder:
     identity = None
 
     def render(self, scene: np.ndarray, fs: int) -> np.ndarray:
-        Ambix().ambisonic_order(int(scene.shape[0]))
-        if scene.shape[0] < 4:
+        if order_of(int(scene.shape[0]), "FOA's scene") < 1:
             raise LayoutError(f"FOA needs an ambiX scene of order >= 1, got {scene.shape[0]} channel(s)")
         return scene[:4]
 
