@@ -36,7 +36,10 @@ AMBIX_FORMAT = "ambix"
 (tasks.renderers.Ambix)."""
 FOA_FORMAT = "foa"
 """The other ``.flac`` format: the scene's first order only (tasks.renderers.FirstOrder)."""
-FLAC_FORMATS = (AMBIX_FORMAT, FOA_FORMAT)
+TETRA_FORMAT = "tetra"
+"""A ``.flac`` format too: first-order B-format as a real tetrahedral microphone delivers it, the
+scene captured by four spaced directional capsules and A->B encoded (tasks.capture_chain)."""
+FLAC_FORMATS = (AMBIX_FORMAT, FOA_FORMAT, TETRA_FORMAT)
 FORMAT_RE = r"^[a-z][a-z0-9_]{0,31}$"
 
 DESCRIPTOR_ATTRIBUTES: tuple[str, ...] = ("distance", "direction", "elevation", "reverb", "size")
