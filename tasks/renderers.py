@@ -26,6 +26,7 @@ import numpy as np
 from schemas.shards import AMBIX_FORMAT, FOA_FORMAT, MONO_FORMAT, AudioInfo
 from tasks.ambisonics import order_of
 from tasks.binaural import Binaural
+from tasks.capture_chain import Tetra
 from tasks.errors import LayoutError, UnknownComponentError, registered
 from tasks.mic_array import TetraMic
 
@@ -117,7 +118,9 @@ class Mono(_AsIs):
 
 
 DEFAULT_RENDERER = Ambix.name
-RENDERERS: dict[str, Renderer] = {r.name: r for r in (Ambix(), FirstOrder(), Mono(), Binaural(), TetraMic())}
+RENDERERS: dict[str, Renderer] = {
+    r.name: r for r in (Ambix(), FirstOrder(), Mono(), Binaural(), TetraMic(), Tetra())
+}
 
 
 def renderer(name: str) -> Renderer:
