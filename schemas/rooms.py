@@ -14,6 +14,9 @@ OCTAVE_BANDS_HZ: tuple[float, ...] = (125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.
 SURFACES: tuple[str, ...] = ("west", "east", "south", "north", "floor", "ceiling")
 
 Split = Literal["train", "val", "test"]
+SourcePattern = Literal["omni", "subcardioid", "cardioid", "hypercardioid", "figure_eight"]
+"""A source's directivity: pyroomacoustics' first-order family a + (1 - a) cos(theta), its
+DirectivityPattern coefficients (tasks/rir_engine.py reads them from the library)."""
 
 
 class Surface(BaseModel):
@@ -106,6 +109,22 @@ class Placement(BaseModel):
         "source reads, with its content hash so the RIR-bank key changes when the data do; None: "
         "simulated rooms",
     )
+    source_pattern: SourcePattern | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="the source's directivity (room sets with source_directivity); None: omnidirectional, "
+        "as in every ELSA placement, whose dumps and RIR-bank keys therefore do not change",
+    )
+    source_axis_deg: tuple[float, float] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="world-frame (azimuth, elevation) in degrees of the directional source's main axis "
+        "(azimuth counter-clockwise from the room's +x); set exactly when source_pattern is",
+    )
+
+    @model_validator(mode="after")
+    def _pattern_has_axis(self) -> Placement:
+        if (self.source_pattern is None) != (self.source_axis_deg is None):
+            raise ValueError("source_pattern and source_axis_deg are set together or not at all")
+        return self
 
 
 class IsmDetails(BaseModel):
@@ -207,3 +226,8 @@ class RirSettings(BaseModel):
     min_mixing_time_s: float = Field(default=0.02, ge=0.0)
     max_t30_s: float = Field(default=10.0, gt=0.0, description="bounded time and memory")
     seed: int = 0
+    scattering: bool = Field(
+        default=False, exclude_if=lambda v: not v,
+        description="surfaces' scattering coefficients move specular image energy into an earlier "
+        "diffuse onset (tasks/rir_engine.py); off: pure specular images, the ELSA render",
+    )

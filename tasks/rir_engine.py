@@ -7,12 +7,17 @@ faster than the library's spherical-harmonic microphone directivities and leaves
 to the library's omni RIR. Long reverberation caps the image order and continues with a
 stochastic diffuse tail (SN3D diffuse field: each degree-n channel has 1/(2n+1) of W's energy),
 and absorption is calibrated until the measured T30 hits the target.
+
+Two options, both off by default (the ELSA render): a directional source (``SourceDirectivity``,
+each image weighted by the pattern at its emission direction), and surface scattering
+(``RirSettings.scattering``, see ``specular_share`` and ``_early_diffuse``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
 
@@ -27,7 +32,7 @@ from scipy.signal.windows import hann
 
 from schemas.rooms import OCTAVE_BANDS_HZ, SURFACES, IsmDetails, RirRecord, RirSettings, RoomSpec
 from tasks import room_acoustics
-from tasks.ambisonics import n_channels, real_sh_sn3d, vector_to_angles
+from tasks.ambisonics import n_channels, real_sh_sn3d, unit_vector, vector_to_angles
 from tasks.errors import InvalidRoomError, UnreachableT30Error
 
 ENGINE_VERSION = "ism-sh-tail/2"
@@ -51,14 +56,106 @@ class RenderedRir:
     distance_m: float
 
 
+# pyroomacoustics' analytic first-order family, p + (1 - p) cos(theta). p is read off the
+# library's own patterns as their gain 90 degrees off axis (figure-eight 0, hypercardioid 0.25,
+# cardioid 0.5, subcardioid 0.75, omni 1), so the coefficients are the library's.
+_X, _Y = [1.0, 0.0, 0.0], np.array([[0.0, 1.0, 0.0]])
+_PATTERNS: dict[str, float] = {
+    name: float(pattern.get_response_cartesian(_Y)[0])
+    for name, pattern in {
+        "omni": pra.directivities.Omnidirectional(),
+        "subcardioid": pra.directivities.SubCardioid(_X),
+        "cardioid": pra.directivities.Cardioid(_X),
+        "hypercardioid": pra.directivities.HyperCardioid(_X),
+        "figure_eight": pra.directivities.FigureEight(_X),
+    }.items()
+}
+
+
+@dataclass(frozen=True)
+class SourceDirectivity:
+    """A directional source: a pattern name of ``_PATTERNS`` and its main axis, world-frame
+    (azimuth, elevation) in degrees (azimuth counter-clockwise from the room's +x)."""
+
+    pattern: str
+    axis_deg: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        if self.pattern not in _PATTERNS:
+            raise InvalidRoomError(f"unknown source pattern {self.pattern!r}; known: {sorted(_PATTERNS)}")
+        if len(self.axis_deg) != 2 or not all(math.isfinite(a) for a in self.axis_deg):
+            raise InvalidRoomError(f"source axis must be finite (azimuth, elevation), got {self.axis_deg}")
+
+    @property
+    def coefficient(self) -> float:
+        """The library's p: the pattern's omni share (its gain 90 degrees off axis)."""
+        return _PATTERNS[self.pattern]
+
+    def gain(self, directions: np.ndarray) -> np.ndarray:
+        """Signed pressure gain for emission directions (3, n) in the world frame (any length):
+        the rear lobe of a hypercardioid or figure-eight is inverted, as the library has it."""
+        axis = unit_vector(*self.axis_deg)
+        d = np.asarray(directions, dtype=np.float64)
+        p = self.coefficient
+        return p + (1.0 - p) * (axis @ d) / np.linalg.norm(d, axis=0)
+
+
 @dataclass(frozen=True)
 class _Images:
     times_s: np.ndarray  # arrival time of each visible image
     dist_m: np.ndarray
-    amp: np.ndarray  # (n_bands, n_images): damping / distance * air absorption
+    amp: np.ndarray  # (n_bands, n_images): damping / distance * air absorption (* directivity)
     azimuth: np.ndarray  # radians, receiver frame
     elevation: np.ndarray
     orders: np.ndarray
+    cells: np.ndarray  # (3, n_images): image-room index per axis (see image_cells)
+
+
+def image_cells(images: np.ndarray, source: tuple[float, float, float], dims: tuple[float, float, float]
+                ) -> np.ndarray:
+    """Image-room index c per axis (3, n): the image lies in the mirrored room [cL, (c+1)L).
+
+    Along one axis an image is at 2nL + x_s (even: c = 2n, reached by |c| reflections, none net
+    mirroring) or at 2nL - x_s (odd: c = 2n - 1, mirrored). Matching both forms, rather than
+    flooring x/L, stays exact when floating point puts an image a hair across a cell boundary.
+    """
+    x = np.asarray(images, dtype=np.float64).reshape(3, -1)
+    s = np.asarray(source, dtype=np.float64)[:, None]
+    two_l = 2.0 * np.asarray(dims, dtype=np.float64)[:, None]
+    n_even, n_odd = np.rint((x - s) / two_l), np.rint((x + s) / two_l)
+    odd = np.abs(x + s - n_odd * two_l) < np.abs(x - s - n_even * two_l)
+    return np.where(odd, 2 * n_odd - 1, 2 * n_even).astype(np.int64)
+
+
+def wall_hits(cells: np.ndarray) -> np.ndarray:
+    """Reflections on each surface (6, n), in SURFACES order (low then high wall of x, y, z).
+
+    Walking from the real room (c = 0) to cell c > 0 crosses planes L, 2L, ..., cL, which are
+    alternately the high and the low wall: ceil(c/2) high and floor(c/2) low; c < 0 the reverse.
+    """
+    c = np.asarray(cells, dtype=np.int64)
+    high = np.where(c > 0, (c + 1) // 2, (-c) // 2)
+    low = np.where(c > 0, c // 2, (1 - c) // 2)
+    return np.stack([low, high], axis=1).reshape(6, -1)
+
+
+def emission_directions(images: np.ndarray, cells: np.ndarray, receiver: tuple[float, float, float]
+                        ) -> np.ndarray:
+    """Direction (3, n) in which the real source emitted the sound each image delivers.
+
+    The image radiates towards the receiver; every mirroring in an axis flips that component,
+    so the source's own direction has the component negated where the image is odd in that axis.
+    """
+    towards = np.asarray(receiver, dtype=np.float64)[:, None] - np.asarray(images).reshape(3, -1)
+    return np.where(cells % 2 == 1, -towards, towards)
+
+
+def specular_share(spec: RoomSpec, cells: np.ndarray) -> np.ndarray:
+    """(n_bands, n) share of each image's energy still specular: prod over its reflections of
+    (1 - s_wall,band). The rest was scattered (not absorbed) and re-enters as diffuse energy."""
+    s = np.array([spec.surfaces[w].scattering for w in SURFACES])
+    log_keep = np.log(np.clip(1.0 - s, 1e-12, 1.0))  # (6, n_bands)
+    return np.exp(log_keep.T @ wall_hits(cells))
 
 
 def validate_geometry(
@@ -170,8 +267,11 @@ def _image_sources(
     receiver: tuple[float, float, float],
     yaw_deg: float,
     source: tuple[float, float, float],
+    dims: tuple[float, float, float],
+    directivity: SourceDirectivity | None = None,
 ) -> _Images:
-    """Visible image sources with their per-band amplitudes and receiver-frame directions."""
+    """Visible image sources with their per-band amplitudes and receiver-frame directions; a
+    directional source weights each by its pattern at the image's emission direction."""
     room.add_source(list(source))
     room.add_microphone(list(receiver))
     room.image_source_model()
@@ -182,7 +282,10 @@ def _image_sources(
     amp = src.damping[:, visible] / dist
     if room.air_absorption is not None:
         amp = amp * np.exp(-0.5 * np.asarray(room.air_absorption)[:, None] * dist)
-    return _Images(dist / room.c, dist, amp, az, el, src.orders[visible])
+    cells = image_cells(images, source, dims)
+    if directivity is not None:
+        amp = amp * directivity.gain(emission_directions(images, cells, receiver))[None, :]
+    return _Images(dist / room.c, dist, amp, az, el, src.orders[visible], cells)
 
 
 def _lay_down(
@@ -237,6 +340,26 @@ def _highpass(x: np.ndarray, fs: int) -> np.ndarray:
     return sosfiltfilt(sos, x, axis=-1).astype(np.float32)
 
 
+def _shaped_noise(
+    n: int, fs: int, gain: Callable[[np.ndarray, np.ndarray], np.ndarray], seed: list[int],
+    channels: list[int],
+) -> np.ndarray:
+    """(C, n) diffuse noise whose STFT is scaled by gain(log2 frequency, frame time from 0).
+
+    Shaping in the STFT domain costs one STFT pair per channel instead of a filter bank over
+    seconds of signal. Each channel gets its own noise (stream ``[*seed, ch]``); degree-n
+    channels carry 1/(2n+1) of W's energy, the SN3D diffuse field.
+    """
+    stft = ShortTimeFFT(hann(_TAIL_NFFT, sym=False), _TAIL_NFFT // 4, fs)
+    g = gain(np.log2(np.maximum(stft.f, OCTAVE_BANDS_HZ[0])), np.clip(stft.t(n), 0.0, None))
+    out = np.empty((len(channels), n))
+    for row, ch in enumerate(channels):
+        rng = np.random.default_rng([*seed, ch])
+        noise = rng.standard_normal(n) / math.sqrt(2 * math.isqrt(ch) + 1)
+        out[row] = stft.istft(stft.stft(noise) * g, k1=n)
+    return out
+
+
 def _late_tail(
     k: np.ndarray,
     level: np.ndarray,
@@ -247,32 +370,87 @@ def _late_tail(
     seed: int,
     channels: list[int],
 ) -> np.ndarray:
-    """Diffuse tail from t_start on: noise decaying at the band rates k from energy `level`.
-
-    Shaped in the STFT domain (band values interpolated over log-frequency), which costs one
-    STFT pair per channel instead of a filter bank over seconds of signal. Each channel gets
-    its own noise; degree-n channels carry 1/(2n+1) of W's energy, the SN3D diffuse field.
-    """
+    """Diffuse tail from t_start on: noise decaying at the band rates k from energy `level`
+    (band values interpolated over log-frequency)."""
     i0 = round(t_start * fs) + constants.get("frac_delay_length") // 2
     out = np.zeros((len(channels), n_samples), dtype=np.float32)
     if i0 >= n_samples:
         return out
     n = n_samples - i0
-    stft = ShortTimeFFT(hann(_TAIL_NFFT, sym=False), _TAIL_NFFT // 4, fs)
-    octave = np.log2(np.maximum(stft.f, OCTAVE_BANDS_HZ[0]))
     centres = np.log2(OCTAVE_BANDS_HZ)
-    k_f = np.interp(octave, centres, k)
-    log_level_f = np.interp(octave, centres, np.log(np.maximum(level, 1e-30)))
-    t = np.clip(stft.t(n), 0.0, None)
-    gain = np.exp(0.5 * (log_level_f[:, None] - k_f[:, None] * t[None, :])) / math.sqrt(fs)
+    log_level = np.log(np.maximum(level, 1e-30))
+
+    def gain(octave: np.ndarray, t: np.ndarray) -> np.ndarray:
+        k_f = np.interp(octave, centres, k)
+        log_level_f = np.interp(octave, centres, log_level)
+        return np.exp(0.5 * (log_level_f[:, None] - k_f[:, None] * t[None, :])) / math.sqrt(fs)
+
     n_fade = max(1, round(fade_s * fs))
     fade = np.ones(n)
     fade[:n_fade] = np.sin(0.5 * np.pi * (np.arange(n_fade) + 0.5) / n_fade) ** 2
-    for row, ch in enumerate(channels):
-        rng = np.random.default_rng([seed, ch])
-        noise = rng.standard_normal(n) / math.sqrt(2 * math.isqrt(ch) + 1)
-        shaped = stft.istft(stft.stft(noise) * gain, k1=n)
-        out[row, i0:] = shaped * fade
+    out[:, i0:] = _shaped_noise(n, fs, gain, [seed], channels) * fade
+    return out
+
+
+def scattered_share_rate(spec: RoomSpec, c: float) -> np.ndarray:
+    """Per band rate r <= 0 (1/s): of the energy arriving t seconds after emission, the share
+    exp(r t) is still specular and 1 - exp(r t) has been scattered.
+
+    A ray travelling c t metres hits each wall of axis i about c t / (4 L_i) times (direction
+    averaged: E|u_i| = 1/2, one wall in two); each hit keeps 1 - s of the specular energy.
+    Summed over the six walls the hits are c t S / 4V, Kuttruff's mean reflection rate.
+    """
+    s = np.array([spec.surfaces[w].scattering for w in SURFACES])
+    log_keep = np.log(np.clip(1.0 - s, 1e-12, 1.0))  # (6, n_bands)
+    per_m = np.repeat(1.0 / (4.0 * np.asarray(spec.dims_m)), 2)  # hits per metre of path, per wall
+    return c * (per_m[:, None] * log_keep).sum(axis=0)
+
+
+def _early_diffuse(
+    spec: RoomSpec,
+    k: np.ndarray,
+    level: np.ndarray,
+    t_first: float,
+    tail_from: float,
+    c: float,
+    n_samples: int,
+    settings: RirSettings,
+    channels: list[int],
+) -> np.ndarray:
+    """The scattered energy of the image sources, as diffuse noise from the first reflection on.
+
+    Energy model (Kuttruff, "Room Acoustics", ch. 4 on diffuse reflection; the "diffuse rain" of
+    hybrid image-source / ray-tracing renderers, e.g. Heinz 1993, Schroeder 2011): scattering
+    does not absorb, it moves energy from the specular path into a diffuse field. Each image keeps
+    ``specular_share`` of its energy; the rest reappears here as noise whose energy rate is the
+    scattered share 1 - exp(r t) (``scattered_share_rate``) of the reflections' smooth decay
+    level * exp(-k (t - tail_from)), the very decay the late tail continues. The sum of the two
+    parts follows the decay of the specular-only render, so the calibrated T30 is unchanged; what
+    changes is the early part: weaker discrete reflections, diffuse energy before the mixing time.
+    It fades out with the images' crossfade, where the late tail (the whole field) takes over.
+    """
+    fs, fdl = settings.fs, constants.get("frac_delay_length")
+    i0 = round(t_first * fs) + fdl // 2
+    i1 = min(round(tail_from * fs) + fdl // 2, n_samples)
+    out = np.zeros((len(channels), n_samples), dtype=np.float32)
+    if i1 <= i0:
+        return out
+    centres = np.log2(OCTAVE_BANDS_HZ)
+    log_level = np.log(np.maximum(level, 1e-30))
+    rate = scattered_share_rate(spec, c)
+
+    def gain(octave: np.ndarray, t: np.ndarray) -> np.ndarray:
+        t_abs = t_first + t
+        k_f = np.interp(octave, centres, k)[:, None]
+        share = -np.expm1(np.interp(octave, centres, rate)[:, None] * t_abs[None, :])
+        energy = np.interp(octave, centres, log_level)[:, None] - k_f * (t_abs - tail_from)[None, :]
+        return np.sqrt(share * np.exp(energy) / fs)
+
+    t = t_first + np.arange(i1 - i0) / fs
+    fade = settings.crossfade_s
+    x = np.clip((tail_from - t) / max(fade, 1e-9), 0.0, 1.0)
+    weight = np.where(t > tail_from - fade, np.sin(0.5 * np.pi * x) ** 2, 1.0)
+    out[:, i0:i1] = _shaped_noise(i1 - i0, fs, gain, [settings.seed, 1], channels) * weight
     return out
 
 
@@ -299,6 +477,7 @@ def _render_channels(
     channels: list[int],
     anechoic: bool,
     early_window_s: float | None = None,
+    directivity: SourceDirectivity | None = None,
 ) -> tuple[np.ndarray, int]:
     """Render the given ACN channels at one absorption scale; returns (C, N) and the ISM order.
     ``early_window_s``: only the first samples of that RIR, up to that long after the direct sound
@@ -306,7 +485,7 @@ def _render_channels(
     high-pass see the shorter buffer, which moves only its last milliseconds)."""
     max_order = 0 if anechoic else settings.max_ism_order
     room = _shoebox(spec, scale, settings, max_order)
-    img = _image_sources(room, receiver, yaw_deg, source)
+    img = _image_sources(room, receiver, yaw_deg, source, spec.dims_m, directivity)
     fs = settings.fs
     direct_s = float(img.times_s.min())
     length_s = direct_s + 0.05 if anechoic else direct_s + settings.length_factor * spec.target_t30_s
@@ -330,6 +509,10 @@ def _render_channels(
         keep &= img.times_s < length_s
     sh = real_sh_sn3d(settings.order, img.azimuth, img.elevation)[channels]
     amp = img.amp * weight[None, :]
+    # Scattering needs the diffuse part that takes the scattered energy: without a tail, none.
+    scattering = settings.scattering and tail_from is not None
+    if scattering:
+        amp = amp * np.sqrt(specular_share(spec, img.cells))
     rir = _lay_down(img.times_s[keep], amp[:, keep], sh[:, keep], room, n_samples)
 
     if tail_from is not None:
@@ -340,9 +523,13 @@ def _render_channels(
         sel = (img.times_s > direct_s + 0.001) & (img.times_s < tail_from)
         integral = (np.exp(k * window) - 1.0) / k
         level = (img.amp[:, sel] ** 2).sum(axis=1) / integral
-        rir += _highpass(
-            _late_tail(k, level, tail_from, n_samples, fs, settings.crossfade_s, settings.seed, channels), fs
-        )
+        diffuse = _late_tail(k, level, tail_from, n_samples, fs, settings.crossfade_s, settings.seed,
+                             channels)
+        if scattering:
+            t_first = float(img.times_s[img.orders > 0].min())
+            diffuse += _early_diffuse(spec, k, level, t_first, tail_from, room.c, n_samples, settings,
+                                      channels)
+        rir += _highpass(diffuse, fs)
 
     return np.ascontiguousarray(rir, dtype=np.float32), int(img.orders.max())
 
@@ -372,6 +559,7 @@ def render_rir(
     anechoic: bool = False,
     early_window_s: float | None = None,
     calibrate_at: tuple[float, float, float] | None = None,
+    directivity: SourceDirectivity | None = None,
 ) -> RenderedRir:
     """Render a calibrated ambisonic RIR (ACN/SN3D) for one source and receiver.
 
@@ -383,6 +571,8 @@ def render_rir(
     ``calibrate_at``: take the absorption calibrated for a source there instead (the path's first
     point: every point of a path then shares the absorption of the RIR whose late part it uses, and
     the calibration, the costly part of an early part, runs once per path and process).
+    ``directivity``: a directional source (None: omni); the calibration sees it too, since the
+    pattern shifts energy between the direct sound, the early reflections and the tail.
     """
     settings = settings or RirSettings()
     validate_geometry(spec.dims_m, receiver, source)
@@ -395,23 +585,25 @@ def render_rir(
         air = air_absorption(settings.fs) if settings.air_absorption else np.zeros(len(OCTAVE_BANDS_HZ))
         check_reachable(spec, settings, air, c)
         if calibrate_at is None:
-            scale, iterations, w = _calibrate(spec, receiver, yaw_deg, source, settings, air, c)
+            scale, iterations, w = _calibrate(spec, receiver, yaw_deg, source, settings, air, c, directivity)
         else:
             validate_geometry(spec.dims_m, receiver, calibrate_at)
             room_json = spec.model_dump_json(exclude=set(RoomSpec.model_computed_fields))
-            scale, iterations = _calibrated_scale(room_json, tuple(receiver), yaw_deg,
-                                                  tuple(calibrate_at), settings.model_dump_json())
+            scale, iterations = _calibrated_scale(room_json, tuple(receiver), yaw_deg, tuple(calibrate_at),
+                                                  settings.model_dump_json(), directivity)
     if early_window_s is not None:
         rir, ism_order = _render_channels(
-            spec, receiver, yaw_deg, source, settings, scale, all_channels, anechoic, early_window_s
+            spec, receiver, yaw_deg, source, settings, scale, all_channels, anechoic, early_window_s,
+            directivity,
         )
     elif w is None:
         rir, ism_order = _render_channels(
-            spec, receiver, yaw_deg, source, settings, scale, all_channels, anechoic
+            spec, receiver, yaw_deg, source, settings, scale, all_channels, anechoic, directivity=directivity
         )
     else:
         rest, ism_order = _render_channels(
-            spec, receiver, yaw_deg, source, settings, scale, all_channels[1:], anechoic
+            spec, receiver, yaw_deg, source, settings, scale, all_channels[1:], anechoic,
+            directivity=directivity,
         )
         rir = np.concatenate([w, rest]) if rest.size else w
     return RenderedRir(
@@ -430,13 +622,14 @@ def render_rir(
 def _calibrated_scale(
     spec_json: str, receiver: tuple[float, float, float], yaw_deg: float, source: tuple[float, float, float],
     settings_json: str,
+    directivity: SourceDirectivity | None = None,
 ) -> tuple[float, int]:
     """_calibrate's absorption scale and iterations for a source position, memoised per process
     (keys are the frozen inputs as JSON): the points of one path ask for their first point's."""
     spec, settings = RoomSpec.model_validate_json(spec_json), RirSettings.model_validate_json(settings_json)
     c = pra.constants.get("c")
     air = air_absorption(settings.fs) if settings.air_absorption else np.zeros(len(OCTAVE_BANDS_HZ))
-    scale, iterations, _ = _calibrate(spec, receiver, yaw_deg, source, settings, air, c)
+    scale, iterations, _ = _calibrate(spec, receiver, yaw_deg, source, settings, air, c, directivity)
     return scale, iterations
 
 
@@ -448,6 +641,7 @@ def _calibrate(
     settings: RirSettings,
     air: np.ndarray,
     c: float,
+    directivity: SourceDirectivity | None = None,
 ) -> tuple[float, int, np.ndarray]:
     """Scale absorption until the W channel's measured T30 is within tolerance of the target.
 
@@ -461,7 +655,8 @@ def _calibrate(
     best: tuple[float, float, np.ndarray] | None = None
     scale = 1.0
     for it in range(1, settings.calibration_max_iter + 1):
-        w, _ = _render_channels(spec, receiver, yaw_deg, source, settings, scale, [0], False)
+        w, _ = _render_channels(spec, receiver, yaw_deg, source, settings, scale, [0], False,
+                                directivity=directivity)
         measured = room_acoustics.t30(w[0], settings.fs)
         err = abs(measured / target - 1.0)
         if best is None or err < best[0]:

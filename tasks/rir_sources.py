@@ -25,7 +25,7 @@ from schemas.measured import MeasuredRoom
 from schemas.rooms import Placement, RirRecord, RirSettings, Room, RoomSpec
 from tasks.errors import registered
 from tasks.measured_bank import MEASURED_VERSION, MeasuredBankError, bank_room_set, load_bank, render_measured
-from tasks.rir_engine import ENGINE_VERSION, measure, render_rir
+from tasks.rir_engine import ENGINE_VERSION, SourceDirectivity, measure, render_rir
 from tasks.room_sampling import load_config, sample_room_set
 
 
@@ -62,8 +62,11 @@ class ShoeboxIsm:
         self, room: RoomSpec, placement: Placement, settings: RirSettings
     ) -> tuple[np.ndarray, RirRecord]:
         p = placement
+        directivity = (None if p.source_pattern is None or p.source_axis_deg is None
+                       else SourceDirectivity(p.source_pattern, p.source_axis_deg))
         rendered = render_rir(room, p.receiver_m, p.source_m, p.receiver_yaw_deg, settings,
-                              early_window_s=p.early_window_s, calibrate_at=p.calibrate_at_m)
+                              early_window_s=p.early_window_s, calibrate_at=p.calibrate_at_m,
+                              directivity=directivity)
         record = measure(
             rendered, placement_id=p.placement_id, room_id=p.room_id, room_set_hash=p.room_set_hash,
             target_t30_s=room.target_t30_s, order=settings.order, early_window_s=p.early_window_s,

@@ -26,8 +26,9 @@ from pydantic import ValidationError
 from scipy.optimize import brentq
 
 from schemas.measured import MeasuredRoom
-from schemas.room_set import RoomSetConfig, SplitPlacement
+from schemas.room_set import RoomSetConfig, SourceDirectivityConfig, SplitPlacement
 from schemas.rooms import OCTAVE_BANDS_HZ, SURFACES, Placement, Room, RoomSpec, Surface
+from tasks.ambisonics import vector_to_angles, wrap_azimuth
 from tasks.errors import InvalidRoomError, UnreachableT30Error
 from tasks.rir_engine import SCALE_RANGE, air_absorption, predicted_t30, scaled_absorption
 
@@ -146,11 +147,21 @@ def _sample_placement(
     """Receiver, yaw, source and its (azimuth, elevation, distance) label, inside the room.
 
     Labels are the drawn values themselves, so they lie exactly inside the configured ranges.
+    Distances beyond a few metres (e.g. [0.5, 10]) work where the room holds them: a source drawn
+    outside is redrawn, so a room shorter than the longest distance gets only the ones that fit
+    (long ones rarer than uniform). A room that cannot hold even the shortest is refused at once.
     """
     dims = np.asarray(room.dims_m)
     wc, sc = cfg.wall_clearance_m, cfg.source_clearance_m
     if np.any(dims <= 2 * wc):
         raise InvalidRoomError(f"room {room.room_id} is too small for {wc} m wall clearance")
+    longest = float(np.linalg.norm(np.maximum(dims - wc - sc, 0.0)))  # receiver and source corners
+    if split_cfg.distance_m[0] > longest:
+        raise InvalidRoomError(
+            f"room {room.room_id} {tuple(float(d) for d in dims)} m is too small for source distances "
+            f"{split_cfg.distance_m} m: with the wall clearances no source is more than {longest:.2f} m "
+            "from the receiver"
+        )
     for _ in range(_MAX_TRIES):
         z_hi = min(cfg.receiver_height_m[1], dims[2] - wc)
         z_lo = min(cfg.receiver_height_m[0], z_hi)
@@ -171,7 +182,26 @@ def _sample_placement(
             far = all(np.linalg.norm(source - a) >= cfg.min_test_separation_m for a in avoid)
             if inside and far:
                 return receiver, yaw, source, (az_deg, el_deg, dist)
-    raise InvalidRoomError(f"could not place a source in room {room.room_id} within the ranges")
+    raise InvalidRoomError(
+        f"could not place a source in room {room.room_id} {tuple(float(d) for d in dims)} m within the "
+        f"ranges (distance {split_cfg.distance_m} m, elevation {split_cfg.elevation_deg} deg)"
+    )
+
+
+def sample_source_axis(
+    cfg: SourceDirectivityConfig, receiver: np.ndarray, source: np.ndarray, rng: np.random.Generator
+) -> tuple[str, tuple[float, float]]:
+    """A directional source's pattern and world-frame main axis (azimuth, elevation) in degrees.
+
+    The axis points at the receiver give or take ``facing_spread_deg`` in azimuth and
+    ``elevation_jitter_deg`` in elevation (uniform): a loudspeaker or a talker is aimed at the
+    listener roughly, not exactly, and turns more freely sideways than up or down.
+    """
+    pattern = str(rng.choice(cfg.patterns))
+    az, el = (float(a) for a in vector_to_angles(np.asarray(receiver) - np.asarray(source)))
+    az = float(wrap_azimuth(az + rng.uniform(-cfg.facing_spread_deg, cfg.facing_spread_deg)))
+    el = float(np.clip(el + rng.uniform(-cfg.elevation_jitter_deg, cfg.elevation_jitter_deg), -90.0, 90.0))
+    return pattern, (az, el)
 
 
 def sample_room_set(
@@ -191,7 +221,10 @@ def sample_room_set(
         split_cfg = cfg.splits[split]
         for i in split_rooms[split]:
             room = rooms[int(i)]
-            rng = np.random.default_rng([seed, int(i), ("train", "val", "test").index(split) + 1])
+            stream = [seed, int(i), ("train", "val", "test").index(split) + 1]
+            rng = np.random.default_rng(stream)
+            # Its own stream: the same room set with and without directivity has the same positions.
+            axis_rng = np.random.default_rng([*stream, 1 << 20])
             for j in range(split_cfg.placements_per_room):
                 avoid = [] if split == "train" else train_sources.get(int(i), [])
                 receiver, yaw, source, (az, el, dist) = _sample_placement(
@@ -199,19 +232,21 @@ def sample_room_set(
                 )
                 if split == "train":
                     train_sources.setdefault(int(i), []).append(source)
-                rows.append(
-                    {
-                        "placement_id": f"{room.room_id}-{split}-{j}",
-                        "room_id": room.room_id,
-                        "split": split,
-                        "receiver_m": tuple(float(v) for v in receiver),
-                        "receiver_yaw_deg": yaw,
-                        "source_m": tuple(float(v) for v in source),
-                        "azimuth_deg": az,
-                        "elevation_deg": el,
-                        "distance_m": dist,
-                    }
-                )
+                row = {
+                    "placement_id": f"{room.room_id}-{split}-{j}",
+                    "room_id": room.room_id,
+                    "split": split,
+                    "receiver_m": tuple(float(v) for v in receiver),
+                    "receiver_yaw_deg": yaw,
+                    "source_m": tuple(float(v) for v in source),
+                    "azimuth_deg": az,
+                    "elevation_deg": el,
+                    "distance_m": dist,
+                }
+                if cfg.source_directivity is not None:  # omni rows (ELSA) keep their keys and hash
+                    pattern, axis = sample_source_axis(cfg.source_directivity, receiver, source, axis_rng)
+                    row |= {"source_pattern": pattern, "source_axis_deg": axis}
+                rows.append(row)
     digest = content_hash(cfg, seed, rooms, rows)
     placements = [Placement(**r, room_set_hash=digest) for r in rows]
     return rooms, placements, digest

@@ -148,3 +148,28 @@ def test_bad_configs_are_named(tmp_path):
             sample_room_set(load_config(path), seed=0, n_rooms=3)
     with pytest.raises(InvalidRoomError, match="No such file"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_long_distances_in_large_rooms(cfg):
+    """Distances up to 10 m: large rooms hold them, labels stay exact, sources stay inside."""
+    far = {"azimuth_deg": (-180.0, 180.0), "elevation_deg": (-20.0, 20.0), "distance_m": (0.5, 10.0)}
+    big = cfg.model_copy(update={"floor_area_m2": (200.0, 400.0),
+                                 "splits": {"train": cfg.splits["train"].model_copy(update=far)}})
+    rooms, placements, _ = sample_room_set(big, seed=5, n_rooms=40)
+    by_id = {r.room_id: r for r in rooms}
+    d = np.array([p.distance_m for p in placements])
+    assert d.min() >= 0.5 and d.max() <= 10.0
+    assert (d > 6.0).sum() >= 5  # long distances are drawn, not just the ones the paper uses
+    for p in placements:
+        _, _, dist = relative_direction(p.receiver_m, p.receiver_yaw_deg, np.array(p.source_m))
+        assert dist[0] == pytest.approx(p.distance_m, abs=1e-9)
+        assert np.all(np.array(p.source_m) >= big.source_clearance_m)
+        assert np.all(np.array(p.source_m) <= np.array(by_id[p.room_id].dims_m) - big.source_clearance_m)
+
+
+def test_room_too_small_for_the_distances_is_refused_at_once(cfg):
+    small = cfg.model_copy(update={
+        "floor_area_m2": (14.0, 15.0), "height_m": (2.5, 2.6),
+        "splits": {"train": cfg.splits["train"].model_copy(update={"distance_m": (8.0, 10.0)})}})
+    with pytest.raises(InvalidRoomError, match="too small for source distances"):
+        sample_room_set(small, seed=0, n_rooms=2)
