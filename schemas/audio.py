@@ -8,10 +8,11 @@ sample's ``.json`` provenance.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class RejectReason(StrEnum):
@@ -42,6 +43,55 @@ class RejectReason(StrEnum):
 
 
 FlacSubtype = Literal["PCM_16", "PCM_24"]
+NoiseSpectrum = Literal["white", "pink"]
+
+
+class SensorNoise(BaseModel):
+    """Sensor noise added to every spatial format's rendered channels, before levelling and FLAC.
+
+    Real B-format recordings carry capsule and preamp self-noise: independent on every channel and
+    of equal power per channel. So is this noise, which is why it is relatively stronger on the
+    dipoles than on W (a diffuse field's degree-1 SN3D channels carry 1/3 of W's power, and a plane
+    wave spreads W's power over X, Y and Z), as in real recordings.
+
+    SNR (dB) = 10 log10(mean power of the format's level channels over the whole sample / noise
+    power of one channel), the level channels being the renderer's (W for ambiX and FOA, both ears
+    for binaural): the channels whose RMS the sample is levelled by, so the SNR is that of the
+    levelled audio too. Each spatial sample draws its SNR uniformly from ``snr_db`` (tasks.sensor_noise).
+
+    The default range, 10 to 40 dB, runs from a quiet source a little above a portable recorder's
+    noise floor (below 10 dB on W, the weakest dipoles of a plane wave are near 0 dB and the direction
+    labels stop being audible) to a clean capture (above 40 dB the noise is more than 60 dB under the
+    -23 dBFS level target: it would change little). White by default: self-noise is near white over
+    the audio band; pink (1/f power, -3 dB per octave from 20 Hz up) is the rumble-heavier choice.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    snr_db: tuple[float, float] = Field(
+        (10.0, 40.0), description="(lo, hi): each spatial sample's SNR is drawn uniformly from it, dB; "
+        "a single number (or 'lo,hi' text, as the CLI's --snr gives) is also accepted",
+    )
+    spectrum: NoiseSpectrum = Field("white", description="white, or pink (1/f power from 20 Hz up)")
+
+    @field_validator("snr_db", mode="before")
+    @classmethod
+    def _range(cls, v: Any) -> Any:
+        """'10,40' or '30' (the CLI's text) and a single number are ranges too."""
+        if isinstance(v, str):
+            v = [p.strip() for p in v.split(",")]
+        if isinstance(v, int | float):
+            v = [v]
+        return (v[0], v[0]) if isinstance(v, list | tuple) and len(v) == 1 else v
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        lo, hi = self.snr_db
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"snr_db must be finite, got {self.snr_db}")
+        if lo > hi:
+            raise ValueError(f"snr_db range (lo, hi) has lo > hi: {self.snr_db}")
+        return self
 
 
 class AudioPrepConfig(BaseModel):
@@ -81,6 +131,11 @@ class AudioPrepConfig(BaseModel):
     flac_subtype: FlacSubtype = "PCM_16"
     flac_compression_level: float | None = Field(
         None, ge=0, le=1, description="libsndfile FLAC level 0..1; None keeps its default."
+    )
+    sensor_noise: SensorNoise | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="sensor noise on every spatial format before levelling (SensorNoise); None: noiseless, "
+        "and then absent from the dump, so builds without it keep their versions and bytes",
     )
 
     @model_validator(mode="after")
@@ -145,3 +200,10 @@ class RenderedInfo(BaseModel):
     )
     flac_subtype: FlacSubtype
     flac_bytes: int
+    sensor_snr_db: float | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="the sample's drawn sensor-noise SNR on the level channels (SensorNoise); absent: none",
+    )
+    sensor_noise_spectrum: NoiseSpectrum | None = Field(
+        None, exclude_if=lambda v: v is None, description="white or pink, with sensor_snr_db",
+    )

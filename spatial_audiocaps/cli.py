@@ -121,6 +121,10 @@ BUILD_FLAGS: tuple[tuple[str, str, type, tuple[str, ...] | None, str], ...] = (
     ("--limit", "limit", int, None, "at most this many source clips"),
     ("--formats", "formats", str, None, "output formats of spatial samples, comma-separated: the .flac "
      "(ambix, the default, or foa: first order), then binaural ({key}.binaural.flac), mic ({key}.mic.flac)"),
+    ("--snr", "audio.sensor_noise.snr_db", str, None, "sensor noise on every spatial format: each sample's "
+     "SNR (dB, on the level channels) drawn uniformly from LO,HI, e.g. 10,40 (default: no noise)"),
+    ("--noise-spectrum", "audio.sensor_noise.spectrum", str, ("white", "pink"),
+     "the sensor noise's spectrum (white, the default, or pink); turns sensor noise on"),
     ("--rephrase-deployment", "run.rephrase_deployment", str, None,
      "run the caption stage on the GPU pool (e.g. rephrase-captions/rephrase-captions-gpu)"),
     ("--rephrase-workers", "run.rephrase_workers", int, None, "caption-stage workers (one engine each)"),

@@ -39,6 +39,7 @@ from schemas.audio import (
 )
 from tasks.errors import AudioRejected, SpatialAudioCapsError
 from tasks.renderers import DEFAULT_RENDERER, renderer
+from tasks.sensor_noise import SampleNoise, add_sensor_noise
 
 AudioSource = bytes | bytearray | memoryview | str | os.PathLike[str]
 
@@ -554,16 +555,22 @@ def render_clip(
 
 
 def render_formats(
-    clip: np.ndarray, rir_spectrum: RirSpectrum, cfg: AudioPrepConfig, formats: Sequence[str]
+    clip: np.ndarray,
+    rir_spectrum: RirSpectrum,
+    cfg: AudioPrepConfig,
+    formats: Sequence[str],
+    noise: SampleNoise | None = None,
 ) -> Encoded:
     """render_clip for several output formats of the same sample: the scene is convolved once and
-    each renderer reads it (a build's ``formats``: ambiX beside binaural and mic)."""
+    each renderer reads it (a build's ``formats``: ambiX beside binaural and mic); ``noise``: the
+    sample's sensor noise (tasks.sensor_noise.sample_noise), added to each format."""
     if rir_spectrum.sample_rate != cfg.target_sr:
         raise ValueError(f"RIR is at {rir_spectrum.sample_rate} Hz but the clip is at {cfg.target_sr} Hz")
     return encode_formats(
         convolve(clip, rir_spectrum),
         cfg,
         formats,
+        noise,
         rir_samples=rir_spectrum.rir_length,
         block_size=rir_spectrum.block_size,
         fft_size=rir_spectrum.fft_size,
@@ -571,23 +578,40 @@ def render_formats(
 
 
 def encode_formats(
-    scene: np.ndarray, cfg: AudioPrepConfig, formats: Sequence[str], **convolution: int
+    scene: np.ndarray,
+    cfg: AudioPrepConfig,
+    formats: Sequence[str],
+    noise: SampleNoise | None = None,
+    **convolution: int,
 ) -> Encoded:
     """level_and_encode of one scene in each format; each format has its own gain, set on its own
-    level channels (W for ambiX, both ears for binaural), since their levels differ by design."""
-    return {fmt: level_and_encode(scene, cfg, fmt, **convolution) for fmt in formats}
+    level channels (W for ambiX, both ears for binaural), since their levels differ by design, and
+    its own sensor noise at the sample's SNR (none when ``noise`` is None)."""
+    return {fmt: level_and_encode(scene, cfg, fmt, noise=noise, **convolution) for fmt in formats}
 
 
 def level_and_encode(
-    scene: np.ndarray, cfg: AudioPrepConfig, fmt: str, *, rir_samples: int, block_size: int, fft_size: int
+    scene: np.ndarray,
+    cfg: AudioPrepConfig,
+    fmt: str,
+    *,
+    rir_samples: int,
+    block_size: int,
+    fft_size: int,
+    noise: SampleNoise | None = None,
 ) -> tuple[bytes, RenderedInfo]:
-    """The ambiX scene (C, N) → the ``fmt`` renderer → one gain on its level channels → FLAC bytes,
-    and the record of it; the end of render_clip, shared with the scene renderer
-    (tasks/scene_render.py), whose scene is a mix of several convolutions."""
+    """The ambiX scene (C, N) → the ``fmt`` renderer → sensor noise (``noise``, on the rendered
+    channels: the capture device's own) → one gain on its level channels → FLAC bytes, and the
+    record of it; the end of render_clip, shared with the scene renderer (tasks/scene_render.py),
+    whose scene is a mix of several convolutions."""
     out = renderer(fmt)
     if not out.spatial:
         raise ValueError(f"renderer {fmt!r} does not render a spatial scene")
-    y, gain_db = normalise_level(out.render(scene, cfg.target_sr), cfg, out.level_channels)
+    rendered = out.render(scene, cfg.target_sr)
+    if noise is not None:
+        rendered = add_sensor_noise(rendered, noise.snr_db, noise.rng(fmt), noise.spectrum,
+                                    out.level_channels, cfg.target_sr)
+    y, gain_db = normalise_level(rendered, cfg, out.level_channels)
     flac = encode_flac(y, cfg.target_sr, cfg.flac_subtype, compression_level=cfg.flac_compression_level)
     peak_db = _db(_peak(y))
     info = RenderedInfo(
@@ -604,5 +628,7 @@ def level_and_encode(
         rms_dbfs_w=_db(_rms(y, out.level_channels)),
         flac_subtype=cfg.flac_subtype,
         flac_bytes=len(flac),
+        sensor_snr_db=None if noise is None else noise.snr_db,
+        sensor_noise_spectrum=None if noise is None else noise.spectrum,
     )
     return flac, info

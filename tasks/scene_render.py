@@ -65,6 +65,7 @@ from tasks.audio_prep import (
 from tasks.doa import first_arrival_index
 from tasks.errors import AudioRejected
 from tasks.renderers import DEFAULT_RENDERER
+from tasks.sensor_noise import SampleNoise, pink
 
 EDGE_FADE_S = 0.01
 """Raised-cosine fade at both edges of a source's active interval (no click at onset/offset)."""
@@ -238,10 +239,7 @@ def diffuse_background(channels: int, n: int, sr: int, seed: int) -> np.ndarray:
     20 Hz up (flat below), each degree-l channel scaled to RMS 1/sqrt(2l+1) as a diffuse field
     has in SN3D. Seeded, so the same scene gets the same background.
     """
-    rng = np.random.default_rng(seed)
-    spectrum = sfft.rfft(rng.standard_normal((channels, n)), axis=-1)
-    spectrum /= np.sqrt(np.maximum(sfft.rfftfreq(n, 1.0 / sr), 20.0))
-    noise = sfft.irfft(spectrum, n=n, axis=-1)
+    noise = pink(np.random.default_rng(seed).standard_normal((channels, n)), sr)
     for c in range(channels):
         noise[c] *= 1.0 / (math.sqrt(2 * math.isqrt(c) + 1) * _w_rms(noise[c]))
     return noise.astype(np.float32)
@@ -254,9 +252,11 @@ def render_scene(
     cfg: AudioPrepConfig,
     fmt: str = DEFAULT_RENDERER,
     extra_formats: Sequence[str] = (),
+    noise: SampleNoise | None = None,
 ) -> tuple[bytes, SceneRendered]:
     """Render a drawn scene to FLAC bytes with the ``fmt`` renderer (and with each of
-    ``extra_formats``, from the same mix, into ``SceneRendered.extra``).
+    ``extra_formats``, from the same mix, into ``SceneRendered.extra``), each format with the
+    sample's sensor noise ``noise`` (tasks.sensor_noise.sample_noise; None: none).
 
     ``monos`` are the prepared clips (cfg.target_sr, float32) in source order; ``rirs`` the ambiX
     RIRs (C, L) by placement id. Raises AudioRejected: ``rir_failed`` when a point's RIR is
@@ -304,7 +304,7 @@ def render_scene(
         level = _w_rms(mix[0]) * 10.0 ** (-scene.background_snr_db / 20.0)
         mix += diffuse_background(mix.shape[0], n, sr, scene.seed) * np.float32(level)
     encoded = encode_formats(
-        mix, cfg, (fmt, *extra_formats), rir_samples=rir_samples, block_size=block, fft_size=fft_size
+        mix, cfg, (fmt, *extra_formats), noise, rir_samples=rir_samples, block_size=block, fft_size=fft_size
     )
     flac, info = encoded.pop(fmt)
     return flac, SceneRendered(info, tuple(gains_db), tuple(activity), encoded)
