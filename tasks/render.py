@@ -23,6 +23,7 @@ from tasks.errors import AudioRejected
 from tasks.plan import PlanItem, locality_order
 from tasks.renderers import DEFAULT_RENDERER, renderer
 from tasks.scene_render import SceneRendered, render_scene
+from tasks.sensor_noise import sample_noise
 from tasks.sources import ClipAudio
 
 
@@ -103,10 +104,11 @@ def _render_items(
             rejects.append(RenderReject(item.key, item.dataset, item.clip_id, exc.reason, detail))
             continue
         mono, clip_info = clips[0]  # type: ignore[misc]
+        noise = sample_noise(cfg.sensor_noise, item.seed, item.key)  # spatial formats only use it
         if item.scene is not None:
             try:
                 flac, scene_info = render_scene(item.scene, [c[0] for c in clips], rirs, cfg,  # type: ignore[index]
-                                                fmt, extra_formats)
+                                                fmt, extra_formats, noise)
             except AudioRejected as exc:
                 rejects.append(RenderReject(item.key, item.dataset, item.clip_id, exc.reason, exc.detail))
                 continue
@@ -132,7 +134,7 @@ def _render_items(
         rir_uses[pid] -= 1
         spectrum = spectra[pid] if rir_uses[pid] else spectra.pop(pid)
         try:
-            encoded = render_formats(mono, spectrum, cfg, formats)
+            encoded = render_formats(mono, spectrum, cfg, formats, noise)
         except AudioRejected as exc:
             rejects.append(RenderReject(item.key, item.dataset, item.clip_id, exc.reason, exc.detail))
             continue

@@ -122,7 +122,8 @@ def test_two_pools_build_with_vllm_captions_resumes_after_the_llm_worker_is_kill
         prefect("deploy", "--all")
         listed = prefect("deployment", "ls")
         for name in ("build-spatial-audiocaps", "build-spatial-clotho", "build-spatial-freesound",
-                     "rephrase-captions-gpu", "regenerate-room-set", "train-elsa", "evaluate-elsa"):
+                     "rephrase-captions-gpu", "regenerate-room-set", "train-elsa", "evaluate-elsa",
+                     "evaluate-sim2real"):
             assert name in listed, listed
         workers.append(spawn([PREFECT, "worker", "start", "--pool", "local-process"], "cpu-worker.log", REPO))
         llm_worker = spawn([str(LLM_PREFECT), "worker", "start", "--pool", "llm-process"], "llm-worker-1.log",

@@ -1,0 +1,153 @@
+"""Sim-to-real: a spatial branch trained only on simulated builds, tested on measured rooms (issue 15).
+
+    .venv/bin/python benchmarks/sim2real.py [--bank PATH ...] [--rooms N] [--aug N] [--steps N]
+
+What runs, all through the project's own flows:
+
+1. ESC-50's categories (``--clips``, default ../shared/realdata/mono/esc50) are split in two by sorted
+   name, alternately: the even ones are rendered into the simulated training builds, the odd ones
+   (held out, never heard in training) into the measured test builds.
+2. One test build per ``--bank`` (default: the three S3A rooms of ../shared/realdata, each its own
+   bank, so every room's every position meets the held-out clips): ``room_source: measured``.
+3. One simulated build and one pretraining run per variant, the same rooms, clips and seeds:
+   ``realism`` (the default realism options: tetrahedral capture chain, sensor noise, directional
+   sources, distances to 10 m, scattering; room_specs/sim2real.yaml) and the ablations that turn
+   one of them off (``ideal_encoder``, ``no_noise``, ``no_directivity``), plus ``elsa`` (every
+   option off: the ELSA-default data, what issue 15's experiment trained on).
+4. Each branch is scored on every test build (training.sim2real) beside the intensity estimator on
+   the same inputs.
+
+Prints one JSON line; skips (``{"skipped": ...}``) when no bank is given and ../shared/realdata is
+absent. The branch is ELSA's full size unless ``--tiny``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = REPO.parent / "shared" / "realdata"
+S3A = REALDATA / "foa" / "s3a_soundfield_rirs"
+ESC50 = REALDATA / "mono" / "esc50"
+VARIANTS = ("realism", "ideal_encoder", "no_noise", "no_directivity", "elsa")
+
+
+def category_csvs(esc50: Path, out: Path) -> tuple[Path, Path, list[str], list[str]]:
+    """train.csv / heldout.csv (path,caption) from ESC-50's metadata: sorted categories, alternately."""
+    meta = esc50 / ("selected_subset.csv" if (esc50 / "selected_subset.csv").exists() else "esc50.csv")
+    rows = [r for r in csv.DictReader(meta.open()) if (esc50 / "audio" / r["filename"]).exists()]
+    cats = sorted({r["category"] for r in rows})
+    train_cats, held_cats = cats[0::2], cats[1::2]
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, keep in (("train", set(train_cats)), ("heldout", set(held_cats))):
+        p = out / f"{name}.csv"
+        with p.open("w", newline="") as f:
+            w = csv.writer(f)
+            for r in rows:
+                if r["category"] in keep:
+                    caption = f"the sound of {r['category'].replace('_', ' ')}"
+                    w.writerow([str(esc50 / "audio" / r["filename"]), caption])
+        paths.append(p)
+    return paths[0], paths[1], train_cats, held_cats
+
+
+def variant_config(name: str, train_csv: Path, out: Path, n_rooms: int, aug: int) -> dict:
+    """The simulated build of one variant (BuildConfig fields); ``no_directivity`` gets the realism room
+    set without its ``source_directivity`` (same rooms and positions: axes have their own draws)."""
+    realism = name != "elsa"
+    rooms = REPO / "room_specs" / ("sim2real.yaml" if realism else "elsa.yaml")
+    if name == "no_directivity":
+        spec = yaml.safe_load(rooms.read_text())
+        spec.pop("source_directivity")
+        rooms = out / "sim2real_omni.yaml"
+        rooms.write_text(yaml.safe_dump(spec, sort_keys=False))
+    noise = {"snr_db": [10.0, 40.0]} if realism and name != "no_noise" else None
+    return {
+        "source": "csv", "input": str(train_csv), "dataset": f"sim_{name}", "room_config": str(rooms),
+        "n_rooms": n_rooms, "augmentations": {"train": aug, "val": 2, "test": 2},
+        "shard_size": 128, "rephraser": {"backend": "template"},
+        "rir": {"order": 3 if realism else 1, "scattering": realism},
+        "formats": ["tetra" if realism and name != "ideal_encoder" else "foa"],
+        "audio": {"sensor_noise": noise},
+    }
+
+
+def build(cfg: dict, out: Path, workers: int) -> str:
+    """Run the build flow; returns the version directory."""
+    from flows.build import build_spatial_dataset
+    from schemas.build import BuildConfig, RunOptions
+
+    res = build_spatial_dataset(BuildConfig.model_validate(cfg), RunOptions(n_workers=workers), str(out))
+    return f"{res.uri.rstrip('/')}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bank", action="append", default=None, help="a measured SRIR bank (repeatable)")
+    ap.add_argument("--clips", default=str(ESC50), help="ESC-50 folder (audio/ and its metadata CSV)")
+    ap.add_argument("--out", default="/tmp/sim2real", help="builds and runs go here")
+    ap.add_argument("--rooms", type=int, default=200, help="simulated rooms per variant")
+    ap.add_argument("--aug", type=int, default=150, help="train samples per training clip")
+    ap.add_argument("--test-aug", type=int, default=6, help="samples per held-out clip and test split")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--clip-s", type=float, default=2.0, help="training crop; tests average over windows")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--tiny", action="store_true", help="the test-sized branch instead of ELSA's")
+    args = ap.parse_args()
+
+    s3a = [str(S3A / r) for r in ("MainChurch", "OldChurch", "Vislab")] if S3A.exists() else []
+    banks = args.bank or s3a
+    if not banks or not Path(args.clips).exists():
+        print(json.dumps({"benchmark": "sim2real", "skipped": "no measured bank or ESC-50 clips"}))
+        return
+    from training.config import TINY_SPATIAL, SpatialBranchConfig
+    from training.sim2real import Sim2RealConfig, run_sim2real
+
+    out = Path(args.out)
+    train_csv, held_csv, train_cats, held_cats = category_csvs(Path(args.clips), out)
+    wall0 = time.monotonic()
+    tests = []
+    for bank in banks:
+        name = Path(bank).name.lower()
+        tests.append(build({"source": "csv", "input": str(held_csv), "dataset": f"real_{name}"[:32],
+                            "room_source": "measured", "bank": bank, "shard_size": 128,
+                            "augmentations": {s: args.test_aug for s in ("train", "val", "test")},
+                            "rephraser": {"backend": "template"}}, out / "test", args.workers))
+    results = {}
+    for variant in args.variants.split(","):
+        t0 = time.monotonic()
+        cfg_build = variant_config(variant, train_csv, out, args.rooms, args.aug)
+        root = build(cfg_build, out / "train", args.workers)
+        build_wall = time.monotonic() - t0
+        cfg = Sim2RealConfig(train_root=root, test_roots=tuple(tests), run_dir=str(out / "runs" / variant),
+                             steps=args.steps, batch_size=args.batch, clip_s=args.clip_s,
+                             spatial=TINY_SPATIAL if args.tiny else SpatialBranchConfig(), torch_threads=2)
+        report = run_sim2real(cfg)
+        results[variant] = {"build_wall_s": round(build_wall, 1), **json.loads(report.model_dump_json(
+            exclude={"train_root", "test_roots"}))}
+    print(json.dumps({
+        "benchmark": "sim2real", "banks": banks,
+        "train_categories": train_cats, "heldout_categories": held_cats,
+        "rooms": args.rooms, "aug": args.aug, "steps": args.steps, "batch": args.batch,
+        "clip_s": args.clip_s, "tiny": args.tiny,
+        "variants": results, "wall_s": round(time.monotonic() - wall0, 1),
+        "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
