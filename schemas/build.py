@@ -74,7 +74,9 @@ class BuildConfig(BaseModel):
         (AMBIX_FORMAT,), exclude_if=lambda v: v == (AMBIX_FORMAT,),
         description="output formats of every spatial sample, rendered from the same scene. First the "
         "``.flac`` member (what LAION-CLAP loaders read): ``ambix`` (the scene at the RIR order) or ``foa`` "
-        "(its first order: with rir.order 3, FOA beside accurate binaural/mic); then any further "
+        "(its first order: with rir.order 3, FOA beside accurate binaural/mic) or ``tetra`` (first-order "
+        "B-format as a tetrahedral Soundfield-like microphone delivers it, spatial aliasing included: "
+        "tasks/capture_chain.py; use rir.order 3); then any further "
         "registered renderer, each its own member: ``binaural`` (2 channels, left first, "
         "``{key}.binaural.flac``), ``mic`` (DCASE's 4-capsule tetrahedral array, ``{key}.mic.flac``). "
         "Left out of the versioned dump when ambiX alone",
@@ -103,8 +105,8 @@ class BuildConfig(BaseModel):
     @field_validator("formats", mode="before")
     @classmethod
     def _flac_first(cls, v: Any) -> Any:
-        """A comma-separated string is a list; the ``.flac`` format (ambix or foa; ambix when neither
-        is named) comes first, each format once."""
+        """A comma-separated string is a list; the ``.flac`` format (ambix, foa or tetra; ambix when
+        none is named) comes first, each format once."""
         if isinstance(v, str):
             v = [f.strip() for f in v.split(",") if f.strip()]
         names = list(v)
@@ -112,7 +114,7 @@ class BuildConfig(BaseModel):
             raise ValueError(f"formats repeat a format: {names}")
         flac = [f for f in names if f in FLAC_FORMATS]
         if len(flac) > 1:
-            raise ValueError(f"one .flac format, ambix or foa, got {flac}")
+            raise ValueError(f"one .flac format (ambix, foa or tetra), got {flac}")
         return (*(flac or [AMBIX_FORMAT]), *(f for f in names if f not in FLAC_FORMATS))
 
     def versioned(self) -> dict[str, Any]:
