@@ -21,6 +21,9 @@ from schemas.scenes import SceneConfig
 from schemas.shards import AMBIX_FORMAT, FLAC_FORMATS
 from schemas.sources import SourceName
 
+BANK_SOURCES = ("measured", "twin")
+"""Room sources that read a measured bank: its recordings, or (twin) its geometry and T30 for shoeboxes."""
+
 UNVERSIONED = frozenset({"input", "room_config", "bank"})
 """BuildConfig fields that name where the data comes from, not what it is: the room set's content is
 in its own hash, and a clone elsewhere or a copy of the corpus must get the same version."""
@@ -39,7 +42,8 @@ class BuildConfig(BaseModel):
         "ism", pattern=r"^[a-z][a-z0-9_]*$", exclude_if=lambda v: v == "ism",
         description="where the rooms and RIRs come from (tasks/rir_sources.py RIR_SOURCES): ism, the paper's "
         "simulated shoeboxes (room_config); measured, a recorded SRIR bank (bank), whose rooms are held "
-        "out whole per split (room_seed picks which)",
+        "out whole per split (room_seed picks which); twin, shoebox twins of a bank's rooms (same positions, "
+        "the measured T30): the simulator's gap to the real rooms",
     )
     bank: str | None = Field(
         None, description="the measured bank: a SOFA file (SingleRoomSRIR/GeneralFIR), a folder of ambiX/FuMa"
@@ -93,8 +97,8 @@ class BuildConfig(BaseModel):
 
     @model_validator(mode="after")
     def _bank_iff_measured(self) -> BuildConfig:
-        if (self.room_source == "measured") != (self.bank is not None):
-            raise ValueError("a measured room source needs a bank, and a bank needs room_source measured")
+        if (self.room_source in BANK_SOURCES) != (self.bank is not None):
+            raise ValueError(f"room sources {list(BANK_SOURCES)} need a bank, and a bank needs one of them")
         if self.bank_format is not None and self.bank is None:
             raise ValueError("bank_format is the format of a bank: give the bank")
         if self.formats[0] == AMBIX_FORMAT and self.rir.order > 1:
