@@ -485,6 +485,20 @@ class BankCredit(BaseModel):
     )
 
 
+class RealismStats(BaseModel):
+    """What the simulated capture and sources were, beyond ELSA's ideal encoder and omni sources: a
+    reader of the card must know whether the audio carries a real microphone's aliasing and noise."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    flac_format: str = Field(description="the .flac member's format: ambix/foa (ideal SN3D) or tetra")
+    sensor_snr_db: tuple[float, float] | None = Field(description="SNR range drawn per sample; None: none")
+    sensor_noise_spectrum: str | None
+    scattering: bool = Field(description="surface scattering turned into an earlier diffuse onset")
+    source_patterns: dict[str, int] | None = Field(
+        description="placements per source pattern (None: every source omnidirectional)")
+
+
 class DatasetCard(BaseModel):
     """card.json: what a user needs to trust a dataset version at a glance."""
 
@@ -519,4 +533,9 @@ class DatasetCard(BaseModel):
     binaural: BinauralCueStats | None = Field(
         None, exclude_if=lambda v: v is None,
         description="builds with binaural members: measured ILD/ITD against azimuth (absent otherwise)",
+    )
+    realism: RealismStats | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="builds with realism options on (capture chain, sensor noise, directional sources, "
+        "scattering): which, and how often each pattern was drawn (absent for ELSA builds)",
     )

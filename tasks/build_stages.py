@@ -47,7 +47,7 @@ from tasks.commit import (
     rejects_part,
     verified_receipt,
 )
-from tasks.dataset_card import write_card
+from tasks.dataset_card import BUILD_JSON, PLACEMENTS, ROOMS, write_card
 from tasks.descriptors import describe
 from tasks.plan import PlanConfig, PlanItem, bank_order, build_plan, rir_ids, shard_plans
 from tasks.plan_table import PLAN, iter_plan, iter_plan_keys, read_plan, write_plan
@@ -108,11 +108,11 @@ def write_room_set(
     """rooms.parquet, placements.parquet and build.json in the version directory; returns the
     rooms' URI (the shard tasks read their rooms from it)."""
     storage = open_storage(base)
-    rooms_uri = join_uri(base, "rooms.parquet")
+    rooms_uri = join_uri(base, ROOMS)
     storage.put_bytes(rooms_uri, parquet_bytes(rooms_table(rooms, room_hash)))
-    storage.put_bytes(join_uri(base, "placements.parquet"),
+    storage.put_bytes(join_uri(base, PLACEMENTS),
                       parquet_bytes(placements_table(placements, room_hash)))
-    storage.put_bytes(join_uri(base, "build.json"), json.dumps(cfg.versioned(), indent=1).encode())
+    storage.put_bytes(join_uri(base, BUILD_JSON), json.dumps(cfg.versioned(), indent=1).encode())
     return rooms_uri
 
 
@@ -201,7 +201,7 @@ def _plan_scenes(
     """Draw every spatial sample's scene (tasks.scene_plan); the placements the scenes add go to
     ``scene_placements.parquet``, samples whose room cannot hold their scene to a reject part."""
     assert cfg.scenes is not None
-    rooms = read_rooms_of(join_uri(base, "rooms.parquet"))
+    rooms = read_rooms_of(join_uri(base, ROOMS))
     by_id = {p.placement_id: p for p in placements}
     items, extra, rejects = plan_scenes(items, by_id, rooms, cfg.scenes, cfg.seed)
     storage = open_storage(base)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import math
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -33,7 +34,9 @@ from schemas.captions import DescriptorConfig
 from schemas.measured import MeasuredRoom
 from schemas.scenes import ScenePlan, SceneStats, SpeedStats
 from schemas.shards import (
+    AMBIX_FORMAT,
     DESCRIPTOR_ATTRIBUTES,
+    TETRA_FORMAT,
     BackendCaptionStats,
     BankCredit,
     BinauralCueStats,
@@ -41,6 +44,7 @@ from schemas.shards import (
     DatasetCard,
     LabelQA,
     LabelRange,
+    RealismStats,
     SplitStats,
 )
 from tasks.binaural_card import BINAURAL, binaural_points, cue_figure, cue_stats
@@ -56,6 +60,8 @@ CARD_JSON = "card.json"
 CARD_README = "README.md"
 PLOTS_DIR = "plots"
 ROOMS = "rooms.parquet"
+PLACEMENTS = "placements.parquet"
+BUILD_JSON = "build.json"
 LABELS: tuple[tuple[str, str, str], ...] = (  # manifest column, title, unit
     ("azimuth_deg", "Source azimuth", "deg (+90 = left)"),
     ("elevation_deg", "Source elevation", "deg (+90 = up)"),
@@ -572,6 +578,8 @@ def render_readme(card: DatasetCard, *, uri: str = "") -> str:
         lines += _scene_lines(card.scenes)
     if card.binaural is not None:
         lines += _binaural_lines(card.binaural)
+    if card.realism is not None:
+        lines += _realism_lines(card.realism)
     for bank in card.measured_banks or []:
         lines += ["", f"## Measured rooms: bank `{bank.bank_id}`", "",
                   f"- Rooms: {', '.join(bank.rooms)}; "
@@ -658,6 +666,42 @@ def _binaural_section(st: Storage, base: str, plots: dict[str, bytes]) -> Binaur
     return stats
 
 
+def _realism_section(st: Storage, base: str) -> RealismStats | None:
+    """The realism options of the version (build.json) and the drawn source patterns
+    (placements.parquet); None when every option is off, as in ELSA builds."""
+    build, placements = join_uri(base, BUILD_JSON), join_uri(base, PLACEMENTS)
+    if not st.exists(build):
+        return None
+    cfg = json.loads(st.read_bytes(build))
+    noise = (cfg.get("audio") or {}).get("sensor_noise")
+    patterns = None
+    if st.exists(placements):
+        t = pq.read_table(io.BytesIO(st.read_bytes(placements)))
+        if "source_pattern" in t.column_names:
+            patterns = {k: v for k, v in _counts(t.column("source_pattern")).items() if k != "None"} or None
+    stats = RealismStats(flac_format=(cfg.get("formats") or [AMBIX_FORMAT])[0],
+                         sensor_snr_db=tuple(noise["snr_db"]) if noise else None,
+                         sensor_noise_spectrum=noise["spectrum"] if noise else None,
+                         scattering=bool((cfg.get("rir") or {}).get("scattering")), source_patterns=patterns)
+    ideal = stats.flac_format != TETRA_FORMAT and noise is None and not stats.scattering and patterns is None
+    return None if ideal else stats
+
+
+def _realism_lines(r: RealismStats) -> list[str]:
+    capture = ("a simulated tetrahedral microphone (`tetra`: four spaced cardioid capsules, A->B encoded; "
+               "spatial aliasing above a few kHz, as real B-format has)" if r.flac_format == TETRA_FORMAT
+               else "the ideal SN3D encoder (exact at every frequency)")
+    noise = (f"{r.sensor_snr_db[0]:g}-{r.sensor_snr_db[1]:g} dB SNR, {r.sensor_noise_spectrum}, drawn per "
+             "sample (`rendered.sensor_snr_db` in each json)" if r.sensor_snr_db else "none")
+    patterns = (", ".join(f"{k}: {v}" for k, v in sorted(r.source_patterns.items()))
+                if r.source_patterns else "omnidirectional")
+    return ["", "## Capture chain and sources", "",
+            f"- `.flac` audio: {capture}.", f"- Sensor noise: {noise}.",
+            f"- Source directivity (placements per pattern): {patterns}.",
+            "- Surface scattering: " + ("on (an earlier diffuse onset, T30 unchanged)." if r.scattering
+                                        else "off.")]
+
+
 def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | None = None) -> DatasetCard:
     """Rebuild card.json, README.md and plots/*.png of a dataset version from its manifest (only
     ``CARD_COLUMNS``, as Arrow) and the reasons of its rejects."""
@@ -679,7 +723,8 @@ def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | 
     cues = _binaural_section(st, base, plots)
     card = compute_card(
         rows, rejects, dataset=dataset, version=version, generated_at=generated_at, plots=sorted(plots)
-    ).model_copy(update={"scenes": stats, "binaural": cues, "measured_banks": _bank_credits(st, base)})
+    ).model_copy(update={"scenes": stats, "binaural": cues, "measured_banks": _bank_credits(st, base),
+                         "realism": _realism_section(st, base)})
     for rel, png in sorted(plots.items()):
         st.put_bytes(join_uri(base, rel), png, content_type="image/png")
     st.put_bytes(
