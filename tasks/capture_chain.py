@@ -64,6 +64,31 @@ Measured (tests/test_capture_chain.py, 48 kHz, a = 0.5, 200 directions on a Fibo
   kR ~ 2. An order-1 scene has no aliasing at all (direction exact) and too little dipole power
   (ratio 0.93 at 2 kHz, 0.81 at 4-8 kHz: the equalisation restores degrees it does not hold).
   Order 3 is the order to use.
+  (These figures are of the matched model, IDEAL_SOUNDFIELD: its equaliser knows its radius.)
+
+Calibration (issue 15; tests/test_capture_chain_realdata.py). S3A's 50 measured Soundfield RIRs
+(../shared/realdata, three rooms), direct path (-0.5..+2 ms around the first arrival), medians per
+third octave: dipole / W 1.06 (1 kHz), 1.10 (2 kHz), 1.42 (3.15 kHz), 1.91 (4 kHz), 2.46 (5 kHz),
+3.23 (6.3 kHz), 3.09 (8 kHz), 2.97 (10 kHz), 2.03 (12.5 kHz), 1.64 (14 kHz), 1.79 (16 kHz); DOA
+error 8-10 deg up to 6.3 kHz (a floor of label and alignment error: no tetrahedron aliases at
+1 kHz), 21 deg at 8 kHz, 30-35 deg at 10-16 kHz. The matched model is flat to 6 kHz (rms log2 of
+its dipole / W against the real one, 1-16 kHz: 0.91). The real dipole power rises an octave before
+its direction goes wrong, so the two have different causes: aliasing turns the direction, while a
+spacing equalisation that is too weak for the capsules' acoustic spacing raises X, Y, Z against W
+without turning anything (the same filter on X, Y and Z). Soundfield processors approximate the
+correction (Faller & Kolundzija, "Design and limitations of non-coincidence correction filters
+for soundfield microphones", AES convention paper, 2009), and a capsule's acoustic centre lies further out
+than its geometric one (E. Benjamin on the sursound list: r = l + 0.2887 d for cylinders; 1.47 cm for
+the Mk IV/V in the literature, 1.77-2.71 cm measured on other tetrahedral mics). The model
+therefore has ``equalised_radius_m``, the radius a_to_b's equaliser is designed for. Fitted (grid,
+then Nelder-Mead on rms log2 dipole / W over 1-16 kHz plus rms DOA error over 2-16 kHz / 10 deg,
+the model's error added in quadrature to the real floor; every degree, at S3A's label directions):
+acoustic radius 1.60 cm, equaliser radius 1.06 cm, cardioid (a = 0.49, rounded to 0.5); S3A_SOUNDFIELD,
+the ``tetra`` default. Its rms log2 dipole / W misfit is 0.24 (worst 0.68x at 6.3 kHz) and its DOA
+error is within 9 deg of the real one at 8-16 kHz (rms 4.5 deg; the matched model 6.6 deg). The
+published 1.47 cm with a 0.97 cm equaliser fits almost as well (rms 0.30): the data fix the
+mismatch better than the radius. Order-3 renders hold the calibration to 10 kHz (dipole / W within
+a factor 1.5, DOA within 8.5 deg); above, truncation makes their dipole / W 2-3 times the real one.
 """
 
 from __future__ import annotations
@@ -112,13 +137,26 @@ class TetraModel(BaseModel):
         0.5, gt=0.0, lt=1.0,
         description="capsule pattern omni + (1 - omni) cos: 0.5 cardioid; 0 and 1 leave no W or no XYZ",
     )
+    equalised_radius_m: float | None = Field(
+        None, gt=0.0, le=0.1, exclude_if=lambda v: v is None,
+        description="radius the A -> B spacing equalisation is designed for; None: radius_m (matched)",
+    )
 
     @property
     def array(self) -> SphereArray:
         return SphereArray(self.radius_m, CAPSULE_DIRECTIONS, rigid=False, omni=self.omni)
 
+    @property
+    def eq_radius_m(self) -> float:
+        return self.radius_m if self.equalised_radius_m is None else self.equalised_radius_m
 
-SOUNDFIELD = TetraModel()
+
+IDEAL_SOUNDFIELD = TetraModel()
+"""Gerzon's published geometry (r 1.47 cm, cardioid) with a processor equalised exactly for it."""
+S3A_SOUNDFIELD = TetraModel(radius_m=0.016, omni=0.5, equalised_radius_m=0.0106)
+"""Fitted to S3A's measured Soundfield RIRs (module docstring, "Calibration")."""
+SOUNDFIELD = S3A_SOUNDFIELD
+"""The ``tetra`` renderer's microphone."""
 
 
 def capsule_signals(scene: np.ndarray, fs: int, model: TetraModel = SOUNDFIELD) -> np.ndarray:
@@ -131,8 +169,8 @@ def capsule_signals(scene: np.ndarray, fs: int, model: TetraModel = SOUNDFIELD) 
 
 def onaxis_responses(freqs_hz: np.ndarray, model: TetraModel = SOUNDFIELD) -> tuple[np.ndarray, np.ndarray]:
     """(W, X) of the matrixed A-format for a plane wave along each output's own axis (module
-    docstring): the responses the equalisation inverts."""
-    kr = 2 * np.pi * np.asarray(freqs_hz, dtype=np.float64) * model.radius_m / SPEED_OF_SOUND_M_S
+    docstring) of an array of radius ``model.eq_radius_m``: the responses the equalisation inverts."""
+    kr = 2 * np.pi * np.asarray(freqs_hz, dtype=np.float64) * model.eq_radius_m / SPEED_OF_SOUND_M_S
     phi = kr / math.sqrt(3.0)
     a = model.omni
     w = np.cos(phi) + 1j * (1.0 - a) / (math.sqrt(3.0) * a) * np.sin(phi)
@@ -185,7 +223,8 @@ class Tetra:
             "fir_half_length_s": HALF_LENGTH_S,
         }
         digest = hashlib.sha256(json.dumps(design, sort_keys=True).encode()).hexdigest()[:12]
-        self.identity = f"tetra/r{model.radius_m * 100:g}cm/a{model.omni:g}/{digest}"
+        eq = "" if model.equalised_radius_m is None else f"eq{model.equalised_radius_m * 100:g}cm/"
+        self.identity = f"tetra/r{model.radius_m * 100:g}cm/{eq}a{model.omni:g}/{digest}"
 
     def render(self, scene: np.ndarray, fs: int) -> np.ndarray:
         """(N+1)^2 ambiX channels at ``fs`` -> (4, samples) float32 B-format, aligned with the scene."""
