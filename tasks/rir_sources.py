@@ -10,12 +10,14 @@ A source's ``version`` enters the bank key: change what a source produces, bump 
 every chunk it made is rendered again instead of being reused.
 
 Sources: ``ism``, the simulated shoebox (tasks/rir_engine.py: image sources with an SN3D diffuse
-tail, absorption calibrated to the room's target T30), and ``measured``, a recorded SRIR bank
-(tasks/measured_bank.py: SOFA or WAVs with a positions table, converted to ambiX).
+tail, absorption calibrated to the room's target T30); ``measured``, a recorded SRIR bank
+(tasks/measured_bank.py: SOFA or WAVs with a positions table, converted to ambiX); and ``twin``,
+that shoebox rendering a measured bank's geometry at its rooms' measured T30 (tasks/measured_twins.py).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 import numpy as np
@@ -25,8 +27,11 @@ from schemas.measured import MeasuredRoom
 from schemas.rooms import Placement, RirRecord, RirSettings, Room, RoomSpec
 from tasks.errors import registered
 from tasks.measured_bank import MEASURED_VERSION, MeasuredBankError, bank_room_set, load_bank, render_measured
+from tasks.measured_twins import TWIN_VERSION, TwinError, twin_room_set
 from tasks.rir_engine import ENGINE_VERSION, SourceDirectivity, measure, render_rir
 from tasks.room_sampling import load_config, sample_room_set
+
+log = logging.getLogger(__name__)
 
 
 class RirSource(Protocol):
@@ -102,8 +107,32 @@ class MeasuredSrir:
         return render_measured(room, placement, settings)
 
 
+class ShoeboxTwin(ShoeboxIsm):
+    """Engine twins of a measured bank's rooms (tasks/measured_twins.py): the shoebox renders the
+    bank's positions in a box of each room's size at its measured T30, with the measured build's
+    splits, so real-vs-twin scores isolate what the simulator misses. The RIRs are the engine's
+    (``method`` ism, IsmDetails); only the room set and the version are the twin's own."""
+
+    version = TWIN_VERSION
+
+    def room_set(self, cfg: BuildConfig) -> tuple[list[Room], list[Placement], str]:
+        """Twins of the bank's rooms; rooms without a measured T30 are left out (logged)."""
+        if cfg.bank is None:
+            raise TwinError("room_source twin needs the measured bank it twins (--bank PATH)")
+        twins = twin_room_set(load_bank(cfg.bank, cfg.bank_format), cfg.room_seed, cfg.rir)
+        for room_id, reason in twins.skipped.items():
+            log.warning("no twin of measured room %s: %s", room_id, reason)
+        return list(twins.rooms), twins.placements, twins.digest
+
+    def render(
+        self, room: RoomSpec, placement: Placement, settings: RirSettings
+    ) -> tuple[np.ndarray, RirRecord]:
+        rir, record = super().render(room, placement, settings)
+        return rir, record.model_copy(update={"engine_version": self.version})
+
+
 DEFAULT_RIR_SOURCE = "ism"
-RIR_SOURCES: dict[str, RirSource] = {"ism": ShoeboxIsm(), "measured": MeasuredSrir()}
+RIR_SOURCES: dict[str, RirSource] = {"ism": ShoeboxIsm(), "measured": MeasuredSrir(), "twin": ShoeboxTwin()}
 
 
 def rir_source(name: str) -> RirSource:
