@@ -107,8 +107,8 @@ BUILD_FLAGS: tuple[tuple[str, str, type, tuple[str, ...] | None, str], ...] = (
     ("--dataset", "dataset", str, None, "dataset name (default: the source)"),
     ("--room-config", "room_config", str, None, "room-set YAML"),
     ("--room-seed", "room_seed", int, None, "room-set seed (measured banks: which rooms are held out)"),
-    ("--room-source", "room_source", str, None, "where rooms and RIRs come from: ism (simulated, default) or "
-     "measured (a recorded SRIR bank, --bank)"),
+    ("--room-source", "room_source", str, None, "where rooms and RIRs come from: ism (simulated, default), "
+     "measured (a recorded SRIR bank, --bank) or twin (shoebox twins of the bank's rooms and positions)"),
     ("--bank", "bank", str, None, "the measured bank: a SOFA file, or a folder of ambiX/FuMa WAVs with "
      "labels_derived.csv (the S3A layout), or a folder of such rooms"),
     ("--bank-format", "bank_format", str, ("ambix", "fuma", "n3d"),
