@@ -65,3 +65,12 @@ def wav_room(folder: Path, n: int, *, fs: int = FS_BANK, channels: int = 4, fmt:
         w.writeheader()
         w.writerows(rows)
     return folder
+
+
+def decaying_room(folder: Path, n: int) -> Path:
+    """wav_room's room with its SRIRs made long enough (1.2 T60: 72 dB of decay) for a T30."""
+    wav_room(folder, n)
+    for i in range(n):
+        az, el, d = GEOMETRY[i % len(GEOMETRY)]
+        sf.write(folder / f"ls{i + 1}.wav", srir(az, el, d, 1, i).T, FS_BANK, subtype="FLOAT")
+    return folder

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 from pydantic import ValidationError
-from srir_bank import FS_BANK, GEOMETRY, T60, srir, wav_room
+from srir_bank import T60, decaying_room, wav_room
 
 from schemas.build import BuildConfig
 from schemas.rooms import RirSettings
@@ -44,22 +43,13 @@ DIMS = {
 }
 
 
-def _decaying_room(folder: Path, n: int) -> Path:
-    """wav_room's room with its SRIRs made long enough (1.2 T60: 72 dB of decay) for a T30."""
-    wav_room(folder, n)
-    for i in range(n):
-        az, el, d = GEOMETRY[i % len(GEOMETRY)]
-        sf.write(folder / f"ls{i + 1}.wav", srir(az, el, d, 1, i).T, FS_BANK, subtype="FLOAT")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def bank_dir(tmp_path_factory) -> Path:
     """Three rooms (so whole rooms are held out per split): A and B decay over 72 dB, C is wav_room's
     0.15 s cut (18 dB of decay: no T30, so no twin); dims of each form in room_dims.json."""
     root = tmp_path_factory.mktemp("twins") / "bank"
-    _decaying_room(root / "roomA", 6)
-    _decaying_room(root / "roomB", 6)
+    decaying_room(root / "roomA", 6)
+    decaying_room(root / "roomB", 6)
     wav_room(root / "roomC", 6)
     (root / "room_dims.json").write_text(json.dumps(DIMS))
     return root

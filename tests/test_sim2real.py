@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from srir_bank import GEOMETRY, wav_room
+from srir_bank import GEOMETRY, decaying_room
 
 from schemas.build import BuildConfig
 from tasks.build_stages import build_in_process
@@ -69,11 +69,15 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     small = {"train": 4, "val": 2, "test": 2}
     sim = build_in_process(BuildConfig(source="demo", limit=6, n_rooms=6, shard_size=16, augmentations=small),
                            str(tmp_path / "sim"))
-    bank = wav_room(tmp_path / "bank" / "booth", 6)
+    bank = decaying_room(tmp_path / "bank" / "booth", 6)
+    (bank / "room_dims.json").write_text(json.dumps({"booth": [8.0, 7.0, 3.0]}))
     real = build_in_process(BuildConfig(source="demo", limit=6, dataset="booth", room_source="measured",
                                         bank=str(bank), shard_size=16), str(tmp_path / "real"))
-    cfg = Sim2RealConfig(train_root=sim, test_roots=(real,), run_dir=str(tmp_path / "run"), steps=3,
-                         batch_size=4, clip_s=1.0, spatial=TINY_SPATIAL, num_workers=0)
+    twin = build_in_process(BuildConfig(source="demo", limit=6, dataset="booth_twin", room_source="twin",
+                                        bank=str(bank), shard_size=16), str(tmp_path / "twin"))
+    cfg = Sim2RealConfig(train_root=sim, test_roots=(real,), twin_roots=(twin,),
+                         run_dir=str(tmp_path / "run"), steps=3, batch_size=4, clip_s=1.0,
+                         spatial=TINY_SPATIAL, num_workers=0)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "OMP_NUM_THREADS": "1"}
@@ -101,4 +105,11 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     assert all(math.isfinite(c.t30_pred_s) and math.isfinite(c.drr_pred_db) for c in cases)
     assert report.train_steps == 3 and report.train_examples_seen == 12 and report.train_cpu_s > 0
     assert (tmp_path / "run" / "spatial_branch.pt").exists()
+    twins = [CaseResult.model_validate_json(line)
+             for line in (tmp_path / "run" / "twin_cases.jsonl").read_text().splitlines()]
+    twin_keys = {r["key"] for r in pq.read_table(Path(twin) / "manifest.parquet").to_pylist() if r["spatial"]}
+    assert {c.key for c in twins} == twin_keys and report.twin_pooled == summarise(twins)
+    assert set(report.twin_rooms) == {"booth"}
+    assert all((c.azimuth_deg, c.elevation_deg) in labelled for c in twins)
+    assert report.twin_pooled.doa_classical_median_deg < 15.0  # the shoebox twin agrees with the labels too
     assert json.loads((tmp_path / "run" / "sim2real.json").read_text())["pooled"]["n"] == len(cases)

@@ -62,6 +62,9 @@ class Sim2RealConfig(BaseModel):
     test_roots: tuple[str, ...] = Field(
         min_length=1, description="version directories of builds over measured banks (every split is read)"
     )
+    twin_roots: tuple[str, ...] = Field(
+        (), description="builds over engine twins of the test banks (room_source twin): the same geometry "
+        "in the project's shoebox engine, so real-minus-twin isolates what the simulator misses")
     run_dir: str
     steps: int = Field(600, ge=1, description="optimizer steps of spatial pretraining")
     batch_size: int = Field(32, ge=1)
@@ -151,6 +154,8 @@ class Sim2RealReport(BaseModel):
     eval_cpu_s: float
     rooms: dict[str, ErrorSummary]
     pooled: ErrorSummary
+    twin_rooms: dict[str, ErrorSummary] = Field(default_factory=dict, description="per room, on its twins")
+    twin_pooled: ErrorSummary | None = None
 
 
 def _cpu_s() -> float:
@@ -262,18 +267,18 @@ def summarise(cases: list[CaseResult]) -> ErrorSummary:
     )
 
 
-def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float) -> tuple[Sim2RealReport, list[CaseResult]]:
-    """Score the run's trained branch on every test build; the report and the cases behind it."""
+def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float
+                     ) -> tuple[Sim2RealReport, list[CaseResult], list[CaseResult]]:
+    """Score the run's trained branch on every test and twin build; the report and the (real, twin)
+    cases behind it."""
     from training.checkpoint import load_trained
 
     t0 = _cpu_s()
     model, _, tcfg = load_trained(cfg.run_dir)
     cases = score_cases(model, tcfg.features, cfg.test_roots, cfg.max_test_samples)
+    twins = score_cases(model, tcfg.features, cfg.twin_roots, cfg.max_test_samples)
     if not cases:
         raise ValueError(f"the test builds {list(cfg.test_roots)} hold no spatial single-source sample")
-    by_room: dict[str, list[CaseResult]] = defaultdict(list)
-    for c in cases:
-        by_room[c.room_id].append(c)
     report = Sim2RealReport(
         train_root=cfg.train_root,
         test_roots=cfg.test_roots,
@@ -281,17 +286,34 @@ def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float) -> tuple[Sim2RealR
         train_examples_seen=cfg.steps * cfg.batch_size,
         train_cpu_s=round(train_cpu_s, 1),
         eval_cpu_s=round(_cpu_s() - t0, 1),
-        rooms={room: summarise(cs) for room, cs in sorted(by_room.items())},
+        rooms=_by_room(cases),
         pooled=summarise(cases),
+        twin_rooms=_by_room(twins),
+        twin_pooled=summarise(twins) if twins else None,
     )
-    return report, cases
+    return report, cases, twins
 
 
-def run_sim2real(cfg: Sim2RealConfig) -> Sim2RealReport:
-    """Train on the simulated build, test on the measured ones; writes sim2real.json and cases.jsonl."""
-    cpu = train_branch(cfg)
-    report, cases = evaluate_trained(cfg, cpu)
+def _by_room(cases: list[CaseResult]) -> dict[str, ErrorSummary]:
+    rooms: dict[str, list[CaseResult]] = defaultdict(list)
+    for c in cases:
+        rooms[c.room_id].append(c)
+    return {room: summarise(cs) for room, cs in sorted(rooms.items())}
+
+
+def run_sim2real(cfg: Sim2RealConfig, reuse: bool = False) -> Sim2RealReport:
+    """Train on the simulated build, test on the measured ones (and twins); writes sim2real.json,
+    cases.jsonl and twin_cases.jsonl. ``reuse``: a run directory that already holds a
+    trained branch and its report is scored again without retraining (new test or twin builds), its
+    training cost taken from that report."""
     out = Path(cfg.run_dir)
-    (out / "sim2real.json").write_text(report.model_dump_json(indent=2))
-    (out / "cases.jsonl").write_text("".join(c.model_dump_json() + "\n" for c in cases))
+    previous = out / "sim2real.json"
+    if reuse and previous.exists():
+        cpu = Sim2RealReport.model_validate_json(previous.read_text()).train_cpu_s
+    else:
+        cpu = train_branch(cfg)
+    report, cases, twins = evaluate_trained(cfg, cpu)
+    previous.write_text(report.model_dump_json(indent=2))
+    for name, rows in (("cases.jsonl", cases), ("twin_cases.jsonl", twins)):
+        (out / name).write_text("".join(c.model_dump_json() + "\n" for c in rows))
     return report
