@@ -8,7 +8,10 @@ What runs, all through the project's own flows:
    name, alternately: the even ones are rendered into the simulated training builds, the odd ones
    (held out, never heard in training) into the measured test builds.
 2. One test build per ``--bank`` (default: the three S3A rooms of ../shared/realdata, each its own
-   bank, so every room's every position meets the held-out clips): ``room_source: measured``.
+   bank, so every room's every position meets the held-out clips): ``room_source: measured``; and
+   its engine twin (``room_source: twin``: the same positions in a shoebox of the room's size at its
+   measured T30), the control that separates the simulator's gap from the model's; a bank with no
+   measurable T30 or size has no twin, and the JSON says why (``no_twin``).
 3. One simulated build and one pretraining run per variant, the same rooms, clips and seeds:
    ``realism`` (the default realism options: tetrahedral capture chain, sensor noise, directional
    sources, distances to 10 m, scattering; room_specs/sim2real.yaml) and the ablations that turn
@@ -107,6 +110,8 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tiny", action="store_true", help="the test-sized branch instead of ELSA's")
+    ap.add_argument("--reuse", action="store_true", help="score runs already trained in --out again (e.g. on "
+                    "new twin builds) instead of retraining them")
     args = ap.parse_args()
 
     s3a = [str(S3A / r) for r in ("MainChurch", "OldChurch", "Vislab")] if S3A.exists() else []
@@ -120,23 +125,29 @@ def main() -> None:
     out = Path(args.out)
     train_csv, held_csv, train_cats, held_cats = category_csvs(Path(args.clips), out)
     wall0 = time.monotonic()
-    tests = []
+    tests, twins, no_twin = [], [], {}
     for bank in banks:
         name = Path(bank).name.lower()
-        tests.append(build({"source": "csv", "input": str(held_csv), "dataset": f"real_{name}"[:32],
-                            "room_source": "measured", "bank": bank, "shard_size": 128,
-                            "augmentations": {s: args.test_aug for s in ("train", "val", "test")},
-                            "rephraser": {"backend": "template"}}, out / "test", args.workers))
+        test = {"source": "csv", "input": str(held_csv), "room_source": "measured", "bank": bank,
+                "shard_size": 128, "augmentations": {s: args.test_aug for s in ("train", "val", "test")},
+                "rephraser": {"backend": "template"}}
+        tests.append(build(test | {"dataset": f"real_{name}"[:32]}, out / "test", args.workers))
+        try:
+            twins.append(build(test | {"dataset": f"twin_{name}"[:32], "room_source": "twin"}, out / "twin",
+                               args.workers))
+        except Exception as e:
+            no_twin[name] = str(e).splitlines()[0][:300]
     results = {}
     for variant in args.variants.split(","):
         t0 = time.monotonic()
         cfg_build = variant_config(variant, train_csv, out, args.rooms, args.aug)
         root = build(cfg_build, out / "train", args.workers)
         build_wall = time.monotonic() - t0
-        cfg = Sim2RealConfig(train_root=root, test_roots=tuple(tests), run_dir=str(out / "runs" / variant),
+        cfg = Sim2RealConfig(train_root=root, test_roots=tuple(tests), twin_roots=tuple(twins),
+                             run_dir=str(out / "runs" / variant),
                              steps=args.steps, batch_size=args.batch, clip_s=args.clip_s,
                              spatial=TINY_SPATIAL if args.tiny else SpatialBranchConfig(), torch_threads=2)
-        report = run_sim2real(cfg)
+        report = run_sim2real(cfg, reuse=args.reuse)
         results[variant] = {"build_wall_s": round(build_wall, 1), **json.loads(report.model_dump_json(
             exclude={"train_root", "test_roots"}))}
     print(json.dumps({
@@ -144,7 +155,7 @@ def main() -> None:
         "train_categories": train_cats, "heldout_categories": held_cats,
         "rooms": args.rooms, "aug": args.aug, "steps": args.steps, "batch": args.batch,
         "clip_s": args.clip_s, "tiny": args.tiny,
-        "variants": results, "wall_s": round(time.monotonic() - wall0, 1),
+        "no_twin": no_twin, "variants": results, "wall_s": round(time.monotonic() - wall0, 1),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
     }))
 
