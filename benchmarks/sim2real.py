@@ -135,7 +135,7 @@ def main() -> None:
         try:
             twins.append(build(test | {"dataset": f"twin_{name}"[:32], "room_source": "twin"}, out / "twin",
                                args.workers))
-        except Exception as e:
+        except Exception as e:  # a bank with no measured T30 or no size has no twin; the JSON says why
             no_twin[name] = str(e).splitlines()[0][:300]
     results = {}
     for variant in args.variants.split(","):

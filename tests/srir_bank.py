@@ -15,6 +15,8 @@ import soundfile as sf
 
 from tasks.ambisonics import real_sh_sn3d
 
+S3A = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "foa" / "s3a_soundfield_rirs"
+"""The real S3A Soundfield RIRs (../shared/realdata); tests that read them skip when it is absent."""
 FS_BANK = 44_100
 T60 = 0.5
 LATENCY_S = 0.01

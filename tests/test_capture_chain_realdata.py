@@ -14,10 +14,10 @@ tasks/capture_chain.py, "Calibration"); the ideal model fails the dipole/W ones.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import pytest
+from srir_bank import S3A
 
 from schemas.rooms import RirSettings
 from schemas.scenes import SPEED_OF_SOUND_M_S
@@ -28,7 +28,6 @@ from tasks.measured_bank import bank_room_set, load_bank, render_measured
 
 pytestmark = pytest.mark.realdata
 
-S3A = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "foa" / "s3a_soundfield_rirs"
 FS = 48_000
 N_FFT = 4096
 PRE_MS, POST_MS = 0.5, 2.0

@@ -18,7 +18,7 @@ import netCDF4
 import numpy as np
 import pytest
 import sofar
-from srir_bank import FS_BANK, GEOMETRY, LATENCY_S, T60, C, as_format, srir, wav_room
+from srir_bank import FS_BANK, GEOMETRY, LATENCY_S, S3A, T60, C, as_format, srir, wav_room
 
 from schemas.measured import MeasuredRoom
 from schemas.rooms import Placement, RirRecord, RirSettings
@@ -33,8 +33,6 @@ from tasks.measured_bank import (
 from tasks.rir_bank import bank_key, pack_chunk, render_chunk, unpack_chunk
 from tasks.rir_sources import rir_source
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-S3A = REALDATA / "foa" / "s3a_soundfield_rirs"
 SETTINGS = RirSettings()  # 48 kHz, order 1
 def _write_sofa(path: Path, data: np.ndarray, src: np.ndarray, *, convention: str = "SingleRoomSRIR",
                 spherical: bool = False, listener: np.ndarray | None = None, view: np.ndarray | None = None,

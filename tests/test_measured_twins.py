@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from srir_bank import T60, decaying_room, wav_room
+from srir_bank import S3A, T60, decaying_room, wav_room
 
 from schemas.build import BuildConfig
 from schemas.rooms import RirSettings
@@ -33,8 +33,6 @@ from tasks.measured_twins import (
 )
 from tasks.rir_sources import rir_source
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-S3A = REALDATA / "foa" / "s3a_soundfield_rirs"
 SETTINGS = RirSettings()  # 48 kHz, order 1
 DIMS = {
     "roomA": [8.0, 7.0, 3.0],
