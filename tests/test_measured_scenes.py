@@ -245,7 +245,7 @@ def test_rendered_moving_scenes_follow_their_labels_frame_by_frame(room_set, rin
 def test_a_build_over_a_measured_bank_writes_scene_samples_whose_csv_reads_back(bank_dir, tmp_path):
     scenes = SceneConfig(sources={1: 1.0, 2: 1.0}, duration_s=3.0, onset_s=(0.0, 1.0),
                          motion={"moving_share": 0.5}, min_separation_deg=30.0)
-    cfg = BuildConfig(source="demo", limit=4, room_source="measured", bank=str(bank_dir), scenes=scenes,
+    cfg = BuildConfig(source="demo", limit=8, room_source="measured", bank=str(bank_dir), scenes=scenes,
                       shard_size=64)
     base = Path(build_in_process(cfg, str(tmp_path)))
     bank_ids = {p.placement_id for p in bank_room_set(load_bank(bank_dir), seed=0)[1]}
