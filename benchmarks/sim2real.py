@@ -119,6 +119,7 @@ def main() -> None:
     if not banks or not Path(args.clips).exists():
         print(json.dumps({"benchmark": "sim2real", "skipped": "no measured bank or ESC-50 clips"}))
         return
+    from tasks.measured_twins import TwinError
     from training.config import TINY_SPATIAL, SpatialBranchConfig
     from training.sim2real import Sim2RealConfig, run_sim2real
 
@@ -135,7 +136,7 @@ def main() -> None:
         try:
             twins.append(build(test | {"dataset": f"twin_{name}"[:32], "room_source": "twin"}, out / "twin",
                                args.workers))
-        except Exception as e:  # a bank with no measured T30 or no size has no twin; the JSON says why
+        except TwinError as e:  # a bank with no measured T30 or no size has no twin; the JSON says why
             no_twin[name] = str(e).splitlines()[0][:300]
     results = {}
     for variant in args.variants.split(","):

@@ -239,8 +239,11 @@ class TrainConfig(_Frozen):
     resume: bool = Field(True, description="continue from the latest checkpoint in run_dir if any")
     resume_from: str | None = Field(None, description="a checkpoint directory to start from instead")
     stop_at_step: int | None = Field(None, ge=1, description="stop early; the schedule still spans max_steps")
-    features_on: Literal["loader", "device"] = Field(
-        "loader", description="device: workers ship waveforms and the GPU computes mel + IVs"
+    features_on: Literal["loader", "device", "cache"] = Field(
+        "loader",
+        description="device: workers ship waveforms and the GPU computes mel + IVs; cache: every sample "
+        "is featurised once and held in memory, crops are cut from it (training.feature_cache: small "
+        "splits on CPU boxes, where decoding bounds the step rate)",
     )
     eval: EvalConfig | None = None
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per rank")

@@ -73,7 +73,7 @@ def list_shards(root: str, split: str) -> list[str]:
 # samples
 
 
-def _raw_samples(
+def raw_samples(
     urls: Iterable[str], only: str | None, max_barren: int | None = None
 ) -> Iterator[dict[str, Any]]:
     """The usable samples of the shards (tasks.shard_reader), filtered; every other one is logged.
@@ -136,23 +136,12 @@ def has_source_target(record: SampleRecord) -> bool:
     return record.sources is None or (len(record.sources) == 1 and record.sources[0].motion == "static")
 
 
-def decode_sample(
-    raw: dict[str, Any], feat: FeatureConfig, rng: np.random.Generator, mode: SampleMode
-) -> dict:
-    """One raw sample → tensors: random caption, random crop / repeat-pad, features, labels (NaN if none).
-
-    ``spatial`` marks the room targets, ``source_target`` the direction, distance and DRR targets
-    (``has_source_target``); a target that does not hold is NaN, so it cannot leak into a loss.
-    """
-    record: SampleRecord = raw["record"]
-    audio = decode_audio(raw["flac"], record, feat.sample_rate)
-    text = record.text[int(rng.integers(len(record.text)))]
+def sample_targets(record: SampleRecord) -> dict[str, Any]:
+    """The regression targets of a sample; NaN where a target does not hold (``decode_sample``)."""
     labels = record.labels if record.spatial else None
     point = labels is not None and has_source_target(record)
     nan = float("nan")
     out: dict[str, Any] = {
-        "key": raw["key"],
-        "text": text,
         "spatial": labels is not None,
         "source_target": point,
         "direction": torch.from_numpy(
@@ -165,6 +154,21 @@ def decode_sample(
         holds = point if name in ("distance_m", "drr_db") else labels is not None
         v = getattr(labels, name) if holds else None
         out[name] = nan if v is None else float(v)
+    return out
+
+
+def decode_sample(
+    raw: dict[str, Any], feat: FeatureConfig, rng: np.random.Generator, mode: SampleMode
+) -> dict:
+    """One raw sample → tensors: random caption, random crop / repeat-pad, features, labels (NaN if none).
+
+    ``spatial`` marks the room targets, ``source_target`` the direction, distance and DRR targets
+    (``has_source_target``); a target that does not hold is NaN, so it cannot leak into a loss.
+    """
+    record: SampleRecord = raw["record"]
+    audio = decode_audio(raw["flac"], record, feat.sample_rate)
+    text = record.text[int(rng.integers(len(record.text)))]
+    out: dict[str, Any] = {"key": raw["key"], "text": text, **sample_targets(record)}
     if mode.features:
         f = clip_features(audio, feat, rng)
         out["mel"], out["iv"] = f.mel, f.iv
@@ -281,7 +285,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         worker, n_workers = _worker()
         base = [self.seed, self.epoch, self.rank, worker]
         streams = [
-            _raw_samples(
+            raw_samples(
                 self._source_urls(i, worker, n_workers, np.random.default_rng([*base, 1, i])),
                 s.only,
                 max_barren=max(8, 2 * len(self.urls[i])) if self.cfg.resampled else None,

@@ -29,6 +29,7 @@ from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpo
 from training.config import TrainConfig, dump_train_config, load_train_config
 from training.data import SampleMode, batch_to, eval_loader, iterate_from, make_loader
 from training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
+from training.feature_cache import FeatureCache
 from training.features import foa_features
 from training.losses import angular_error_deg, elsa_loss, spatial_loss
 from training.model import to_device
@@ -144,8 +145,9 @@ def evaluate(model: nn.Module, cfg: TrainConfig, info: DistInfo, tokenizer: Any)
 
 
 def _per_epoch(cfg: TrainConfig) -> int:
-    """Batches per rank and epoch: the configured number rounded up to a multiple of the workers."""
-    w = max(1, cfg.data.num_workers)
+    """Batches per rank and epoch: the configured number rounded up to a multiple of the loader's
+    workers (the feature cache has none)."""
+    w = 1 if cfg.features_on == "cache" else max(1, cfg.data.num_workers)
     return -(-cfg.data.batches_per_epoch // w) * w
 
 
@@ -230,6 +232,7 @@ def _run(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
     )
     mode = SampleMode(features=cfg.features_on == "loader")
+    cache = FeatureCache.load(cfg.data, cfg.features) if cfg.features_on == "cache" else None
     per_epoch = _per_epoch(cfg)
     last_stop = min(o.max_steps, cfg.stop_at_step or o.max_steps)
     accum = o.grad_accum
@@ -244,18 +247,24 @@ def _run(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     micro, sums = 0, {}
     while step < last_stop:
         epoch, within = divmod(consumed, per_epoch)
-        loader = make_loader(
-            cfg.data,
-            cfg.features,
-            seed=cfg.seed,
-            rank=info.rank,
-            world=info.world_size,
-            epoch=epoch,
-            skip_batches=within,
-            tokenizer=tokenizer,
-            max_text_len=cfg.model.max_text_len,
-            mode=mode,
-        )
+        if cache is not None:
+            loader = cache.epoch(
+                cfg.data, cfg.features, seed=cfg.seed, rank=info.rank, epoch=epoch, skip_batches=within,
+                tokenizer=tokenizer, max_text_len=cfg.model.max_text_len,
+            )
+        else:
+            loader = make_loader(
+                cfg.data,
+                cfg.features,
+                seed=cfg.seed,
+                rank=info.rank,
+                world=info.world_size,
+                epoch=epoch,
+                skip_batches=within,
+                tokenizer=tokenizer,
+                max_text_len=cfg.model.max_text_len,
+                mode=mode,
+            )
         got = False
         for _, batch in iterate_from(loader, within):
             got = True
