@@ -42,7 +42,16 @@ class SourceDirectivityConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    patterns: list[SourcePattern] = Field(min_length=1, description="one drawn uniformly per placement")
+    patterns: list[SourcePattern] = Field(
+        default_factory=list, description="analytic patterns; one of these or of sofa_files is drawn "
+        "uniformly per placement",
+    )
+    sofa_files: list[str] = Field(
+        default_factory=list, exclude_if=lambda v: not v,
+        description="measured directivities (SOFA FreeFieldDirectivityTF or GeneralFIR, e.g. DIRPAT; "
+        "paths absolute or relative to the working directory), drawn alongside patterns; left out "
+        "of the dump when empty so room sets without them keep their hash",
+    )
     facing_spread_deg: float = Field(
         default=60.0, ge=0.0, le=180.0,
         description="main-axis azimuth: towards the receiver + uniform within +-this",
@@ -52,6 +61,12 @@ class SourceDirectivityConfig(BaseModel):
         description="main-axis elevation: towards the receiver's height + uniform within +-this "
         "(a talker or a loudspeaker on a stand tilts a little, not arbitrarily)",
     )
+
+    @model_validator(mode="after")
+    def _something_to_draw(self) -> SourceDirectivityConfig:
+        if not self.patterns and not self.sofa_files:
+            raise ValueError("source_directivity needs at least one of patterns and sofa_files")
+        return self
 
 
 class Materials(BaseModel):

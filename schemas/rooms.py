@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from schemas.measured import MeasuredDetails, MeasuredRef, MeasuredRoom
 
@@ -17,6 +25,8 @@ Split = Literal["train", "val", "test"]
 SourcePattern = Literal["omni", "subcardioid", "cardioid", "hypercardioid", "figure_eight"]
 """A source's directivity: pyroomacoustics' first-order family a + (1 - a) cos(theta), its
 DirectivityPattern coefficients (tasks/rir_engine.py reads them from the library)."""
+MeasuredPattern = Annotated[str, StringConstraints(pattern=r"^sofa:[^:/\\]+:[0-9a-f]{12}$")]
+"""A measured directivity (tasks/measured_directivity.py): ``sofa:<file stem>:<sha256 prefix>``."""
 
 
 class Surface(BaseModel):
@@ -109,7 +119,7 @@ class Placement(BaseModel):
         "source reads, with its content hash so the RIR-bank key changes when the data do; None: "
         "simulated rooms",
     )
-    source_pattern: SourcePattern | None = Field(
+    source_pattern: SourcePattern | MeasuredPattern | None = Field(
         None, exclude_if=lambda v: v is None,
         description="the source's directivity (room sets with source_directivity); None: omnidirectional, "
         "as in every ELSA placement, whose dumps and RIR-bank keys therefore do not change",
@@ -119,11 +129,19 @@ class Placement(BaseModel):
         description="world-frame (azimuth, elevation) in degrees of the directional source's main axis "
         "(azimuth counter-clockwise from the room's +x); set exactly when source_pattern is",
     )
+    source_directivity_file: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="the room set's SOFA file a measured source_pattern was drawn from, as the room-set "
+        "config names it (its content is checked against the pattern's hash when rendering)",
+    )
 
     @model_validator(mode="after")
     def _pattern_has_axis(self) -> Placement:
         if (self.source_pattern is None) != (self.source_axis_deg is None):
             raise ValueError("source_pattern and source_axis_deg are set together or not at all")
+        measured = self.source_pattern is not None and self.source_pattern.startswith("sofa:")
+        if measured != (self.source_directivity_file is not None):
+            raise ValueError("a measured source_pattern (sofa:...) and source_directivity_file go together")
         return self
 
 

@@ -9,7 +9,8 @@ stochastic diffuse tail (SN3D diffuse field: each degree-n channel has 1/(2n+1) 
 and absorption is calibrated until the measured T30 hits the target.
 
 Two options, both off by default (the ELSA render): a directional source (``SourceDirectivity``,
-each image weighted by the pattern at its emission direction), and surface scattering
+each image weighted by the pattern at its emission direction; ``MeasuredSourceDirectivity``, a
+SOFA-measured pattern weighting each octave band on its own), and surface scattering
 (``RirSettings.scattering``, see ``specular_share`` and ``_early_diffuse``).
 """
 
@@ -34,6 +35,7 @@ from schemas.rooms import OCTAVE_BANDS_HZ, SURFACES, IsmDetails, RirRecord, RirS
 from tasks import room_acoustics
 from tasks.ambisonics import n_channels, real_sh_sn3d, unit_vector, vector_to_angles
 from tasks.errors import InvalidRoomError, UnreachableT30Error
+from tasks.measured_directivity import MeasuredDirectivity
 
 ENGINE_VERSION = "ism-sh-tail/2"
 MAX_ABSORPTION = 0.99
@@ -98,6 +100,38 @@ class SourceDirectivity:
         d = np.asarray(directions, dtype=np.float64)
         p = self.coefficient
         return p + (1.0 - p) * (axis @ d) / np.linalg.norm(d, axis=0)
+
+
+def source_frame(axis_deg: tuple[float, float]) -> np.ndarray:
+    """Rotation (3, 3) whose rows are a source's own axes in the world frame: x its main axis at
+    (azimuth, elevation), y to its left and level (no roll: a loudspeaker or a talker stands
+    upright), z = x cross y, its up. ``source_frame(a) @ d`` is a world direction in its frame."""
+    if len(axis_deg) != 2 or not all(math.isfinite(a) for a in axis_deg):
+        raise InvalidRoomError(f"source axis must be finite (azimuth, elevation), got {axis_deg}")
+    x = unit_vector(*axis_deg)
+    y = unit_vector(axis_deg[0] + 90.0, 0.0)
+    return np.stack([x, y, np.cross(x, y)])
+
+
+@dataclass(frozen=True)
+class MeasuredSourceDirectivity:
+    """A source radiating as a measured pattern (tasks/measured_directivity.py), its main axis at
+    world-frame (azimuth, elevation) in degrees; its gains are per octave band (n_bands, n)."""
+
+    measured: MeasuredDirectivity
+    axis_deg: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        source_frame(self.axis_deg)
+
+    def gain(self, directions: np.ndarray) -> np.ndarray:
+        """Magnitude gains (n_bands, n) for emission directions (3, n) in the world frame."""
+        return self.measured.gain(source_frame(self.axis_deg) @ np.asarray(directions, dtype=np.float64))
+
+
+Directivity = SourceDirectivity | MeasuredSourceDirectivity
+"""What the engine weights images with: the analytic family's one gain per direction, or a
+measured pattern's gain per band and direction."""
 
 
 @dataclass(frozen=True)
@@ -268,7 +302,7 @@ def _image_sources(
     yaw_deg: float,
     source: tuple[float, float, float],
     dims: tuple[float, float, float],
-    directivity: SourceDirectivity | None = None,
+    directivity: Directivity | None = None,
 ) -> _Images:
     """Visible image sources with their per-band amplitudes and receiver-frame directions; a
     directional source weights each by its pattern at the image's emission direction."""
@@ -284,7 +318,8 @@ def _image_sources(
         amp = amp * np.exp(-0.5 * np.asarray(room.air_absorption)[:, None] * dist)
     cells = image_cells(images, source, dims)
     if directivity is not None:
-        amp = amp * directivity.gain(emission_directions(images, cells, receiver))[None, :]
+        g = directivity.gain(emission_directions(images, cells, receiver))
+        amp = amp * (g if g.ndim == 2 else g[None, :])
     return _Images(dist / room.c, dist, amp, az, el, src.orders[visible], cells)
 
 
@@ -477,7 +512,7 @@ def _render_channels(
     channels: list[int],
     anechoic: bool,
     early_window_s: float | None = None,
-    directivity: SourceDirectivity | None = None,
+    directivity: Directivity | None = None,
 ) -> tuple[np.ndarray, int]:
     """Render the given ACN channels at one absorption scale; returns (C, N) and the ISM order.
     ``early_window_s``: only the first samples of that RIR, up to that long after the direct sound
@@ -559,7 +594,7 @@ def render_rir(
     anechoic: bool = False,
     early_window_s: float | None = None,
     calibrate_at: tuple[float, float, float] | None = None,
-    directivity: SourceDirectivity | None = None,
+    directivity: Directivity | None = None,
 ) -> RenderedRir:
     """Render a calibrated ambisonic RIR (ACN/SN3D) for one source and receiver.
 
@@ -622,7 +657,7 @@ def render_rir(
 def _calibrated_scale(
     spec_json: str, receiver: tuple[float, float, float], yaw_deg: float, source: tuple[float, float, float],
     settings_json: str,
-    directivity: SourceDirectivity | None = None,
+    directivity: Directivity | None = None,
 ) -> tuple[float, int]:
     """_calibrate's absorption scale and iterations for a source position, memoised per process
     (keys are the frozen inputs as JSON): the points of one path ask for their first point's."""
@@ -641,7 +676,7 @@ def _calibrate(
     settings: RirSettings,
     air: np.ndarray,
     c: float,
-    directivity: SourceDirectivity | None = None,
+    directivity: Directivity | None = None,
 ) -> tuple[float, int, np.ndarray]:
     """Scale absorption until the W channel's measured T30 is within tolerance of the target.
 

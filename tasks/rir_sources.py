@@ -27,11 +27,30 @@ from schemas.measured import MeasuredRoom
 from schemas.rooms import Placement, RirRecord, RirSettings, Room, RoomSpec
 from tasks.errors import registered
 from tasks.measured_bank import MEASURED_VERSION, MeasuredBankError, bank_room_set, load_bank, render_measured
+from tasks.measured_directivity import resolve_directivity
 from tasks.measured_twins import TWIN_VERSION, TwinError, twin_room_set
-from tasks.rir_engine import ENGINE_VERSION, SourceDirectivity, measure, render_rir
+from tasks.rir_engine import (
+    ENGINE_VERSION,
+    Directivity,
+    MeasuredSourceDirectivity,
+    SourceDirectivity,
+    measure,
+    render_rir,
+)
 from tasks.room_sampling import load_config, sample_room_set
 
 log = logging.getLogger(__name__)
+
+
+def placement_directivity(p: Placement) -> Directivity | None:
+    """The source a placement draws: omni (None), an analytic pattern, or the room set's SOFA file
+    its ``sofa:`` label names (refused with DirectivityFileError when the file changed since)."""
+    if p.source_pattern is None or p.source_axis_deg is None:
+        return None
+    if p.source_directivity_file is None:
+        return SourceDirectivity(p.source_pattern, p.source_axis_deg)
+    measured = resolve_directivity(p.source_pattern, p.source_directivity_file)
+    return MeasuredSourceDirectivity(measured, p.source_axis_deg)
 
 
 class RirSource(Protocol):
@@ -67,11 +86,9 @@ class ShoeboxIsm:
         self, room: RoomSpec, placement: Placement, settings: RirSettings
     ) -> tuple[np.ndarray, RirRecord]:
         p = placement
-        directivity = (None if p.source_pattern is None or p.source_axis_deg is None
-                       else SourceDirectivity(p.source_pattern, p.source_axis_deg))
         rendered = render_rir(room, p.receiver_m, p.source_m, p.receiver_yaw_deg, settings,
                               early_window_s=p.early_window_s, calibrate_at=p.calibrate_at_m,
-                              directivity=directivity)
+                              directivity=placement_directivity(p))
         record = measure(
             rendered, placement_id=p.placement_id, room_id=p.room_id, room_set_hash=p.room_set_hash,
             target_t30_s=room.target_t30_s, order=settings.order, early_window_s=p.early_window_s,

@@ -30,6 +30,7 @@ from schemas.room_set import RoomSetConfig, SourceDirectivityConfig, SplitPlacem
 from schemas.rooms import OCTAVE_BANDS_HZ, SURFACES, Placement, Room, RoomSpec, Surface
 from tasks.ambisonics import vector_to_angles, wrap_azimuth
 from tasks.errors import InvalidRoomError, UnreachableT30Error
+from tasks.measured_directivity import load_directivity
 from tasks.rir_engine import SCALE_RANGE, air_absorption, predicted_t30, scaled_absorption
 
 SPEED_OF_SOUND = pra.constants.get("c")
@@ -189,15 +190,19 @@ def _sample_placement(
 
 
 def sample_source_axis(
-    cfg: SourceDirectivityConfig, receiver: np.ndarray, source: np.ndarray, rng: np.random.Generator
+    cfg: SourceDirectivityConfig, receiver: np.ndarray, source: np.ndarray, rng: np.random.Generator,
+    measured: Sequence[str] = (),
 ) -> tuple[str, tuple[float, float]]:
     """A directional source's pattern and world-frame main axis (azimuth, elevation) in degrees.
+
+    The pattern is drawn among ``cfg.patterns`` and ``measured`` (the labels of cfg.sofa_files,
+    tasks/measured_directivity.py), so a config without files draws exactly as before.
 
     The axis points at the receiver give or take ``facing_spread_deg`` in azimuth and
     ``elevation_jitter_deg`` in elevation (uniform): a loudspeaker or a talker is aimed at the
     listener roughly, not exactly, and turns more freely sideways than up or down.
     """
-    pattern = str(rng.choice(cfg.patterns))
+    pattern = str(rng.choice([*cfg.patterns, *measured]))
     az, el = (float(a) for a in vector_to_angles(np.asarray(receiver) - np.asarray(source)))
     az = float(wrap_azimuth(az + rng.uniform(-cfg.facing_spread_deg, cfg.facing_spread_deg)))
     el = float(np.clip(el + rng.uniform(-cfg.elevation_jitter_deg, cfg.elevation_jitter_deg), -90.0, 90.0))
@@ -213,6 +218,8 @@ def sample_room_set(
         raise InvalidRoomError(f"number of rooms must be positive, got {n}")
     rooms = [sample_room(cfg, seed, i) for i in range(n)]
     split_rooms = _split_rooms(cfg, n, seed)
+    sofa_files = cfg.source_directivity.sofa_files if cfg.source_directivity is not None else []
+    measured = {load_directivity(f).label: f for f in sofa_files}  # bad files fail here, named
     rows: list[dict] = []
     train_sources: dict[int, list[np.ndarray]] = {}
     for split in ("train", "val", "test"):
@@ -244,8 +251,11 @@ def sample_room_set(
                     "distance_m": dist,
                 }
                 if cfg.source_directivity is not None:  # omni rows (ELSA) keep their keys and hash
-                    pattern, axis = sample_source_axis(cfg.source_directivity, receiver, source, axis_rng)
+                    pattern, axis = sample_source_axis(cfg.source_directivity, receiver, source, axis_rng,
+                                                       list(measured))
                     row |= {"source_pattern": pattern, "source_axis_deg": axis}
+                    if pattern in measured:
+                        row["source_directivity_file"] = measured[pattern]
                 rows.append(row)
     digest = content_hash(cfg, seed, rooms, rows)
     placements = [Placement(**r, room_set_hash=digest) for r in rows]
