@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--clip-s", type=float, default=2.0, help="training crop; tests average over windows")
+    ap.add_argument("--fmax", type=float, default=8000.0, help="top of the IV mel bands (ELSA: 14000)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tiny", action="store_true", help="the test-sized branch instead of ELSA's")
@@ -146,7 +147,7 @@ def main() -> None:
         build_wall = time.monotonic() - t0
         cfg = Sim2RealConfig(train_root=root, test_roots=tuple(tests), twin_roots=tuple(twins),
                              run_dir=str(out / "runs" / variant),
-                             steps=args.steps, batch_size=args.batch, clip_s=args.clip_s,
+                             steps=args.steps, batch_size=args.batch, clip_s=args.clip_s, fmax_hz=args.fmax,
                              spatial=TINY_SPATIAL if args.tiny else SpatialBranchConfig(), torch_threads=2)
         report = run_sim2real(cfg, reuse=args.reuse)
         results[variant] = {"build_wall_s": round(build_wall, 1), **json.loads(report.model_dump_json(
@@ -155,7 +156,7 @@ def main() -> None:
         "benchmark": "sim2real", "banks": banks,
         "train_categories": train_cats, "heldout_categories": held_cats,
         "rooms": args.rooms, "aug": args.aug, "steps": args.steps, "batch": args.batch,
-        "clip_s": args.clip_s, "tiny": args.tiny,
+        "clip_s": args.clip_s, "fmax_hz": args.fmax, "tiny": args.tiny,
         "no_twin": no_twin, "variants": results, "wall_s": round(time.monotonic() - wall0, 1),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
     }))

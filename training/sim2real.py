@@ -52,6 +52,10 @@ from training.pretrain_spatial import PAPER_OPTIM
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+# Distance (MSE in m, to 10 m here) and floor area (/100 m², to 600 m²) give losses of 2-8 where
+# direction (1 - cos), T30 (s²) and DRR (/10 dB) give 0.1-0.4, so under the shared gradient-norm clip
+# the unscored heads would take most of every step. At 0.1 they still learn, and stop crowding out.
+SIM2REAL_LOSS = LossConfig(distance=0.1, area=0.1)
 
 
 class Sim2RealConfig(BaseModel):
@@ -70,6 +74,12 @@ class Sim2RealConfig(BaseModel):
     steps: int = Field(600, ge=1, description="optimizer steps of spatial pretraining")
     batch_size: int = Field(32, ge=1)
     clip_s: float = Field(5.0, gt=0.0, description="feature window (ESC-50 clips are 5 s)")
+    fmax_hz: float = Field(
+        8000.0, gt=0.0, le=24000.0,
+        description="top of the IVs' 64 mel bands (ELSA: 14 kHz). A real tetrahedral array's direction is "
+        "not its capsules' geometry above its spatial-aliasing range: S3A's Soundfield points its "
+        "direct sound 6-10 deg off up to 8 kHz and 30-35 deg off from 8 to 14 kHz, scattered per "
+        "direction by capsule mismatch no array model reproduces, so the branch listens below 8 kHz")
     spatial: SpatialBranchConfig = Field(
         SpatialBranchConfig(), description="the branch's size; the default is ELSA's (~486k parameters)"
     )
@@ -78,6 +88,9 @@ class Sim2RealConfig(BaseModel):
         True, description="featurise the training split once and train on crops of it "
         "(training.feature_cache): a few thousand clips fit in memory, and on a CPU box decoding, not the "
         "branch, bounds the step rate")
+    loss: LossConfig = Field(
+        SIM2REAL_LOSS, description="the heads' weights: the scored ones (direction, T30, DRR) at 1, distance "
+        "and area at 0.1 (see SIM2REAL_LOSS)")
     lr_decay: bool = Field(
         True, description="cosine decay to 5 % of the paper's constant 1e-3 over ``steps``: a short run that "
         "ends at full rate stops mid-noise (the paper's runs were long enough not to care)")
@@ -98,9 +111,9 @@ class Sim2RealConfig(BaseModel):
                 shuffle_buffer=1000,
                 batches_per_epoch=max(1, self.steps),
             ),
-            features=FeatureConfig(clip_s=self.clip_s),
+            features=FeatureConfig(clip_s=self.clip_s, fmax=self.fmax_hz),
             model=ModelConfig(spatial=self.spatial),
-            loss=LossConfig(),
+            loss=self.loss,
             optim=PAPER_OPTIM.model_copy(
                 update={"max_steps": self.steps, **({"min_lr_ratio": 0.05} if self.lr_decay else {})}
             ),
