@@ -20,24 +20,27 @@ from srir_bank import GEOMETRY, decaying_room
 from schemas.build import BuildConfig
 from tasks.build_stages import build_in_process
 from training.config import TINY_SPATIAL, FeatureConfig
+from training.doa_probe import angular_errors_deg, directions_from_angles
 from training.sim2real import CaseResult, Sim2RealConfig, Sim2RealReport, summarise, window_features
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _case(az: float, pred_az: float, err: float, classical: float | None, t30: float | None = 1.0,
-          t30_pred: float = 1.5, drr: float = 5.0, drr_pred: float = 2.0, room: str = "r") -> CaseResult:
+          t30_pred: float = 1.5, drr: float = 5.0, drr_pred: float = 2.0, room: str = "r",
+          pred_el: float = 0.0) -> CaseResult:
     return CaseResult(key=f"k{az}-{pred_az}-{err}", room_id=room, azimuth_deg=az, elevation_deg=0.0,
-                      model_azimuth_deg=pred_az, model_doa_error_deg=err, classical_doa_error_deg=classical,
+                      model_azimuth_deg=pred_az, model_elevation_deg=pred_el, model_doa_error_deg=err,
+                      classical_doa_error_deg=classical,
                       t30_s=t30, t30_pred_s=t30_pred, drr_db=drr, drr_pred_db=drr_pred)
 
 
 def test_summary_medians_side_agreement_and_missing_labels():
     cases = [
-        _case(90.0, 80.0, 10.0, 5.0),  # lateral, same side
-        _case(-90.0, 100.0, 170.0, 7.0),  # lateral, wrong side
-        _case(60.0, 50.0, 20.0, None, t30=None),  # lateral (sin 60 > 0.5), same side; no estimate, no T30
-        _case(0.0, 10.0, 30.0, 9.0, t30=2.0, t30_pred=1.0, drr=0.0, drr_pred=0.0),  # frontal
+        _case(90.0, 80.0, 10.0, 5.0, pred_el=10.0),  # lateral, same side
+        _case(-90.0, 100.0, 170.0, 7.0, pred_el=20.0),  # lateral, wrong side
+        _case(60.0, 50.0, 20.0, None, t30=None, pred_el=-5.0),  # lateral (sin 60 > 0.5); no estimate or T30
+        _case(0.0, 10.0, 30.0, 9.0, t30=2.0, t30_pred=1.0, drr=0.0, drr_pred=0.0, pred_el=30.0),  # frontal
     ]
     s = summarise(cases)
     assert s.n == 4 and s.doa_model_median_deg == pytest.approx(25.0)
@@ -46,6 +49,7 @@ def test_summary_medians_side_agreement_and_missing_labels():
     assert s.t30_rel_error_median == pytest.approx(0.5)  # |1.5/1 - 1| twice, |1/2 - 1| once
     assert s.drr_abs_error_median_db == pytest.approx(3.0)
     assert s.lateral_agreement == pytest.approx(2 / 3)
+    assert s.elevation_bias_model_deg == pytest.approx(15.0)  # labels at 0: median of 10, 20, -5, 30
     with pytest.raises(ValueError):
         summarise([])
 
@@ -103,6 +107,12 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     classical = report.pooled.doa_classical_median_deg
     assert classical is not None and classical < 15.0
     assert all(math.isfinite(c.t30_pred_s) and math.isfinite(c.drr_pred_db) for c in cases)
+    # the recorded predicted direction is the one the error was measured on
+    pred = directions_from_angles(np.array([c.model_azimuth_deg for c in cases]),
+                                  np.array([c.model_elevation_deg for c in cases]))
+    truth = directions_from_angles(np.array([c.azimuth_deg for c in cases]),
+                                   np.array([c.elevation_deg for c in cases]))
+    assert np.allclose(angular_errors_deg(pred, truth), [c.model_doa_error_deg for c in cases], atol=1e-3)
     assert report.train_steps == 3 and report.train_examples_seen == 12 and report.train_cpu_s > 0
     assert (tmp_path / "run" / "spatial_branch.pt").exists()
     twins = [CaseResult.model_validate_json(line)

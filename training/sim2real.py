@@ -35,6 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.shards import RejectRow
+from tasks.ambisonics import vector_to_angles
 from tasks.doa import DoaError, intensity_doa
 from training.config import (
     DataConfig,
@@ -137,6 +138,7 @@ class CaseResult(BaseModel):
     azimuth_deg: float
     elevation_deg: float
     model_azimuth_deg: float
+    model_elevation_deg: float
     model_doa_error_deg: float
     classical_doa_error_deg: float | None = Field(description="None: the clip has no directional energy")
     t30_s: float | None
@@ -153,6 +155,9 @@ class ErrorSummary(BaseModel):
     n: int
     doa_model_median_deg: float
     doa_classical_median_deg: float | None
+    elevation_bias_model_deg: float = Field(
+        description="median of the model's elevation minus the label's: a room whose direction errors are "
+        "mostly a tilt shows here, not in the azimuths")
     classical_unestimated: int
     t30_cases: int
     t30_label_median_s: float | None
@@ -254,10 +259,11 @@ def score_cases(model, feat: FeatureConfig, roots: tuple[str, ...], max_samples:
             with torch.no_grad():
                 out = model(window_features(audio, feat))
             unit = torch.nn.functional.normalize(out["direction"], dim=1).mean(dim=0).numpy()
+            az, el = vector_to_angles(unit.astype(np.float64))
             cases.append(CaseResult(
                 key=item.key, room_id=lab.room_id,
                 azimuth_deg=lab.azimuth_deg, elevation_deg=lab.elevation_deg,
-                model_azimuth_deg=math.degrees(math.atan2(float(unit[1]), float(unit[0]))),
+                model_azimuth_deg=float(az), model_elevation_deg=float(el),
                 model_doa_error_deg=float(angular_errors_deg(unit[None, :], truth)[0]),
                 classical_doa_error_deg=classical, t30_s=lab.t30_s, t30_pred_s=float(out["t30"].mean()),
                 drr_db=lab.drr_db, drr_pred_db=float(out["drr"].mean()) * drr_scale,
@@ -281,6 +287,7 @@ def summarise(cases: list[CaseResult]) -> ErrorSummary:
         n=len(cases),
         doa_model_median_deg=float(np.median([c.model_doa_error_deg for c in cases])),
         doa_classical_median_deg=_median(classical),
+        elevation_bias_model_deg=float(np.median([c.model_elevation_deg - c.elevation_deg for c in cases])),
         classical_unestimated=len(cases) - len(classical),
         t30_cases=len(with_t30),
         t30_label_median_s=_median([c.t30_s for c in with_t30]),
