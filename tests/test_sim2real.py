@@ -21,7 +21,14 @@ from schemas.build import BuildConfig
 from tasks.build_stages import build_in_process
 from training.config import TINY_SPATIAL, FeatureConfig
 from training.doa_probe import angular_errors_deg, directions_from_angles
-from training.sim2real import CaseResult, Sim2RealConfig, Sim2RealReport, summarise, window_features
+from training.sim2real import (
+    CaseResult,
+    Sim2RealConfig,
+    Sim2RealReport,
+    run_sim2real,
+    summarise,
+    window_features,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,3 +130,10 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     assert all((c.azimuth_deg, c.elevation_deg) in labelled for c in twins)
     assert report.twin_pooled.doa_classical_median_deg < 15.0  # the shoebox twin agrees with the labels too
     assert json.loads((tmp_path / "run" / "sim2real.json").read_text())["pooled"]["n"] == len(cases)
+
+    # reuse rescores the trained branch without training again: same log, same report
+    log_before = (tmp_path / "run" / "log.jsonl").read_text()
+    again = run_sim2real(cfg, reuse=True)
+    assert (tmp_path / "run" / "log.jsonl").read_text() == log_before
+    assert again.train_cpu_s == report.train_cpu_s
+    assert again.pooled.model_dump() == pytest.approx(report.pooled.model_dump(), rel=1e-5)  # another process
