@@ -7,11 +7,12 @@ import math
 import numpy as np
 import pytest
 import sofar
+from test_source_directivity import _direct_energy, _facing, _room
 
 from room_specs import DEFAULT_CONFIG
 from schemas.room_set import SourceDirectivityConfig
-from schemas.rooms import OCTAVE_BANDS_HZ, SURFACES, RirSettings, RoomSpec, Surface
-from tasks.ambisonics import unit_vector, vector_to_angles, wrap_azimuth
+from schemas.rooms import OCTAVE_BANDS_HZ, RirSettings
+from tasks.ambisonics import unit_vector
 from tasks.measured_directivity import DirectivityFileError, load_directivity
 from tasks.rir_bank import bank_key
 from tasks.rir_engine import MeasuredSourceDirectivity, SourceDirectivity, render_rir, source_frame
@@ -52,21 +53,6 @@ def _write_tf(path, magnitude, grid=GRID, freqs=FREQS) -> str:
     sofa.delete("EmitterDescriptions")
     sofar.write_sofa(str(path), sofa)
     return str(path)
-
-
-def _room(dims=(8.0, 6.0, 3.0)) -> RoomSpec:
-    surface = Surface(material="x", absorption=[0.2] * 8, scattering=[0.1] * 8)
-    return RoomSpec(room_id="t", dims_m=dims, surfaces=dict.fromkeys(SURFACES, surface), target_t30_s=0.6)
-
-
-def _facing(source, receiver, off_deg=0.0) -> tuple[float, float]:
-    az, el = (float(a) for a in vector_to_angles(np.subtract(receiver, source)))
-    return float(wrap_azimuth(az + off_deg)), el
-
-
-def _direct_energy(rir: np.ndarray) -> float:
-    peak = int(np.argmax(np.abs(rir[0])))
-    return float((rir[0, max(0, peak - 40): peak + 40] ** 2).sum())
 
 
 def test_band_gains_are_the_pattern_normalised_on_axis(tmp_path):
