@@ -318,8 +318,8 @@ def _image_sources(
         amp = amp * np.exp(-0.5 * np.asarray(room.air_absorption)[:, None] * dist)
     cells = image_cells(images, source, dims)
     if directivity is not None:
-        g = directivity.gain(emission_directions(images, cells, receiver))
-        amp = amp * (g if g.ndim == 2 else g[None, :])
+        # (n,) analytic or (n_bands, n) measured gains: both broadcast over amp's (n_bands, n)
+        amp = amp * directivity.gain(emission_directions(images, cells, receiver))
     return _Images(dist / room.c, dist, amp, az, el, src.orders[visible], cells)
 
 
