@@ -9,6 +9,12 @@ FuMa/ambiX mix-up or labels from another sample give errors far beyond it. A sce
 labels are its source 0's first point, so its audio is checked only before any other source starts
 (``solo_until_s``; source 0 starts the scene), and not at all when that leaves under MIN_SOLO_S.
 
+A sample rendered with sensor noise records its SNR. Its first arrival is then sought on a
+short-term RMS envelope clear of the noise (NOISE_ENVELOPE_SIGMAS), and its direct window is read
+in the 300-3000 Hz band: at 10 dB SNR a steady sound (a hum, a tone) peaks only ~3x its RMS, so the
+noise alone reaches the plain 0.2-of-peak threshold before the direct sound arrives, and the window
+lands on noise.
+
 A dataset summary needs nothing but a few columns of the manifest (read as Arrow: a paper-scale
 manifest is never a list of row objects) and a HEAD or stat per shard; ``--deep`` re-reads every
 shard for its sha256. The DOA check reads only the FLAC bytes of the chosen samples (ranged GETs at
@@ -29,11 +35,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import soundfile as sf
 from pydantic import BaseModel, ConfigDict
+from scipy.ndimage import uniform_filter1d
 
 from schemas.shards import RejectRow, SampleRecord
 from tasks.ambisonics import angular_distance_deg
 from tasks.commit import MANIFEST, SIZES, read_manifest, read_rejects, shard_counts, sizes_json, verify_shards
-from tasks.doa import DoaError, first_arrival_index, intensity_doa
+from tasks.doa import DEFAULT_BAND_HZ, DoaError, first_arrival_index, intensity_doa
 from tasks.errors import SpatialAudioCapsError
 from tasks.shard_reader import iter_tar_samples, read_record
 from tasks.shard_writer import ShardSample, shard_order
@@ -43,6 +50,12 @@ DEFAULT_TOLERANCE_DEG = 30.0
 MIN_SOLO_S = 0.25
 """A scene whose second source starts sooner is not checked: too little of source 0 alone."""
 DEFAULT_DOA_SAMPLES = 64
+DIRECT_ONSET = 0.2
+"""First arrival: the first W sample at this fraction of the clip's peak (tasks.doa.first_arrival_index)."""
+NOISE_ENVELOPE_S = 0.0005
+NOISE_ENVELOPE_SIGMAS = 2.0
+"""Onset over a known noise floor, on a 0.5 ms RMS envelope (24 samples at 48 kHz): noise alone reaches
+twice its RMS there with odds ~1e-10 per window, and a direct sound 5 dB over the noise passes it."""
 _MAX_LISTED = 20
 
 
@@ -73,9 +86,11 @@ def doa_check(
     *,
     tolerance_deg: float = DEFAULT_TOLERANCE_DEG,
     until_s: float | None = None,
+    snr_db: float | None = None,
 ) -> DoaCheck:
     """Direct-sound and whole-clip intensity DOA of FOA FLAC bytes against the labelled direction;
-    ``until_s``: only the audio before it (a scene's first other onset)."""
+    ``until_s``: only the audio before it (a scene's first other onset); ``snr_db``: the sensor noise
+    the sample was rendered with (its W power is the clip's over that SNR, on every channel)."""
     try:
         y, fs = sf.read(io.BytesIO(flac), dtype="float64", always_2d=True)
     except (sf.SoundFileError, RuntimeError) as e:
@@ -86,10 +101,11 @@ def doa_check(
     estimates: dict[str, tuple[float, float, float] | None] = {}
     notes = []
     try:
-        onset = first_arrival_index(sig[0], 0.2)
+        onset = _direct_onset(sig[0], y[:, 0], fs, snr_db)
         i0 = max(0, onset - round(0.0005 * fs))
         i1 = min(sig.shape[1], onset + round(0.002 * fs))
-        est = intensity_doa(sig, fs, band_hz=None, start_s=i0 / fs, end_s=i1 / fs)
+        band = None if snr_db is None else DEFAULT_BAND_HZ  # a band keeps most of the noise out
+        est = intensity_doa(sig, fs, band_hz=band, start_s=i0 / fs, end_s=i1 / fs)
         estimates["direct"] = (est.azimuth_deg, est.elevation_deg, _err(est, azimuth_deg, elevation_deg))
     except DoaError as e:
         estimates["direct"] = None
@@ -117,6 +133,23 @@ def doa_check(
         flagged=error is None or error > tolerance_deg,
         note="; ".join(notes) or None,
     )
+
+
+def _direct_onset(w: np.ndarray, whole_w: np.ndarray, fs: int, snr_db: float | None) -> int:
+    """First arrival on W: its first sample at DIRECT_ONSET of the peak; with a known SNR, the first
+    point where W's short-term RMS (NOISE_ENVELOPE_S, centred) reaches DIRECT_ONSET of its peak and
+    NOISE_ENVELOPE_SIGMAS of the noise (whose power is ``whole_w``'s over 1 + SNR: the SNR holds over
+    the whole clip, which a scene's check may cut). A floor that high leaves no onset (DoaError)."""
+    if snr_db is None:
+        return first_arrival_index(w, DIRECT_ONSET)
+    n = max(1, round(NOISE_ENVELOPE_S * fs))
+    envelope = np.sqrt(np.maximum(uniform_filter1d(np.square(w), n, mode="constant"), 0.0))
+    noise_rms = math.sqrt(float(np.mean(np.square(whole_w))) / (1.0 + 10.0 ** (snr_db / 10.0)))
+    peak = float(envelope.max())
+    floor = NOISE_ENVELOPE_SIGMAS * noise_rms
+    if peak <= floor:
+        raise DoaError(f"the sensor noise ({snr_db:.1f} dB SNR) is as loud as the sound: no onset above it")
+    return first_arrival_index(envelope, max(DIRECT_ONSET, floor / peak))
 
 
 def _err(est: Any, az: float, el: float) -> float:
@@ -220,7 +253,13 @@ def _check_sample(s: ShardSample, tolerance_deg: float) -> DoaCheck | None:
     if until is not None and until < MIN_SOLO_S:
         return None
     return doa_check(s.key, s.flac, lab.azimuth_deg, lab.elevation_deg, tolerance_deg=tolerance_deg,
-                     until_s=until)
+                     until_s=until, snr_db=sensor_snr_db(s.record))
+
+
+def sensor_snr_db(record: SampleRecord) -> float | None:
+    """The SNR of the sensor noise in the sample's main FLAC (None: rendered without)."""
+    rendered = record.provenance.rendered
+    return rendered.sensor_snr_db if rendered is not None else None
 
 
 def solo_until_s(record: SampleRecord) -> float | None:
@@ -256,11 +295,13 @@ def check_rows(
     for r in rows.select(cols).to_pylist():
         shard = join_uri(base, r["shard"])
         flac = storage.read_range(shard, r["flac_offset"], r["flac_size"])
-        until = solo_until_s(read_record(storage.read_range(shard, r["json_offset"], r["json_size"])))
+        record = read_record(storage.read_range(shard, r["json_offset"], r["json_size"]))
+        until = solo_until_s(record)
         if until is not None and until < MIN_SOLO_S:
             continue
         az, el = r["azimuth_deg"], r["elevation_deg"]
-        out.append(doa_check(r["key"], flac, az, el, tolerance_deg=tolerance_deg, until_s=until))
+        out.append(doa_check(r["key"], flac, az, el, tolerance_deg=tolerance_deg, until_s=until,
+                             snr_db=sensor_snr_db(record)))
     return out
 
 

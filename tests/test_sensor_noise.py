@@ -22,6 +22,7 @@ from tasks.ambisonics import real_sh_sn3d
 from tasks.audio_prep import RirSpectrum, render_formats
 from tasks.build_file import BuildFileError, load_build
 from tasks.build_stages import build_in_process
+from tasks.inspect_dataset import inspect_dataset
 from tasks.renderers import renderer
 from tasks.scene_render import render_scene
 from tasks.sensor_noise import SampleNoise, add_sensor_noise, sample_noise
@@ -216,3 +217,15 @@ def test_a_build_with_sensor_noise_records_and_carries_it(tmp_path):
     assert spatial
     read = [s.record for t in sorted(noisy.rglob("*.tar")) for s in read_shard(str(t))]  # reader accepts them
     assert sum(r.spatial for r in read) == spatial
+
+
+@pytest.mark.slow
+def test_inspect_passes_a_build_at_10_db_snr(tmp_path):
+    """The demo's hums and tones at 10 dB SNR: with the plain onset threshold 2 of these 16 samples
+    were flagged (the direct window landed on noise before the sound arrived); inspect now reads each
+    sample's recorded SNR and finds every direct sound."""
+    cfg = BuildConfig(source="demo", limit=8, n_rooms=6, shard_size=16,
+                      audio=AudioPrepConfig(sensor_noise=SensorNoise(snr_db=(10.0, 10.0))))
+    base = build_in_process(cfg, str(tmp_path / "out"))
+    check = inspect_dataset(base, doa_samples=None)["doa_check"]
+    assert check["checked"] == 16 and check["flagged"] == 0, check["mismatches"]
