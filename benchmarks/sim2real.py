@@ -110,6 +110,9 @@ def main() -> None:
     ap.add_argument("--fmax", type=float, default=8000.0, help="top of the IV mel bands (ELSA: 14000)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--field-augment", default="none", choices=("none", "rotate", "rotate_mirror"),
+                    help="turn / mirror each training field around the microphone (training.field_augment); "
+                    "runs go to runs/<variant>-<mode>")
     ap.add_argument("--seed", type=int, default=0, help="training seed (the builds do not change); runs of "
                     "seed k > 0 go to runs/<variant>-seed<k>")
     ap.add_argument("--tiny", action="store_true", help="the test-sized branch instead of ELSA's")
@@ -147,9 +150,11 @@ def main() -> None:
         cfg_build = variant_config(variant, train_csv, out, args.rooms, args.aug)
         root = build(cfg_build, out / "train", args.workers)
         build_wall = time.monotonic() - t0
-        run = variant + (f"-seed{args.seed}" if args.seed else "")
+        run = variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
+            f"-seed{args.seed}" if args.seed else "")
         cfg = Sim2RealConfig(train_root=root, test_roots=tuple(tests), twin_roots=tuple(twins),
                              run_dir=str(out / "runs" / run), seed=args.seed,
+                             field_augment=args.field_augment,
                              steps=args.steps, batch_size=args.batch, clip_s=args.clip_s, fmax_hz=args.fmax,
                              spatial=TINY_SPATIAL if args.tiny else SpatialBranchConfig(), torch_threads=2)
         report = run_sim2real(cfg, reuse=args.reuse)
@@ -160,6 +165,7 @@ def main() -> None:
         "train_categories": train_cats, "heldout_categories": held_cats,
         "rooms": args.rooms, "aug": args.aug, "steps": args.steps, "batch": args.batch,
         "clip_s": args.clip_s, "fmax_hz": args.fmax, "tiny": args.tiny, "seed": args.seed,
+        "field_augment": args.field_augment,
         "no_twin": no_twin, "variants": results, "wall_s": round(time.monotonic() - wall0, 1),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
     }))

@@ -99,6 +99,8 @@ def test_batches_depend_only_on_seed_epoch_rank_and_index_and_sources_are_drawn_
 
 
 def test_a_cached_run_on_pipeline_shards_resumes_to_the_same_losses(tmp_path: Path) -> None:
+    """With and without field augmentation (training.field_augment, whose draws are a function of
+    seed, epoch, rank and batch); the augmented run's losses differ, so the turn is applied."""
     from training.config import TINY_SPATIAL
     from training.launch import read_log
     from training.train import run
@@ -106,19 +108,25 @@ def test_a_cached_run_on_pipeline_shards_resumes_to_the_same_losses(tmp_path: Pa
     root = str(shards())
     cache = FeatureCache.load(DataConfig(sources=[ShardSource(root=root, only="spatial")]), TEST_FEATURES)
     assert len(cache) > 20 and all(s.targets["spatial"] for src in cache.sources for s in src)
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "a"), task="spatial", features=TEST_FEATURES, features_on="cache",
-        model=ModelConfig(spatial=TINY_SPATIAL),
-        data=DataConfig(sources=[ShardSource(root=root, only="spatial")], batch_size=4, batches_per_epoch=3),
-        optim=OptimConfig(lr=1e-3, warmup_steps=0, max_steps=5), checkpoint_every=2, log_every=1,
-        keep_checkpoints=5, torch_threads=1,
-    )
-    assert run(cfg)["step"] == 5
-    straight = {r["step"]: r["loss"] for r in read_log(cfg.run_dir) if "loss" in r}
-    resumed_cfg = cfg.model_copy(update={
-        "run_dir": str(tmp_path / "b"), "resume_from": str(tmp_path / "a" / "checkpoints" / "step-00000002")})
-    assert run(resumed_cfg)["step"] == 5
-    resumed = {r["step"]: r["loss"] for r in read_log(resumed_cfg.run_dir) if "loss" in r}
-    assert sorted(resumed) == [3, 4, 5]  # step 4 is the next epoch's first batch
-    for step in (3, 4, 5):
-        assert abs(resumed[step] - straight[step]) < 1e-5, (step, resumed, straight)
+    straight_by_mode = {}
+    for mode in ("none", "rotate_mirror"):
+        cfg = TrainConfig(
+            run_dir=str(tmp_path / mode / "a"), task="spatial", features=TEST_FEATURES, features_on="cache",
+            model=ModelConfig(spatial=TINY_SPATIAL),
+            data=DataConfig(sources=[ShardSource(root=root, only="spatial")], batch_size=4,
+                            batches_per_epoch=3, field_augment=mode),
+            optim=OptimConfig(lr=1e-3, warmup_steps=0, max_steps=5), checkpoint_every=2, log_every=1,
+            keep_checkpoints=5, torch_threads=1,
+        )
+        assert run(cfg)["step"] == 5
+        straight = {r["step"]: r["loss"] for r in read_log(cfg.run_dir) if "loss" in r}
+        resumed_cfg = cfg.model_copy(update={
+            "run_dir": str(tmp_path / mode / "b"),
+            "resume_from": str(tmp_path / mode / "a" / "checkpoints" / "step-00000002")})
+        assert run(resumed_cfg)["step"] == 5
+        resumed = {r["step"]: r["loss"] for r in read_log(resumed_cfg.run_dir) if "loss" in r}
+        assert sorted(resumed) == [3, 4, 5]  # step 4 is the next epoch's first batch
+        for step in (3, 4, 5):
+            assert abs(resumed[step] - straight[step]) < 1e-5, (mode, step, resumed, straight)
+        straight_by_mode[mode] = straight
+    assert straight_by_mode["none"][1] != straight_by_mode["rotate_mirror"][1]

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.errors import SpatialAudioCapsError
+from training.field_augment import FieldAugment
 
 
 class _Frozen(BaseModel):
@@ -162,6 +163,9 @@ class DataConfig(_Frozen):
     shuffle_buffer: int = Field(500, ge=0)
     resampled: bool = True
     batches_per_epoch: int = Field(1000, ge=1, description="per rank; an epoch only reseeds the stream")
+    field_augment: FieldAugment = Field(
+        "none", description="turn each training sample's sound field about the vertical (rotate), and "
+        "mirror it left-right and top-bottom (rotate_mirror): training.field_augment; spatial task only")
 
     def expanded_sources(self) -> list[ShardSource]:
         """Sources after applying ``spatial_fraction``: each unfiltered source split in two."""
@@ -247,6 +251,13 @@ class TrainConfig(_Frozen):
     )
     eval: EvalConfig | None = None
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per rank")
+
+    @model_validator(mode="after")
+    def _captions_name_directions(self) -> TrainConfig:
+        if self.task == "elsa" and self.data.field_augment != "none":
+            raise ValueError("data.field_augment turns the sound but not the caption's 'left' or 'above': "
+                             "only the spatial task may use it")
+        return self
 
 
 class ConfigError(SpatialAudioCapsError):

@@ -49,6 +49,7 @@ from training.config import (
 )
 from training.doa_probe import angular_errors_deg, directions_from_angles
 from training.evaluate import iter_split
+from training.field_augment import FieldAugment
 from training.metrics import EmptyEvaluationSetError
 from training.pretrain_spatial import PAPER_OPTIM
 
@@ -96,6 +97,10 @@ class Sim2RealConfig(BaseModel):
     lr_decay: bool = Field(
         True, description="cosine decay to 5 % of the paper's constant 1e-3 over ``steps``: a short run that "
         "ends at full rate stops mid-noise (the paper's runs were long enough not to care)")
+    field_augment: FieldAugment = Field(
+        "none", description="turn (and mirror) each training sample's sound field around the microphone "
+        "(training.field_augment): every placement then teaches every azimuth, and with rotate_mirror "
+        "both signs of its elevation")
     torch_threads: int | None = Field(None, ge=1)
     max_test_samples: int | None = Field(None, ge=1, description="per test build")
     seed: int = 0
@@ -112,6 +117,7 @@ class Sim2RealConfig(BaseModel):
                 num_workers=self.num_workers,
                 shuffle_buffer=1000,
                 batches_per_epoch=max(1, self.steps),
+                field_augment=self.field_augment,
             ),
             features=FeatureConfig(clip_s=self.clip_s, fmax=self.fmax_hz),
             model=ModelConfig(spatial=self.spatial),

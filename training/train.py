@@ -31,6 +31,7 @@ from training.data import SampleMode, batch_to, eval_loader, iterate_from, make_
 from training.distributed import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed
 from training.feature_cache import FeatureCache
 from training.features import foa_features
+from training.field_augment import random_transforms, transform_field
 from training.losses import angular_error_deg, elsa_loss, spatial_loss
 from training.model import to_device
 
@@ -266,9 +267,12 @@ def _run(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
                 mode=mode,
             )
         got = False
-        for _, batch in iterate_from(loader, within):
+        for j, batch in iterate_from(loader, within):
             got = True
             b = _inputs(batch, cfg, info.device)
+            if cfg.data.field_augment != "none":  # a function of (seed, epoch, rank, batch): resumes exactly
+                rng = np.random.default_rng([cfg.seed, epoch, info.rank, j, 0xF1E1D])
+                b = transform_field(b, random_transforms(len(b["iv"]), rng, cfg.data.field_augment))
             micro += 1
             sync = micro == accum
             ctx = model.no_sync() if (info.distributed and not sync) else contextlib.nullcontext()
