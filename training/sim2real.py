@@ -55,10 +55,12 @@ from training.pretrain_spatial import PAPER_OPTIM
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-# Distance (MSE in m, to 10 m here) and floor area (/100 m², to 600 m²) give losses of 2-8 where
-# direction (1 - cos), T30 (s²) and DRR (/10 dB) give 0.1-0.4, so under the shared gradient-norm clip
-# the unscored heads would take most of every step. At 0.1 they still learn, and stop crowding out.
-SIM2REAL_LOSS = LossConfig(distance=0.1, area=0.1)
+# Distance (MSE in m, to 10 m here) and floor area (/100 m², to 2,000 m² in sim2real.yaml) give losses of
+# 2-30 where direction (1 - cos), T30 (s²) and DRR (/10 dB) give 0.1-0.4, so under the shared
+# gradient-norm clip the unscored heads would take most of every step. Areas are counted in 1,000 m²
+# (the halls made area the largest term: 20-28 at /100 m², 2.5 of a 3.7 loss at weight 0.1), and both
+# heads weigh 0.1: they still learn, and stop crowding out.
+SIM2REAL_LOSS = LossConfig(distance=0.1, area=0.1, area_scale_m2=1000.0)
 
 
 class Sim2RealConfig(BaseModel):
