@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--clips", default=str(ESC50), help="ESC-50 folder (audio/ and its metadata CSV)")
     ap.add_argument("--out", default="/tmp/sim2real", help="builds and runs go here")
     ap.add_argument("--rooms", type=int, default=1500, help="simulated rooms per variant (one training "
-                    "placement each: distinct positions, not more samples per position, are what generalise)")
+                    "placement each; session 8's run 4)")
     ap.add_argument("--aug", type=int, default=200, help="train samples per training clip")
     ap.add_argument("--test-aug", type=int, default=6, help="samples per held-out clip and test split")
     ap.add_argument("--steps", type=int, default=600)
