@@ -81,7 +81,7 @@ def main() -> None:
     from tasks.ambisonics import angular_distance_deg, vector_to_angles
     from tasks.measured_bank import load_bank, to_ambix
     from training.checkpoint import load_trained
-    from training.sim2real import window_features
+    from training.sim2real import window_heads
 
     torch.set_num_threads(2)
     model, _, tcfg = load_trained(str(run))
@@ -109,10 +109,7 @@ def main() -> None:
                     for y in clips:
                         audio = fftconvolve(y[None, :], h)[:, : len(y)]
                         audio = (audio / (np.abs(audio).max() + 1e-12)).astype(np.float32)
-                        with torch.no_grad():
-                            d = model(window_features(audio, tcfg.features))["direction"]
-                        unit = torch.nn.functional.normalize(d, dim=1).mean(dim=0).numpy().astype(np.float64)
-                        az, el = vector_to_angles(unit)
+                        az, el = vector_to_angles(window_heads(model, audio, tcfg.features)[0])
                         err = float(angular_distance_deg(az, el, pos.azimuth_deg, pos.elevation_deg))
                         errs.setdefault(name, []).append((float(el) - pos.elevation_deg, err))
             f = np.array(flows)  # positions x windows x (elevation, strength)

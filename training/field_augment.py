@@ -1,12 +1,12 @@
 """Rotations and mirrors of the sound field around the microphone: more directions from the same rooms.
 
-Why: a simulated build holds a few thousand source positions, and a branch trained on them learns
-which directions go with which kinds of room. Issue 15's branch, trained on 198 placements, pointed
-every source in two real churches 13-19 deg too high while the classical estimator on the same audio
-did not. Turning the whole field about the vertical, or mirroring it left-right or top-bottom, gives
-the field of the same room turned or mirrored around the microphone: distance, T30, DRR and floor
-area are unchanged and the direction turns with it, so one placement teaches every azimuth and both
-signs of its elevation.
+Why: a simulated build holds a few thousand source positions, and a branch trained on them can learn
+which directions go with which kinds of room. (Issue 15's upward tilt in real churches was first
+taken for such a prior; benchmarks/sim2real_tail.py showed it follows the churches' reverberant
+tails, which this cannot teach.) Turning the whole field about the vertical, or mirroring it
+left-right or top-bottom, gives the field of the same room turned or mirrored around the
+microphone: distance, T30, DRR and floor area are unchanged and the direction turns with it, so one
+placement teaches every azimuth and both signs of its elevation.
 
 The intensity vectors (``training.features``: active then reactive, in x, y, z) are vectors in the
 microphone's frame, so the transform is exact on them; W's log-mel does not change. Mazzon et al.

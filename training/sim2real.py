@@ -242,11 +242,21 @@ def window_features(audio: np.ndarray, feat: FeatureConfig):
     return torch.stack([clip_features(audio, feat, offset=o).iv for o in offsets])
 
 
+def window_heads(model, audio: np.ndarray, feat: FeatureConfig) -> tuple[np.ndarray, dict]:
+    """The heads' answers on every window of a clip (``window_features``) and their direction: the mean
+    of the windows' unit vectors (float64, not renormalised)."""
+    import torch
+
+    with torch.no_grad():
+        out = model(window_features(audio, feat))
+    unit = torch.nn.functional.normalize(out["direction"], dim=1).mean(dim=0).numpy()
+    return unit.astype(np.float64), out
+
+
 def score_cases(model, feat: FeatureConfig, roots: tuple[str, ...], max_samples: int | None = None
                 ) -> list[CaseResult]:
     """Every measured test sample scored by the heads (window-averaged) and by the intensity estimator
     (whole clip, 300-3000 Hz)."""
-    import torch
 
     from training.data import decode_audio
 
@@ -265,10 +275,8 @@ def score_cases(model, feat: FeatureConfig, roots: tuple[str, ...], max_samples:
                 classical: float | None = float(angular_errors_deg(guess, truth)[0])
             except DoaError:
                 classical = None
-            with torch.no_grad():
-                out = model(window_features(audio, feat))
-            unit = torch.nn.functional.normalize(out["direction"], dim=1).mean(dim=0).numpy()
-            az, el = vector_to_angles(unit.astype(np.float64))
+            unit, out = window_heads(model, audio, feat)
+            az, el = vector_to_angles(unit)
             cases.append(CaseResult(
                 key=item.key, room_id=lab.room_id,
                 azimuth_deg=lab.azimuth_deg, elevation_deg=lab.elevation_deg,
