@@ -81,7 +81,7 @@ def variant_config(name: str, train_csv: Path, out: Path, n_rooms: int, aug: int
         "source": "csv", "input": str(train_csv), "dataset": f"sim_{name}", "room_config": str(rooms),
         "n_rooms": n_rooms, "augmentations": {"train": aug, "val": 2, "test": 2},
         "shard_size": 128, "rephraser": {"backend": "template"},
-        "rir": {"order": 3 if realism else 1, "scattering": realism},
+        "rir": {"order": 3 if realism else 1, "scattering": realism, "tail_flow": realism},
         "formats": ["tetra" if realism and name != "ideal_encoder" else "foa"],
         "audio": {"sensor_noise": noise},
     }

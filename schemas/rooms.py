@@ -249,3 +249,8 @@ class RirSettings(BaseModel):
         description="surfaces' scattering coefficients move specular image energy into an earlier "
         "diffuse onset (tasks/rir_engine.py); off: pure specular images, the ELSA render",
     )
+    tail_flow: bool = Field(
+        default=False, exclude_if=lambda v: not v,
+        description="the diffuse tail carries the net energy flow towards the absorbing surfaces that a "
+        "real late field has (tasks/rir_engine.py ``tail_flow``); off: an isotropic tail, the ELSA render",
+    )

@@ -495,6 +495,8 @@ class RealismStats(BaseModel):
     sensor_snr_db: tuple[float, float] | None = Field(description="SNR range drawn per sample; None: none")
     sensor_noise_spectrum: str | None
     scattering: bool = Field(description="surface scattering turned into an earlier diffuse onset")
+    tail_flow: bool = Field(False, description="the diffuse field flows into the absorbing surfaces "
+                            "(False: isotropic, and in cards written before the option)")
     source_patterns: dict[str, int] | None = Field(
         description="placements per source pattern (None: every source omnidirectional)")
 

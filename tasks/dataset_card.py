@@ -673,7 +673,7 @@ def _realism_section(st: Storage, base: str) -> RealismStats | None:
     if not st.exists(build):
         return None
     cfg = json.loads(st.read_bytes(build))
-    noise = (cfg.get("audio") or {}).get("sensor_noise")
+    noise, rir = (cfg.get("audio") or {}).get("sensor_noise"), cfg.get("rir") or {}
     patterns = None
     if st.exists(placements):
         t = pq.read_table(io.BytesIO(st.read_bytes(placements)))
@@ -682,8 +682,10 @@ def _realism_section(st: Storage, base: str) -> RealismStats | None:
     stats = RealismStats(flac_format=(cfg.get("formats") or [AMBIX_FORMAT])[0],
                          sensor_snr_db=tuple(noise["snr_db"]) if noise else None,
                          sensor_noise_spectrum=noise["spectrum"] if noise else None,
-                         scattering=bool((cfg.get("rir") or {}).get("scattering")), source_patterns=patterns)
-    ideal = stats.flac_format != TETRA_FORMAT and noise is None and not stats.scattering and patterns is None
+                         scattering=bool(rir.get("scattering")), tail_flow=bool(rir.get("tail_flow")),
+                         source_patterns=patterns)
+    ideal = (stats.flac_format != TETRA_FORMAT and noise is None and not stats.scattering
+             and not stats.tail_flow and patterns is None)
     return None if ideal else stats
 
 
@@ -699,7 +701,9 @@ def _realism_lines(r: RealismStats) -> list[str]:
             f"- `.flac` audio: {capture}.", f"- Sensor noise: {noise}.",
             f"- Source directivity (placements per pattern): {patterns}.",
             "- Surface scattering: " + ("on (an earlier diffuse onset, T30 unchanged)." if r.scattering
-                                        else "off.")]
+                                        else "off."),
+            "- Diffuse field: " + ("flows into the absorbing surfaces, as a real late field does (T30 "
+                                   "unchanged)." if r.tail_flow else "isotropic.")]
 
 
 def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | None = None) -> DatasetCard:

@@ -8,10 +8,11 @@ to the library's omni RIR. Long reverberation caps the image order and continues
 stochastic diffuse tail (SN3D diffuse field: each degree-n channel has 1/(2n+1) of W's energy),
 and absorption is calibrated until the measured T30 hits the target.
 
-Two options, both off by default (the ELSA render): a directional source (``SourceDirectivity``,
+Three options, all off by default (the ELSA render): a directional source (``SourceDirectivity``,
 each image weighted by the pattern at its emission direction; ``MeasuredSourceDirectivity``, a
-SOFA-measured pattern weighting each octave band on its own), and surface scattering
-(``RirSettings.scattering``, see ``specular_share`` and ``_early_diffuse``).
+SOFA-measured pattern weighting each octave band on its own), surface scattering
+(``RirSettings.scattering``, see ``specular_share`` and ``_early_diffuse``), and a diffuse field
+that flows towards the absorbing surfaces (``RirSettings.tail_flow``, see ``tail_flow``).
 """
 
 from __future__ import annotations
@@ -375,23 +376,64 @@ def _highpass(x: np.ndarray, fs: int) -> np.ndarray:
     return sosfiltfilt(sos, x, axis=-1).astype(np.float32)
 
 
+def tail_flow(
+    spec: RoomSpec, scale: float, receiver: tuple[float, float, float], yaw_deg: float
+) -> np.ndarray:
+    """(3, n_bands) net direction the diffuse field arrives from at the receiver (x, y, z of the
+    receiver frame): E[W (X, Y, Z)] / E[W^2], in units where a plane wave has length 1.
+
+    A real late field is not isotropic: energy flows from the reflecting surfaces into the
+    absorbing ones (measured in S3A's churches: |flow| 0.10-0.17, from above, onto an absorbing
+    floor). The acoustic diffusion model of the late field (Picaut et al. 1997, Valeau et al. 2006)
+    gives that flow: the field decays uniformly, so along each axis the flux is linear between the
+    two opposite surfaces, each taking c w A of it with A = -ln(1 - alpha) / 4 (the Millington-Sette
+    exchange of ``decay_rates``, so the surfaces together take exactly the energy the tail loses).
+    At p on an axis of length L the energy arrives along it with strength A_lo - (p / L)(A_lo + A_hi)
+    (positive: from the high wall's side), away from the reflecting surface into the absorbing one,
+    most strongly close to the absorber. At the room's centre this is (A_lo - A_hi) / 2, close to what
+    specular images give: averaged over directions, an image an odd number of reflections deep keeps
+    r = (1 - alpha_hi) / (1 - alpha_lo) times more energy on the reflecting side, a net flow of
+    tanh(ln(r) / 4) / 2 (0.106 against 0.108 for alpha 0.6 below and 0.05 above). Clipped to 0.5 per
+    axis, so each dipole keeps some noise of its own.
+    """
+    exchange = -np.log1p(-_absorption(spec, scale)) / 4.0  # (6, n_bands), walls lo/hi per axis
+    share = (np.asarray(receiver, dtype=np.float64) / np.asarray(spec.dims_m))[:, None]
+    room = np.clip(exchange[0::2] - share * (exchange[0::2] + exchange[1::2]), -0.5, 0.5)
+    c, s = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
+    return np.stack([c * room[0] + s * room[1], -s * room[0] + c * room[1], room[2]])
+
+
+# ACN channel -> its axis in tail_flow's (x, y, z): Y, Z, X.
+_DIPOLE_AXIS = {1: 1, 2: 2, 3: 0}
+
+
 def _shaped_noise(
     n: int, fs: int, gain: Callable[[np.ndarray, np.ndarray], np.ndarray], seed: list[int],
-    channels: list[int],
+    channels: list[int], flow: np.ndarray | None = None,
 ) -> np.ndarray:
     """(C, n) diffuse noise whose STFT is scaled by gain(log2 frequency, frame time from 0).
 
     Shaping in the STFT domain costs one STFT pair per channel instead of a filter bank over
     seconds of signal. Each channel gets its own noise (stream ``[*seed, ch]``); degree-n
-    channels carry 1/(2n+1) of W's energy, the SN3D diffuse field.
+    channels carry 1/(2n+1) of W's energy, the SN3D diffuse field. ``flow`` (``tail_flow``'s
+    (3, n_bands)) mixes W's noise into each dipole, a * W + sqrt(1/3 - a^2) * its own: E[W X] =
+    a E[W^2] while X keeps 1/3 of W's energy, so W, and with it the calibrated T30, is unchanged.
+    Channels of degree 2 and up stay isotropic.
     """
     stft = ShortTimeFFT(hann(_TAIL_NFFT, sym=False), _TAIL_NFFT // 4, fs)
-    g = gain(np.log2(np.maximum(stft.f, OCTAVE_BANDS_HZ[0])), np.clip(stft.t(n), 0.0, None))
+    octave = np.log2(np.maximum(stft.f, OCTAVE_BANDS_HZ[0]))
+    g = gain(octave, np.clip(stft.t(n), 0.0, None))
+    w_spec = None
+    if flow is not None and any(ch in _DIPOLE_AXIS for ch in channels):
+        w_spec = stft.stft(np.random.default_rng([*seed, 0]).standard_normal(n))
     out = np.empty((len(channels), n))
     for row, ch in enumerate(channels):
         rng = np.random.default_rng([*seed, ch])
-        noise = rng.standard_normal(n) / math.sqrt(2 * math.isqrt(ch) + 1)
-        out[row] = stft.istft(stft.stft(noise) * g, k1=n)
+        bins = stft.stft(rng.standard_normal(n) / math.sqrt(2 * math.isqrt(ch) + 1))
+        if w_spec is not None and ch in _DIPOLE_AXIS:
+            a = np.interp(octave, np.log2(OCTAVE_BANDS_HZ), flow[_DIPOLE_AXIS[ch]])[:, None]
+            bins = np.sqrt(1.0 - 3.0 * a**2) * bins + a * w_spec
+        out[row] = stft.istft(bins * g, k1=n)
     return out
 
 
@@ -404,9 +446,10 @@ def _late_tail(
     fade_s: float,
     seed: int,
     channels: list[int],
+    flow: np.ndarray | None = None,
 ) -> np.ndarray:
     """Diffuse tail from t_start on: noise decaying at the band rates k from energy `level`
-    (band values interpolated over log-frequency)."""
+    (band values interpolated over log-frequency), flowing as ``flow`` (None: isotropic)."""
     i0 = round(t_start * fs) + constants.get("frac_delay_length") // 2
     out = np.zeros((len(channels), n_samples), dtype=np.float32)
     if i0 >= n_samples:
@@ -423,7 +466,7 @@ def _late_tail(
     n_fade = max(1, round(fade_s * fs))
     fade = np.ones(n)
     fade[:n_fade] = np.sin(0.5 * np.pi * (np.arange(n_fade) + 0.5) / n_fade) ** 2
-    out[:, i0:] = _shaped_noise(n, fs, gain, [seed], channels) * fade
+    out[:, i0:] = _shaped_noise(n, fs, gain, [seed], channels, flow) * fade
     return out
 
 
@@ -451,8 +494,10 @@ def _early_diffuse(
     n_samples: int,
     settings: RirSettings,
     channels: list[int],
+    flow: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The scattered energy of the image sources, as diffuse noise from the first reflection on.
+    """The scattered energy of the image sources, as diffuse noise from the first reflection on
+    (flowing as ``flow``, like the late tail it joins).
 
     Energy model (Kuttruff, "Room Acoustics", ch. 4 on diffuse reflection; the "diffuse rain" of
     hybrid image-source / ray-tracing renderers, e.g. Heinz 1993, Schroeder 2011): scattering
@@ -485,7 +530,7 @@ def _early_diffuse(
     fade = settings.crossfade_s
     x = np.clip((tail_from - t) / max(fade, 1e-9), 0.0, 1.0)
     weight = np.where(t > tail_from - fade, np.sin(0.5 * np.pi * x) ** 2, 1.0)
-    out[:, i0:i1] = _shaped_noise(i1 - i0, fs, gain, [settings.seed, 1], channels) * weight
+    out[:, i0:i1] = _shaped_noise(i1 - i0, fs, gain, [settings.seed, 1], channels, flow) * weight
     return out
 
 
@@ -558,12 +603,13 @@ def _render_channels(
         sel = (img.times_s > direct_s + 0.001) & (img.times_s < tail_from)
         integral = (np.exp(k * window) - 1.0) / k
         level = (img.amp[:, sel] ** 2).sum(axis=1) / integral
+        flow = tail_flow(spec, scale, receiver, yaw_deg) if settings.tail_flow else None
         diffuse = _late_tail(k, level, tail_from, n_samples, fs, settings.crossfade_s, settings.seed,
-                             channels)
+                             channels, flow)
         if scattering:
             t_first = float(img.times_s[img.orders > 0].min())
             diffuse += _early_diffuse(spec, k, level, t_first, tail_from, room.c, n_samples, settings,
-                                      channels)
+                                      channels, flow)
         rir += _highpass(diffuse, fs)
 
     return np.ascontiguousarray(rir, dtype=np.float32), int(img.orders.max())
