@@ -23,17 +23,18 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_card_names_capture_noise_directivity_and_scattering(tmp_path):
     cfg = BuildConfig(source="demo", limit=3, n_rooms=4, shard_size=16,
                       room_config=str(REPO / "room_specs" / "sim2real.yaml"),
-                      rir=RirSettings(order=3, scattering=True), formats=("tetra",),
+                      rir=RirSettings(order=3, scattering=True, tail_flow=True), formats=("tetra",),
                       audio=AudioPrepConfig(sensor_noise=SensorNoise(snr_db=(15.0, 25.0), spectrum="pink")))
     base = Path(build_in_process(cfg, str(tmp_path / "out")))
     card = DatasetCard.model_validate_json((base / "card.json").read_text())
     r = card.realism
-    assert r is not None and r.flac_format == "tetra" and r.scattering
+    assert r is not None and r.flac_format == "tetra" and r.scattering and r.tail_flow
     assert r.sensor_snr_db == (15.0, 25.0) and r.sensor_noise_spectrum == "pink"
     drawn = Counter(pq.read_table(base / "placements.parquet").column("source_pattern").to_pylist())
     assert r.source_patterns == dict(drawn) and sum(drawn.values()) > 0
     readme = (base / "README.md").read_text()
     assert "## Capture chain and sources" in readme and "15-25 dB SNR, pink" in readme
+    assert "- Diffuse field: flows into the absorbing surfaces" in readme
 
 
 def test_an_elsa_card_has_no_realism_section(tmp_path):
