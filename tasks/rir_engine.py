@@ -393,16 +393,20 @@ def tail_flow(
     most strongly close to the absorber. At the room's centre this is (A_lo - A_hi) / 2, close to what
     specular images give: averaged over directions, an image an odd number of reflections deep keeps
     r = (1 - alpha_hi) / (1 - alpha_lo) times more energy on the reflecting side, a net flow of
-    tanh(ln(r) / 4) / 2 (0.106 against 0.108 for alpha 0.6 below and 0.05 above). Clipped to 0.5 per
-    axis, so each dipole keeps some noise of its own.
+    tanh(ln(r) / 4) / 2 (0.106 against 0.108 for alpha 0.6 below and 0.05 above). Its length is
+    capped at 0.5 (near a surface absorbing almost everything the model grows past what a dipole
+    can carry, 1/sqrt(3) per axis), which bounds every component in any frame, so the cap does
+    not depend on the receiver's yaw.
     """
     exchange = -np.log1p(-_absorption(spec, scale)) / 4.0  # (6, n_bands), walls lo/hi per axis
     share = (np.asarray(receiver, dtype=np.float64) / np.asarray(spec.dims_m))[:, None]
-    room = np.clip(exchange[0::2] - share * (exchange[0::2] + exchange[1::2]), -0.5, 0.5)
+    room = exchange[0::2] - share * (exchange[0::2] + exchange[1::2])
+    room *= np.minimum(1.0, _MAX_FLOW / np.maximum(np.linalg.norm(room, axis=0), 1e-12))
     c, s = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
     return np.stack([c * room[0] + s * room[1], -s * room[0] + c * room[1], room[2]])
 
 
+_MAX_FLOW = 0.5
 # ACN channel -> its axis in tail_flow's (x, y, z): Y, Z, X.
 _DIPOLE_AXIS = {1: 1, 2: 2, 3: 0}
 
