@@ -7,9 +7,10 @@ estimator does not. This scores a trained run (``benchmarks/sim2real.py``'s run 
 bank position convolved with held-out clips three ways, changing only the RIR: whole; cut after its
 first 50 ms; and with the tail after 50 ms turned upside down (Z negated, so it arrives from below
 what it arrived from above). If the bias follows the tail, the branch reads the tail's direction.
+Each variant also gives the T30 head's median answer: does the T30 cue live in the tail's direction?
 Beside it, each room's tail flow: the elevation and strength (|I| / energy, 300-3000 Hz) of the net
 active intensity 50-200 ms and 200-800 ms after the direct sound. The engine's diffuse tail is
-isotropic by construction, so the branch never saw a tail that points somewhere.
+isotropic unless a build turns ``rir.tail_flow`` on.
 
 Held-out clips come from the run's sim2real ``heldout.csv`` (its --out folder), every
 ``--clip-step``-th, so the clips are categories the branch never heard. Skips without the run or
@@ -59,6 +60,12 @@ def tail_flow(rir: np.ndarray, start_s: float, end_s: float) -> tuple[float, flo
     return float(np.degrees(np.arcsin(flow[2] / norm))), norm / float(seg[0] @ seg[0])
 
 
+def _medians(cases: list[tuple[float, float, float]]) -> dict[str, float]:
+    """Median elevation bias (deg), DOA error (deg) and T30 answer (s) over a variant's cases."""
+    bias, doa, t30 = np.median(np.array(cases), axis=0)
+    return {"el_bias": round(float(bias), 1), "doa": round(float(doa), 1), "t30_s": round(float(t30), 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="/tmp/sim2real/runs/realism", help="a trained sim2real run directory")
@@ -98,7 +105,7 @@ def main() -> None:
             continue
         root = Path(bank.path).parent  # a WAV bank's files are relative to its folder's parent
         for room in bank.rooms:
-            errs: dict[str, list[tuple[float, float]]] = {}
+            errs: dict[str, list[tuple[float, float, float]]] = {}
             flows: list[list[tuple[float, float]]] = []
             for pos in (p for p in bank.positions if p.room_id == room.room_id):
                 x, fs = sf.read(str(root / pos.file), dtype="float64", always_2d=True)
@@ -109,15 +116,16 @@ def main() -> None:
                     for y in clips:
                         audio = fftconvolve(y[None, :], h)[:, : len(y)]
                         audio = (audio / (np.abs(audio).max() + 1e-12)).astype(np.float32)
-                        az, el = vector_to_angles(window_heads(model, audio, tcfg.features)[0])
+                        unit, heads = window_heads(model, audio, tcfg.features)
+                        az, el = vector_to_angles(unit)
                         err = float(angular_distance_deg(az, el, pos.azimuth_deg, pos.elevation_deg))
-                        errs.setdefault(name, []).append((float(el) - pos.elevation_deg, err))
+                        errs.setdefault(name, []).append((float(el) - pos.elevation_deg, err,
+                                                          float(heads["t30"].mean())))
             f = np.array(flows)  # positions x windows x (elevation, strength)
             spans = [f"{round(a * 1000)}-{round(b * 1000)}ms" for a, b in FLOW_WINDOWS_S]
             out["rooms"][room.name] = {
                 "n": len(errs["whole"]),
-                **{name: {"el_bias": round(float(np.median([e[0] for e in v])), 1),
-                          "doa": round(float(np.median([e[1] for e in v])), 1)} for name, v in errs.items()},
+                **{name: _medians(v) for name, v in errs.items()},
                 "tail_flow": {span: {"elevation_deg": round(float(np.median(f[:, k, 0])), 1),
                                      "strength": round(float(np.median(f[:, k, 1])), 3)}
                               for k, span in enumerate(spans)},
