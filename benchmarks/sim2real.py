@@ -111,9 +111,9 @@ def main() -> None:
     ap.add_argument("--fmax", type=float, default=8000.0, help="top of the IV mel bands (ELSA: 14000)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--field-augment", default="none", choices=("none", "rotate", "rotate_mirror"),
-                    help="turn / mirror each training field around the microphone (training.field_augment); "
-                    "runs go to runs/<variant>-<mode>")
+    ap.add_argument("--field-augment", default="rotate_mirror", choices=("none", "rotate", "rotate_mirror"),
+                    help="turn / mirror each training field around the microphone (training.field_augment; "
+                    "session 9's run 7); runs go to runs/<variant>-<mode>, or runs/<variant> with none")
     ap.add_argument("--seed", type=int, default=0, help="training seed (the builds do not change); runs of "
                     "seed k > 0 go to runs/<variant>-seed<k>")
     ap.add_argument("--tiny", action="store_true", help="the test-sized branch instead of ELSA's")
