@@ -376,6 +376,9 @@ def _highpass(x: np.ndarray, fs: int) -> np.ndarray:
     return sosfiltfilt(sos, x, axis=-1).astype(np.float32)
 
 
+_MAX_FLOW = 0.5  # tail_flow's cap on the flow's length (a dipole carries at most 1/sqrt(3) per axis)
+
+
 def tail_flow(
     spec: RoomSpec, scale: float, receiver: tuple[float, float, float], yaw_deg: float
 ) -> np.ndarray:
@@ -406,7 +409,6 @@ def tail_flow(
     return np.stack([c * room[0] + s * room[1], -s * room[0] + c * room[1], room[2]])
 
 
-_MAX_FLOW = 0.5
 # ACN channel -> its axis in tail_flow's (x, y, z): Y, Z, X.
 _DIPOLE_AXIS = {1: 1, 2: 2, 3: 0}
 
