@@ -50,14 +50,11 @@ def variants(rir: np.ndarray) -> dict[str, np.ndarray]:
 def tail_flow(rir: np.ndarray, start_s: float, end_s: float) -> tuple[float, float]:
     """Elevation (deg) and |I| / energy of the net active intensity (300-3000 Hz) in a window after
     the peak of an ambiX RIR: how much of the tail flows one way, and which way."""
-    from scipy.signal import butter, sosfiltfilt
+    from tasks.room_acoustics import net_flow
 
-    i0 = int(np.argmax(np.abs(rir[0])))
-    seg = sosfiltfilt(butter(4, (300.0, 3000.0), btype="band", fs=FS, output="sos"),
-                      rir[:, i0 + round(start_s * FS) : i0 + round(end_s * FS)], axis=1)
-    flow = np.array([seg[0] @ seg[3], seg[0] @ seg[1], seg[0] @ seg[2]])  # x, y, z (ACN W Y Z X)
+    flow = net_flow(rir, FS, start_s, end_s)
     norm = float(np.linalg.norm(flow))
-    return float(np.degrees(np.arcsin(flow[2] / norm))), norm / float(seg[0] @ seg[0])
+    return float(np.degrees(np.arcsin(flow[2] / norm))), norm
 
 
 def _medians(cases: list[tuple[float, float, float]]) -> dict[str, float]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.signal import butter, sosfiltfilt
 
 from tasks.ambisonics import angular_distance_deg
-from tasks.doa import direct_sound_doa, first_arrival_index
+from tasks.doa import DEFAULT_BAND_HZ, direct_sound_doa, first_arrival_index
 from tasks.errors import SpatialAudioCapsError
 
 DIRECT_HALF_WINDOW_S = 0.0025  # +-2.5 ms around the direct peak counts as direct sound
@@ -29,6 +30,17 @@ def schroeder_db(ir: np.ndarray, start: int = 0) -> np.ndarray:
         raise SpatialAudioCapsError("impulse response has no energy after the onset")
     with np.errstate(divide="ignore"):
         return 10.0 * np.log10(edc / edc[0])
+
+
+def net_flow(rir: np.ndarray, fs: int, start_s: float, end_s: float) -> np.ndarray:
+    """(x, y, z) direction the energy of an ambiX RIR arrives from, start..end seconds after its peak:
+    E[W (X, Y, Z)] / E[W^2] at 300-3000 Hz, length 1 for a plane wave and 0 for an isotropic field.
+    A late field's net flow is how far it is from diffuse, and which way (tail_flow's measure).
+    Filtered before it is cut, so a short window carries no filter edge transients."""
+    i0 = int(np.argmax(np.abs(rir[0])))
+    band = sosfiltfilt(butter(4, DEFAULT_BAND_HZ, btype="band", fs=fs, output="sos"), rir[:4], axis=1)
+    seg = band[:, i0 + round(start_s * fs): i0 + round(end_s * fs)]
+    return np.array([seg[0] @ seg[3], seg[0] @ seg[1], seg[0] @ seg[2]]) / float(seg[0] @ seg[0])
 
 
 def decay_time(ir: np.ndarray, fs: int, hi_db: float, lo_db: float) -> float:

@@ -11,7 +11,7 @@ from scipy.signal import butter, sosfiltfilt
 from schemas.rooms import SURFACES, RirSettings, RoomSpec, Surface
 from tasks import room_acoustics
 from tasks.rir_bank import bank_key
-from tasks.rir_engine import render_rir, tail_flow
+from tasks.rir_engine import RenderedRir, render_rir, tail_flow
 
 FS = 48000
 _BAND = butter(4, [300.0, 3000.0], btype="band", fs=FS, output="sos")
@@ -27,19 +27,11 @@ def _room(alpha: tuple[float, ...], dims: tuple[float, float, float], t30: float
     return RoomSpec(room_id="t", dims_m=dims, surfaces=surfaces, target_t30_s=t30)
 
 
-def _flow(rir: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
-    """E[W (X, Y, Z)] / E[W^2] at 300-3000 Hz, start..end after the direct peak (ACN: W Y Z X)."""
-    x = sosfiltfilt(_BAND, rir[:4], axis=-1)
-    i0 = int(np.argmax(np.abs(rir[0])))
-    seg = x[:, i0 + int(start_s * FS): i0 + int(end_s * FS)]
-    return np.array([seg[0] @ seg[3], seg[0] @ seg[1], seg[0] @ seg[2]]) / (seg[0] @ seg[0])
-
-
 @pytest.fixture(scope="module")
-def hall() -> dict[tuple[bool, float], np.ndarray]:
+def hall() -> dict[tuple[bool, float], RenderedRir]:
     """The hall's calibrated RIR with the flow off and on, facing 0 and 40 degrees."""
     return {(on, yaw): render_rir(_room(HALL_ALPHA, HALL, 1.3), RECEIVER, SOURCE, yaw_deg=yaw,
-                                  settings=RirSettings(order=1, tail_flow=on)).rir
+                                  settings=RirSettings(order=1, tail_flow=on))
             for on in (False, True) for yaw in (0.0, 40.0)}
 
 
@@ -49,11 +41,11 @@ def test_the_tail_arrives_as_the_model_says(hall):
     chance correlation, scaled by sqrt(1 - 3 a^2), pulls down by 0.028."""
     spec = _room(HALL_ALPHA, HALL, 1.3)
     for yaw in (0.0, 40.0):
-        scale = render_rir(spec, RECEIVER, SOURCE, yaw_deg=yaw,
-                           settings=RirSettings(order=1)).absorption_scale
-        model = tail_flow(spec, scale, RECEIVER, yaw)[:, 3]  # 1 kHz; absorption is flat here
+        # 1 kHz; absorption is flat here
+        model = tail_flow(spec, hall[(True, yaw)].absorption_scale, RECEIVER, yaw)[:, 3]
         assert model[2] > 0.15  # from above, onto the absorbing floor
-        off, on = _flow(hall[(False, yaw)], 0.2, 0.8), _flow(hall[(True, yaw)], 0.2, 0.8)
+        off, on = (room_acoustics.net_flow(hall[(flowing, yaw)].rir, FS, 0.2, 0.8)
+                   for flowing in (False, True))
         assert np.linalg.norm(off) < 0.06, off
         np.testing.assert_allclose(on, model, atol=0.05)
 
@@ -62,8 +54,8 @@ def test_w_and_t30_do_not_move(hall):
     """The flow mixes W's noise into the dipoles; W itself is the same samples, so the calibration
     and the T30 (measured 1.296 s against 1.3) are those of the isotropic render."""
     for yaw in (0.0, 40.0):
-        assert np.array_equal(hall[(True, yaw)][0], hall[(False, yaw)][0])
-    assert room_acoustics.t30(hall[(True, 0.0)][0], FS) == pytest.approx(1.3, rel=0.03)
+        assert np.array_equal(hall[(True, yaw)].rir[0], hall[(False, yaw)].rir[0])
+    assert room_acoustics.t30(hall[(True, 0.0)].rir[0], FS) == pytest.approx(1.3, rel=0.03)
 
 
 def test_each_dipole_keeps_a_third_of_w(hall):
@@ -71,7 +63,7 @@ def test_each_dipole_keeps_a_third_of_w(hall):
     extra energy. Measured over 0.2-1.5 s, three seeds: 0.303-0.345 both ways (the estimate's own
     spread; 0.5-1.2 s alone spreads to 0.31-0.39)."""
     for on in (False, True):
-        tail = sosfiltfilt(_BAND, hall[(on, 0.0)], axis=-1)[:, int(0.2 * FS): int(1.5 * FS)]
+        tail = sosfiltfilt(_BAND, hall[(on, 0.0)].rir, axis=-1)[:, int(0.2 * FS): int(1.5 * FS)]
         ratios = (tail[1:] ** 2).sum(axis=1) / (tail[0] ** 2).sum()
         np.testing.assert_allclose(ratios, 1 / 3, rtol=0.1)
 
@@ -124,7 +116,8 @@ def test_the_images_flow_the_same_way():
         while len(flows) < 12:
             rec, src = (tuple(rng.uniform(0.7, np.array(dims) - 0.7)) for _ in range(2))
             if np.linalg.norm(np.subtract(rec, src)) > 1.0:
-                flows.append(_flow(render_rir(spec, rec, src, settings=settings).rir, 0.02, 0.05))
+                rir = render_rir(spec, rec, src, settings=settings).rir
+                flows.append(room_acoustics.net_flow(rir, FS, 0.02, 0.05))
         mean = np.mean(flows, axis=0)
         centre = tail_flow(spec, 1.0, tuple(d / 2 for d in dims), 0.0)[:, 3]
         assert 0.6 * centre[axis] < mean[axis] < 1.3 * centre[axis], (mean, centre)
