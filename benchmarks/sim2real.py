@@ -117,6 +117,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="training seed (the builds do not change); runs of "
                     "seed k > 0 go to runs/<variant>-seed<k>")
     ap.add_argument("--tiny", action="store_true", help="the test-sized branch instead of ELSA's")
+    ap.add_argument("--level-input", action="store_true", help="the branch also reads W's level per band "
+                    "(SpatialBranchConfig.level_input); runs go to runs/<variant>-...-level")
     ap.add_argument("--reuse", action="store_true", help="score runs already trained in --out again (e.g. on "
                     "new twin builds) instead of retraining them")
     args = ap.parse_args()
@@ -152,12 +154,14 @@ def main() -> None:
         root = build(cfg_build, out / "train", args.workers)
         build_wall = time.monotonic() - t0
         run = variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
-            f"-seed{args.seed}" if args.seed else "")
+            f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "")
+        branch = TINY_SPATIAL if args.tiny else SpatialBranchConfig()
         cfg = Sim2RealConfig(train_root=root, test_roots=tuple(tests), twin_roots=tuple(twins),
                              run_dir=str(out / "runs" / run), seed=args.seed,
                              field_augment=args.field_augment,
                              steps=args.steps, batch_size=args.batch, clip_s=args.clip_s, fmax_hz=args.fmax,
-                             spatial=TINY_SPATIAL if args.tiny else SpatialBranchConfig(), torch_threads=2)
+                             spatial=branch.model_copy(update={"level_input": args.level_input}),
+                             torch_threads=2)
         report = run_sim2real(cfg, reuse=args.reuse)
         results[variant] = {"build_wall_s": round(build_wall, 1), **json.loads(report.model_dump_json(
             exclude={"train_root", "test_roots"}))}
@@ -166,6 +170,7 @@ def main() -> None:
         "train_categories": train_cats, "heldout_categories": held_cats,
         "rooms": args.rooms, "aug": args.aug, "steps": args.steps, "batch": args.batch,
         "clip_s": args.clip_s, "fmax_hz": args.fmax, "tiny": args.tiny, "seed": args.seed,
+        "level_input": args.level_input,
         "field_augment": args.field_augment,
         "no_twin": no_twin, "variants": results, "wall_s": round(time.monotonic() - wall0, 1),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),

@@ -62,6 +62,10 @@ class SpatialBranchConfig(_Frozen):
     hidden_dim: int = 204
     out_dim: int = 192
     n_mels: int = 64
+    level_input: bool = Field(
+        False, description="also feed each IV branch the W channel's level (spatial_branch.band_level): "
+        "unit IVs carry no loudness, so the branch cannot tell a loud onset from its quiet tail, which "
+        "is how a decay (T30) and a direct sound (DOA, DRR) are read. Off: ELSA's IV-only branch")
 
     @model_validator(mode="after")
     def _lengths(self) -> SpatialBranchConfig:

@@ -101,7 +101,7 @@ class ElsaModel(nn.Module):
         evaluation (issue 7), with everything else unchanged.
         """
         sem = self.audio_model(input_features=mel).pooler_output
-        spa = self.spatial(iv)
+        spa = self.spatial(iv, mel)
         if zero_spatial:
             spa = torch.zeros_like(spa)
         return self.audio_projection(torch.cat([sem, spa.to(sem.dtype)], dim=-1))
@@ -158,8 +158,8 @@ class SpatialPretrainModel(nn.Module):
         self.spatial = SpatialBranch(cfg)
         self.heads = SpatialHeads(cfg.out_dim, head_hidden, extra=("t30", "drr"))
 
-    def forward(self, iv: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.heads(self.spatial(iv))
+    def forward(self, iv: torch.Tensor, mel: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.heads(self.spatial(iv, mel))
 
 
 # --------------------------------------------------------------------------------------------

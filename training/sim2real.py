@@ -231,15 +231,17 @@ def _measured_samples(root: str) -> Iterator:
 
 
 def window_features(audio: np.ndarray, feat: FeatureConfig):
-    """IVs of every whole ``clip_s`` window of a clip (one padded window when shorter): the heads'
-    answers are averaged over them, so a clip is judged on all of its sound, not its first seconds."""
+    """(IVs, log-mels) of every whole ``clip_s`` window of a clip (one padded window when shorter): the
+    heads' answers are averaged over them, so a clip is judged on all of its sound, not its first
+    seconds."""
     import torch
 
     from training.features import clip_features
 
     m = feat.max_samples
     offsets = range(0, audio.shape[1] - m + 1, m) if audio.shape[1] > m else [None]
-    return torch.stack([clip_features(audio, feat, offset=o).iv for o in offsets])
+    fs = [clip_features(audio, feat, offset=o) for o in offsets]
+    return torch.stack([f.iv for f in fs]), torch.stack([f.mel for f in fs])
 
 
 def window_heads(model, audio: np.ndarray, feat: FeatureConfig) -> tuple[np.ndarray, dict]:
@@ -248,7 +250,7 @@ def window_heads(model, audio: np.ndarray, feat: FeatureConfig) -> tuple[np.ndar
     import torch
 
     with torch.no_grad():
-        out = model(window_features(audio, feat))
+        out = model(*window_features(audio, feat))
     unit = torch.nn.functional.normalize(out["direction"], dim=1).mean(dim=0).numpy()
     return unit.astype(np.float64), out
 

@@ -7,6 +7,10 @@ machine-readable, so the layer sizes here are ours, chosen to land on its 485,82
 (the full-size default has 485,900): per branch, AddCoords2D then four Conv3x3-BN-ELU-MaxPool
 blocks; the branches are concatenated with the remaining mel bands folded into channels; a 1x1
 temporal convolution fuses them; mean and max over time; a 2-layer MLP gives the 192-d output.
+
+With ``level_input`` each branch also gets the W channel's level per (frame, band) as one more
+input channel (``band_level``). That departs from ELSA, whose branch sees unit IVs only, and is off
+by default.
 """
 
 from __future__ import annotations
@@ -34,14 +38,31 @@ def _block(c_in: int, c_out: int, pool: tuple[int, int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# Levels more than this far below a band's loudest frame are clipped: the tail of a 1.3 s T30 stays
+# inside it for ~0.8 s, and the rest is the noise floor, whose exact depth says nothing about the room.
+LEVEL_RANGE_DB = 60.0
+
+
+def band_level(mel: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, M) log-mel dB of W → level below each band's loudest frame, in units of 20 dB, in
+    [-3, 0].
+
+    Why per band and relative: the clip's own loudness and spectrum are the sound's (a held-out
+    category's), not the room's; what the room leaves is each band's course in time, i.e. how fast
+    it decays after an onset (T30) and how the direct sound stands above what follows (DRR), and which
+    frames are onsets, whose IVs point at the source."""
+    rel = mel - mel.amax(dim=2, keepdim=True)
+    return rel.clamp(min=-LEVEL_RANGE_DB) / 20.0
+
+
 class IvBranch(nn.Module):
-    """AddCoords2D, then Conv-BN-ELU-MaxPool blocks over (3 IV components + 2 coords, T, mels)."""
+    """AddCoords2D, then Conv-BN-ELU-MaxPool blocks over (3 IV components [+ level] + 2 coords, T, mels)."""
 
     def __init__(self, cfg: SpatialBranchConfig) -> None:
         super().__init__()
         self.coords = AddCoords2D()
         blocks = []
-        c_in = cfg.in_channels + 2
+        c_in = cfg.in_channels + int(cfg.level_input) + 2
         for c_out, tp, fp in zip(cfg.channels, cfg.time_pool, cfg.freq_pool, strict=True):
             blocks.append(_block(c_in, c_out, (tp, fp)))
             c_in = c_out
@@ -63,7 +84,8 @@ def reduced_bands(cfg: SpatialBranchConfig) -> int:
 
 
 class SpatialBranch(nn.Module):
-    """Intensity vectors (B, 6, T, M): active xyz, reactive xyz → (B, out_dim) spatial embedding."""
+    """Intensity vectors (B, 6, T, M): active xyz, reactive xyz → (B, out_dim) spatial embedding;
+    with ``cfg.level_input`` also the log-mel of W (B, 1, T, M)."""
 
     def __init__(self, cfg: SpatialBranchConfig | None = None) -> None:
         super().__init__()
@@ -82,13 +104,23 @@ class SpatialBranch(nn.Module):
     def out_dim(self) -> int:
         return self.cfg.out_dim
 
-    def forward(self, iv: torch.Tensor) -> torch.Tensor:
+    def forward(self, iv: torch.Tensor, mel: torch.Tensor | None = None) -> torch.Tensor:
+        """``mel`` is read only with ``cfg.level_input`` (ELSA's branch ignores it)."""
         n = self.cfg.in_channels
-        if iv.is_cuda:  # cuDNN runs these few-channel convolutions ~2x faster in NHWC (H100, bf16)
-            iv = iv.contiguous(memory_format=torch.channels_last)
         if iv.shape[1] != 2 * n:
             raise ValueError(f"expected {2 * n} IV channels (active, reactive), got {iv.shape[1]}")
-        h = torch.cat([self.active(iv[:, :n]), self.reactive(iv[:, n:])], dim=1)
+        active, reactive = iv[:, :n], iv[:, n:]
+        if self.cfg.level_input:
+            if mel is None or mel.shape[0] != iv.shape[0] or mel.shape[2:] != iv.shape[2:]:
+                got = None if mel is None else tuple(mel.shape)
+                raise ValueError(f"level_input needs W's log-mel shaped (B, 1, T, M) like the IVs "
+                                 f"{tuple(iv.shape)}, got {got}")
+            level = band_level(mel.to(iv.dtype))
+            active, reactive = torch.cat([active, level], dim=1), torch.cat([reactive, level], dim=1)
+        if iv.is_cuda:  # cuDNN runs these few-channel convolutions ~2x faster in NHWC (H100, bf16)
+            active = active.contiguous(memory_format=torch.channels_last)
+            reactive = reactive.contiguous(memory_format=torch.channels_last)
+        h = torch.cat([self.active(active), self.reactive(reactive)], dim=1)
         h = self.fuse(h)
         pooled = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=1)
         return self.mlp(pooled)

@@ -84,7 +84,7 @@ def forward_loss(model: nn.Module, batch: dict, cfg: TrainConfig) -> dict[str, t
     if cfg.task == "elsa":
         out = model(batch["mel"], batch["iv"], batch["input_ids"], batch["attention_mask"])
         return elsa_loss(out, batch, cfg.loss)
-    return spatial_loss(model(batch["iv"]), batch, cfg.loss)
+    return spatial_loss(model(batch["iv"], batch["mel"]), batch, cfg.loss)
 
 
 @torch.no_grad()
@@ -122,7 +122,7 @@ def evaluate(model: nn.Module, cfg: TrainConfig, info: DistInfo, tokenizer: Any)
 
             sums["clip_sum"] += float(clip_loss(out.audio_embeds, out.text_embeds, out.logit_scale))
         else:
-            pred = net(b["iv"])
+            pred = net(b["iv"], b["mel"])
         m = b["source_target"]  # samples with direction/distance targets (training.data.has_source_target)
         if m.any():
             sums["angle_sum"] += float(angular_error_deg(pred["direction"][m], b["direction"][m]).sum())
