@@ -117,7 +117,7 @@ def main() -> None:
                         az, el = vector_to_angles(unit)
                         err = float(angular_distance_deg(az, el, pos.azimuth_deg, pos.elevation_deg))
                         errs.setdefault(name, []).append((float(el) - pos.elevation_deg, err,
-                                                          float(heads["t30"].mean())))
+                                                          heads["t30"]))
             f = np.array(flows)  # positions x windows x (elevation, strength)
             spans = [f"{round(a * 1000)}-{round(b * 1000)}ms" for a, b in FLOW_WINDOWS_S]
             out["rooms"][room.name] = {

@@ -244,15 +244,23 @@ def window_features(audio: np.ndarray, feat: FeatureConfig):
     return torch.stack([f.iv for f in fs]), torch.stack([f.mel for f in fs])
 
 
-def window_heads(model, audio: np.ndarray, feat: FeatureConfig) -> tuple[np.ndarray, dict]:
-    """The heads' answers on every window of a clip (``window_features``) and their direction: the mean
-    of the windows' unit vectors (float64, not renormalised)."""
+def window_heads(model, audio: np.ndarray, feat: FeatureConfig) -> tuple[np.ndarray, dict[str, float]]:
+    """The heads' answers on a clip's windows (``window_features``), each window weighted by its share of
+    W's energy (in the IVs' mel bands): the direction as the weighted mean of the windows' unit vectors
+    (float64, not renormalised), every other head as a weighted mean.
+
+    Why energy weights: a window that holds only the tail of a click, or the noise between two calls,
+    carries no direction, yet an equal vote lets its guess pull the clip's answer (the classical
+    estimator, which sums intensity over the clip, weights by energy too)."""
     import torch
 
+    iv, mel = window_features(audio, feat)
     with torch.no_grad():
-        out = model(*window_features(audio, feat))
-    unit = torch.nn.functional.normalize(out["direction"], dim=1).mean(dim=0).numpy()
-    return unit.astype(np.float64), out
+        out = model(iv, mel)
+    energy = torch.pow(10.0, mel.double() / 10.0).sum(dim=(1, 2, 3))
+    w = (energy / energy.sum()).float()
+    unit = (w[:, None] * torch.nn.functional.normalize(out["direction"], dim=1)).sum(dim=0).numpy()
+    return unit.astype(np.float64), {k: float((w * v).sum()) for k, v in out.items() if k != "direction"}
 
 
 def score_cases(model, feat: FeatureConfig, roots: tuple[str, ...], max_samples: int | None = None
@@ -284,8 +292,8 @@ def score_cases(model, feat: FeatureConfig, roots: tuple[str, ...], max_samples:
                 azimuth_deg=lab.azimuth_deg, elevation_deg=lab.elevation_deg,
                 model_azimuth_deg=float(az), model_elevation_deg=float(el),
                 model_doa_error_deg=float(angular_errors_deg(unit[None, :], truth)[0]),
-                classical_doa_error_deg=classical, t30_s=lab.t30_s, t30_pred_s=float(out["t30"].mean()),
-                drr_db=lab.drr_db, drr_pred_db=float(out["drr"].mean()) * drr_scale,
+                classical_doa_error_deg=classical, t30_s=lab.t30_s, t30_pred_s=out["t30"],
+                drr_db=lab.drr_db, drr_pred_db=out["drr"] * drr_scale,
             ))
     return cases
 
