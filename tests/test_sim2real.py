@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from srir_bank import GEOMETRY, decaying_room
 
 from schemas.build import BuildConfig
+from tasks.ambisonics import real_sh_sn3d, vector_to_angles
 from tasks.build_stages import build_in_process
 from training.config import TINY_SPATIAL, FeatureConfig
 from training.doa_probe import angular_errors_deg, directions_from_angles
@@ -28,6 +30,7 @@ from training.sim2real import (
     run_sim2real,
     summarise,
     window_features,
+    window_heads,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +70,31 @@ def test_heads_see_every_whole_window_of_a_clip():
     for n, windows in ((48_000 * 5 // 2, 2), (48_000 * 3, 3), (20_000, 1)):
         iv, mel = window_features(rng.standard_normal((4, n)).astype(np.float32), feat)
         assert iv.shape == (windows, 6, 101, 64) and mel.shape == (windows, 1, 101, 64)
+
+
+class _MeanActiveIv(torch.nn.Module):
+    """Heads that answer each window with its mean active IV (a plane wave's direction) and a 'T30' of
+    the window's index: what the window weighting does becomes visible in the answer."""
+
+    def forward(self, iv: torch.Tensor, mel: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"direction": iv[:, :3].mean(dim=(2, 3)), "t30": torch.arange(len(iv), dtype=torch.float32)}
+
+
+def test_windows_vote_by_their_energy():
+    """A clip whose first window holds a loud source on the left and whose second holds a source 30 dB
+    quieter in front: the answer is the left one (an equal vote would land half-way, at 45 deg), and the
+    other heads lean the same way."""
+    feat = FeatureConfig(clip_s=1.0)
+    rng = np.random.default_rng(0)
+    n = feat.max_samples
+    audio = np.zeros((4, 2 * n), np.float32)
+    for k, (az, gain) in enumerate(((90.0, 1.0), (0.0, 10 ** (-30 / 20)))):
+        audio[:, k * n : (k + 1) * n] = gain * real_sh_sn3d(1, np.radians([az]), np.radians([0.0]))[:, :1] * (
+            rng.standard_normal(n))
+    unit, heads = window_heads(_MeanActiveIv(), audio, feat)
+    az, el = vector_to_angles(unit)
+    assert abs(float(az) - 90.0) < 1.0 and abs(float(el)) < 1.0
+    assert heads["t30"] == pytest.approx(1e-3, abs=2e-4)  # window 1 weighs 10^-3 of window 0
 
 
 @pytest.mark.slow
