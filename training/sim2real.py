@@ -245,13 +245,16 @@ def window_features(audio: np.ndarray, feat: FeatureConfig):
 
 
 def window_heads(model, audio: np.ndarray, feat: FeatureConfig) -> tuple[np.ndarray, dict[str, float]]:
-    """The heads' answers on a clip's windows (``window_features``), each window weighted by its share of
-    W's energy (in the IVs' mel bands): the direction as the weighted mean of the windows' unit vectors
-    (float64, not renormalised), every other head as a weighted mean.
+    """The heads' answers on a clip's windows (``window_features``): the direction as the mean of the
+    windows' unit vectors, each weighted by its share of W's energy in the IVs' mel bands (float64, not
+    renormalised); every other head as the plain mean.
 
-    Why energy weights: a window that holds only the tail of a click, or the noise between two calls,
-    carries no direction, yet an equal vote lets its guess pull the clip's answer (the classical
-    estimator, which sums intensity over the clip, weights by energy too)."""
+    Why energy weights for the direction only: a window that holds only the tail of a click, or the
+    noise between two calls, carries no direction, yet an equal vote lets its guess pull the clip's
+    answer (the classical estimator, which sums intensity over the clip, weights by energy too). For
+    the room's heads such a window is as good as any, if not better (a decay is read where the sound
+    has stopped), and weighting them by energy was measured worse on S3A's MainChurch (T30 error
+    25.7 % against 22.7 %, benchmarks/RESULTS.md, session 10)."""
     import torch
 
     iv, mel = window_features(audio, feat)
@@ -260,7 +263,7 @@ def window_heads(model, audio: np.ndarray, feat: FeatureConfig) -> tuple[np.ndar
     energy = torch.pow(10.0, mel.double() / 10.0).sum(dim=(1, 2, 3))
     w = (energy / energy.sum()).float()
     unit = (w[:, None] * torch.nn.functional.normalize(out["direction"], dim=1)).sum(dim=0).numpy()
-    return unit.astype(np.float64), {k: float((w * v).sum()) for k, v in out.items() if k != "direction"}
+    return unit.astype(np.float64), {k: float(v.mean()) for k, v in out.items() if k != "direction"}
 
 
 def score_cases(model, feat: FeatureConfig, roots: tuple[str, ...], max_samples: int | None = None
