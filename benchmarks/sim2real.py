@@ -117,8 +117,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="training seed (the builds do not change); runs of "
                     "seed k > 0 go to runs/<variant>-seed<k>")
     ap.add_argument("--tiny", action="store_true", help="the test-sized branch instead of ELSA's")
-    ap.add_argument("--level-input", action="store_true", help="the branch also reads W's level per band "
-                    "(SpatialBranchConfig.level_input); runs go to runs/<variant>-...-level")
+    ap.add_argument("--level-input", action=argparse.BooleanOptionalAction, default=True,
+                    help="the branch also reads W's level per band (SpatialBranchConfig.level_input; session "
+                    "10's run 8); runs go to runs/<variant>-...-level")
     ap.add_argument("--reuse", action="store_true", help="score runs already trained in --out again (e.g. on "
                     "new twin builds) instead of retraining them")
     args = ap.parse_args()

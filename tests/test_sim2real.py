@@ -32,6 +32,7 @@ from training.sim2real import (
     window_features,
     window_heads,
 )
+from training.spatial_branch import load_spatial_branch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,11 +101,12 @@ def test_windows_vote_by_their_energy():
 @pytest.mark.slow
 @pytest.mark.prefect_server
 def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path):
-    """A tiny ELSA build trains the (tiny) branch; a synthetic measured bank of known geometry is the
-    test room. Every single-source spatial sample of every split of the test build is scored once, the
-    report's medians are those of its cases, and the classical estimator agrees with the labels on the
-    bank (a direct impulse from the labelled direction; whole-clip estimates over its diffuse tail and the
-    demo clips measured 9.6 deg median), which shows the labels and audio are the bank's."""
+    """A tiny ELSA build trains the (tiny, level-reading) branch; a synthetic measured bank of known
+    geometry is the test room. Every single-source spatial sample of every split of the test build is
+    scored once, the report's medians are those of its cases, and the classical estimator agrees with
+    the labels on the bank (a direct impulse from the labelled direction; whole-clip estimates over its
+    diffuse tail and the demo clips measured 9.6 deg median), which shows the labels and audio are the
+    bank's."""
     small = {"train": 4, "val": 2, "test": 2}
     sim = build_in_process(BuildConfig(source="demo", limit=6, n_rooms=6, shard_size=16, augmentations=small),
                            str(tmp_path / "sim"))
@@ -116,7 +118,7 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
                                         bank=str(bank), shard_size=16), str(tmp_path / "twin"))
     cfg = Sim2RealConfig(train_root=sim, test_roots=(real,), twin_roots=(twin,),
                          run_dir=str(tmp_path / "run"), steps=3, batch_size=4, clip_s=1.0,
-                         spatial=TINY_SPATIAL, num_workers=0)
+                         spatial=TINY_SPATIAL.model_copy(update={"level_input": True}), num_workers=0)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "OMP_NUM_THREADS": "1"}
@@ -150,6 +152,8 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     assert np.allclose(angular_errors_deg(pred, truth), [c.model_doa_error_deg for c in cases], atol=1e-3)
     assert report.train_steps == 3 and report.train_examples_seen == 12 and report.train_cpu_s > 0
     assert (tmp_path / "run" / "spatial_branch.pt").exists()
+    # the branch that was trained and scored read the level (the benchmark's default)
+    assert load_spatial_branch(str(tmp_path / "run" / "spatial_branch.pt")).cfg.level_input
     twins = [CaseResult.model_validate_json(line)
              for line in (tmp_path / "run" / "twin_cases.jsonl").read_text().splitlines()]
     twin_keys = {r["key"] for r in pq.read_table(Path(twin) / "manifest.parquet").to_pylist() if r["spatial"]}
