@@ -49,6 +49,8 @@ def test_elsa_branch_ignores_the_mel_and_a_level_branch_needs_it():
         level(iv)
     with pytest.raises(ValueError, match="level_input needs"):
         level(iv, mel[:, :, :50])
+    with pytest.raises(ValueError, match="level_input needs"):
+        level(iv, mel.repeat(1, 2, 1, 1))  # else a convolution shape error, not this message
     # one more input channel per IV branch, nothing else: the full-size branch grows by 2 x 32 x 9 weights
     full, full_level = SpatialBranch(), SpatialBranch(SpatialBranchConfig(level_input=True))
     n = sum(p.numel() for p in full.parameters())
@@ -85,6 +87,7 @@ def _fit_t30(level_input: bool, train: tuple, test: tuple, steps: int = 150) -> 
         return float((model(iv_t, mel_t)["t30"] - y_t).abs().median())
 
 
+@pytest.mark.slow
 def test_a_decay_the_ivs_do_not_carry_is_read_from_the_level():
     """Diffuse decays of T30 0.1-0.8 s: the unit IVs are the same random field whatever the T30, so an
     IV-only branch can only guess the middle; the level-reading one must do far better."""

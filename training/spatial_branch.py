@@ -111,7 +111,7 @@ class SpatialBranch(nn.Module):
             raise ValueError(f"expected {2 * n} IV channels (active, reactive), got {iv.shape[1]}")
         active, reactive = iv[:, :n], iv[:, n:]
         if self.cfg.level_input:
-            if mel is None or mel.shape[0] != iv.shape[0] or mel.shape[2:] != iv.shape[2:]:
+            if mel is None or mel.shape[:2] != (iv.shape[0], 1) or mel.shape[2:] != iv.shape[2:]:
                 got = None if mel is None else tuple(mel.shape)
                 raise ValueError(f"level_input needs W's log-mel shaped (B, 1, T, M) like the IVs "
                                  f"{tuple(iv.shape)}, got {got}")
