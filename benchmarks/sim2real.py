@@ -120,6 +120,9 @@ def main() -> None:
     ap.add_argument("--level-input", action=argparse.BooleanOptionalAction, default=True,
                     help="the branch also reads W's level per band (SpatialBranchConfig.level_input; session "
                     "10's run 8); runs go to runs/<variant>-...-level")
+    ap.add_argument("--test-turns", type=int, default=0,
+                    help="also answer each test window on its field turned by multiples of 360/N deg, with "
+                    "and without both mirrors, and average (Sim2RealConfig.test_turns; 4N passes each)")
     ap.add_argument("--reuse", action="store_true", help="score runs already trained in --out again (e.g. on "
                     "new twin builds) instead of retraining them")
     args = ap.parse_args()
@@ -162,7 +165,7 @@ def main() -> None:
                              field_augment=args.field_augment,
                              steps=args.steps, batch_size=args.batch, clip_s=args.clip_s, fmax_hz=args.fmax,
                              spatial=branch.model_copy(update={"level_input": args.level_input}),
-                             torch_threads=2)
+                             test_turns=args.test_turns, torch_threads=2)
         report = run_sim2real(cfg, reuse=args.reuse)
         results[variant] = {"build_wall_s": round(build_wall, 1), **json.loads(report.model_dump_json(
             exclude={"train_root", "test_roots"}))}
@@ -171,7 +174,7 @@ def main() -> None:
         "train_categories": train_cats, "heldout_categories": held_cats,
         "rooms": args.rooms, "aug": args.aug, "steps": args.steps, "batch": args.batch,
         "clip_s": args.clip_s, "fmax_hz": args.fmax, "tiny": args.tiny, "seed": args.seed,
-        "level_input": args.level_input,
+        "level_input": args.level_input, "test_turns": args.test_turns,
         "field_augment": args.field_augment,
         "no_twin": no_twin, "variants": results, "wall_s": round(time.monotonic() - wall0, 1),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),

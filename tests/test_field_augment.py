@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from tasks.ambisonics import real_sh_sn3d, unit_vector
 from training.config import DataConfig, FeatureConfig, ShardSource, TrainConfig
 from training.features import foa_features
-from training.field_augment import random_transforms, transform_field
+from training.field_augment import field_group, random_transforms, transform_field, turn_back
 
 FEAT = FeatureConfig(clip_s=0.25)
 
@@ -62,6 +62,22 @@ def test_a_missing_direction_stays_missing():
     batch = {"iv": torch.zeros(2, 6, 3, 4), "direction": torch.tensor([[1.0, 0.0, 0.0], [float("nan")] * 3])}
     out = transform_field(batch, mats)
     assert torch.isnan(out["direction"][1]).all() and torch.isfinite(out["direction"][0]).all()
+
+
+def test_the_test_time_group_holds_each_turn_with_and_without_each_mirror_and_turns_back():
+    """field_group(4): 16 distinct orthogonal matrices, identity first, whose mean is zero (so a fixed
+    offset in a branch's answers averages out over them); turn_back undoes each."""
+    g = field_group(4)
+    assert g.shape == (16, 3, 3) and np.array_equal(g[0], np.eye(3))
+    assert np.allclose(g @ g.transpose(0, 2, 1), np.eye(3), atol=1e-12)
+    assert len({tuple(np.round(m, 9).ravel()) for m in g}) == 16
+    assert np.allclose(g.mean(axis=0), 0.0, atol=1e-12)
+    assert sorted(np.round(np.linalg.det(g)).tolist()) == [-1.0] * 8 + [1.0] * 8  # half of them mirror
+    d = torch.as_tensor(np.random.default_rng(0).normal(size=(16, 3)))
+    turned = torch.einsum("bij,bj->bi", torch.as_tensor(g), d)
+    torch.testing.assert_close(turn_back(turned, g), d)
+    with pytest.raises(ValueError, match="at least one turn"):
+        field_group(0)
 
 
 def test_elsa_refuses_it_because_captions_name_directions(tmp_path):

@@ -49,7 +49,7 @@ from training.config import (
 )
 from training.doa_probe import angular_errors_deg, directions_from_angles
 from training.evaluate import iter_split
-from training.field_augment import FieldAugment
+from training.field_augment import FieldAugment, field_group, turn_back, turn_ivs
 from training.metrics import EmptyEvaluationSetError
 from training.pretrain_spatial import PAPER_OPTIM
 
@@ -103,6 +103,10 @@ class Sim2RealConfig(BaseModel):
         "none", description="turn (and mirror) each training sample's sound field around the microphone "
         "(training.field_augment): every placement then teaches every azimuth, and with rotate_mirror "
         "both signs of its elevation")
+    test_turns: int = Field(
+        0, ge=0, description="answer every test window also on its field turned by each multiple of "
+        "360 deg / test_turns, each with and without the left-right and top-bottom mirrors, and average "
+        "(sim2real.window_heads); 0: the field as recorded only. Costs 4 x test_turns forward passes")
     torch_threads: int | None = Field(None, ge=1)
     max_test_samples: int | None = Field(None, ge=1, description="per test build")
     seed: int = 0
@@ -191,6 +195,7 @@ class Sim2RealReport(BaseModel):
     train_examples_seen: int
     train_cpu_s: float
     eval_cpu_s: float
+    test_turns: int = Field(0, description="Sim2RealConfig.test_turns of the scoring")
     rooms: dict[str, ErrorSummary]
     pooled: ErrorSummary
     twin_rooms: dict[str, ErrorSummary] = Field(default_factory=dict, description="per room, on its twins")
@@ -244,32 +249,43 @@ def window_features(audio: np.ndarray, feat: FeatureConfig):
     return torch.stack([f.iv for f in fs]), torch.stack([f.mel for f in fs])
 
 
-def window_heads(model, audio: np.ndarray, feat: FeatureConfig) -> tuple[np.ndarray, dict[str, float]]:
+def window_heads(model, audio: np.ndarray, feat: FeatureConfig, field_mats: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, dict[str, float]]:
     """The heads' answers on a clip's windows (``window_features``): the direction as the mean of the
     windows' unit vectors, each weighted by its share of W's energy in the IVs' mel bands (float64, not
-    renormalised); every other head as the plain mean.
+    renormalised); every other head as the plain mean. With ``field_mats`` (G, 3, 3), e.g.
+    ``field_group``, every window is also answered on its field turned by each, and the answers are
+    averaged: the directions turned back, the room's heads as they are.
 
     Why energy weights for the direction only: a window that holds only the tail of a click, or the
     noise between two calls, carries no direction, yet an equal vote lets its guess pull the clip's
     answer (the classical estimator, which sums intensity over the clip, weights by energy too). For
     the room's heads such a window is as good as any, if not better (a decay is read where the sound
     has stopped), and weighting them by energy was measured worse on S3A's MainChurch (T30 error
-    25.7 % against 22.7 %, benchmarks/RESULTS.md, session 10)."""
+    25.7 % against 22.7 %, benchmarks/RESULTS.md, session 10).
+
+    Why average over turned fields: a branch trained with ``rotate_mirror`` should answer a turned field
+    with the turned direction and the same room, but is so only approximately; the average over the
+    group keeps what the answers agree on. The classical estimator is exactly equivariant already."""
     import torch
 
     iv, mel = window_features(audio, feat)
+    mats = np.eye(3)[None] if field_mats is None else np.asarray(field_mats)
+    each = np.repeat(mats, len(iv), axis=0)  # transform-major: row g·W + w is window w turned by mats[g]
     with torch.no_grad():
-        out = model(iv, mel)
+        out = model(turn_ivs(iv.repeat(len(mats), 1, 1, 1), each), mel.repeat(len(mats), 1, 1, 1))
+    back = turn_back(torch.nn.functional.normalize(out["direction"], dim=1), each)
+    per_window = torch.nn.functional.normalize(back.reshape(len(mats), len(iv), 3).mean(dim=0), dim=1)
     energy = torch.pow(10.0, mel.double() / 10.0).sum(dim=(1, 2, 3))
     w = (energy / energy.sum()).float()
-    unit = (w[:, None] * torch.nn.functional.normalize(out["direction"], dim=1)).sum(dim=0).numpy()
+    unit = (w[:, None] * per_window).sum(dim=0).numpy()
     return unit.astype(np.float64), {k: float(v.mean()) for k, v in out.items() if k != "direction"}
 
 
-def score_cases(model, feat: FeatureConfig, roots: tuple[str, ...], max_samples: int | None = None
-                ) -> list[CaseResult]:
-    """Every measured test sample scored by the heads (window-averaged) and by the intensity estimator
-    (whole clip, 300-3000 Hz)."""
+def score_cases(model, feat: FeatureConfig, roots: tuple[str, ...], max_samples: int | None = None,
+                field_mats: np.ndarray | None = None) -> list[CaseResult]:
+    """Every measured test sample scored by the heads (window-averaged, and averaged over
+    ``field_mats`` when given) and by the intensity estimator (whole clip, 300-3000 Hz)."""
 
     from training.data import decode_audio
 
@@ -288,7 +304,7 @@ def score_cases(model, feat: FeatureConfig, roots: tuple[str, ...], max_samples:
                 classical: float | None = float(angular_errors_deg(guess, truth)[0])
             except DoaError:
                 classical = None
-            unit, out = window_heads(model, audio, feat)
+            unit, out = window_heads(model, audio, feat, field_mats)
             az, el = vector_to_angles(unit)
             cases.append(CaseResult(
                 key=item.key, room_id=lab.room_id,
@@ -338,8 +354,9 @@ def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float
 
     t0 = _cpu_s()
     model, _, tcfg = load_trained(cfg.run_dir)
-    cases = score_cases(model, tcfg.features, cfg.test_roots, cfg.max_test_samples)
-    twins = score_cases(model, tcfg.features, cfg.twin_roots, cfg.max_test_samples)
+    mats = field_group(cfg.test_turns) if cfg.test_turns else None
+    cases = score_cases(model, tcfg.features, cfg.test_roots, cfg.max_test_samples, mats)
+    twins = score_cases(model, tcfg.features, cfg.twin_roots, cfg.max_test_samples, mats)
     if not cases:
         raise ValueError(f"the test builds {list(cfg.test_roots)} hold no spatial single-source sample")
     report = Sim2RealReport(
@@ -349,6 +366,7 @@ def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float
         train_examples_seen=cfg.steps * cfg.batch_size,
         train_cpu_s=round(train_cpu_s, 1),
         eval_cpu_s=round(_cpu_s() - t0, 1),
+        test_turns=cfg.test_turns,
         rooms=_by_room(cases),
         pooled=summarise(cases),
         twin_rooms=_by_room(twins),
