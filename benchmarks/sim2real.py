@@ -120,6 +120,9 @@ def main() -> None:
     ap.add_argument("--level-input", action=argparse.BooleanOptionalAction, default=True,
                     help="the branch also reads W's level per band (SpatialBranchConfig.level_input; session "
                     "10's run 8); runs go to runs/<variant>-...-level")
+    ap.add_argument("--direction-by-energy", action="store_true",
+                    help="weight each training crop's direction term by its power over its clip's "
+                    "(LossConfig.direction_by_energy); runs go to runs/<variant>-...-edir")
     ap.add_argument("--test-turns", type=int, default=0,
                     help="also answer each test window on its field turned by multiples of 360/N deg, with "
                     "and without both mirrors, and average (Sim2RealConfig.test_turns; 4N passes each)")
@@ -134,7 +137,7 @@ def main() -> None:
         return
     from tasks.measured_twins import TwinError
     from training.config import TINY_SPATIAL, SpatialBranchConfig
-    from training.sim2real import Sim2RealConfig, run_sim2real
+    from training.sim2real import SIM2REAL_LOSS, Sim2RealConfig, run_sim2real
 
     out = Path(args.out)
     train_csv, held_csv, train_cats, held_cats = category_csvs(Path(args.clips), out)
@@ -158,13 +161,16 @@ def main() -> None:
         root = build(cfg_build, out / "train", args.workers)
         build_wall = time.monotonic() - t0
         run = variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
-            f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "")
+            f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
+            "-edir" if args.direction_by_energy else "")
         branch = TINY_SPATIAL if args.tiny else SpatialBranchConfig()
         cfg = Sim2RealConfig(train_root=root, test_roots=tuple(tests), twin_roots=tuple(twins),
                              run_dir=str(out / "runs" / run), seed=args.seed,
                              field_augment=args.field_augment,
                              steps=args.steps, batch_size=args.batch, clip_s=args.clip_s, fmax_hz=args.fmax,
                              spatial=branch.model_copy(update={"level_input": args.level_input}),
+                             loss=SIM2REAL_LOSS.model_copy(
+                                 update={"direction_by_energy": args.direction_by_energy}),
                              test_turns=args.test_turns, torch_threads=2)
         report = run_sim2real(cfg, reuse=args.reuse)
         results[variant] = {"build_wall_s": round(build_wall, 1), **json.loads(report.model_dump_json(
@@ -174,7 +180,8 @@ def main() -> None:
         "train_categories": train_cats, "heldout_categories": held_cats,
         "rooms": args.rooms, "aug": args.aug, "steps": args.steps, "batch": args.batch,
         "clip_s": args.clip_s, "fmax_hz": args.fmax, "tiny": args.tiny, "seed": args.seed,
-        "level_input": args.level_input, "test_turns": args.test_turns,
+        "level_input": args.level_input, "direction_by_energy": args.direction_by_energy,
+        "test_turns": args.test_turns,
         "field_augment": args.field_augment,
         "no_twin": no_twin, "variants": results, "wall_s": round(time.monotonic() - wall0, 1),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),

@@ -7,12 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from pydantic import ValidationError
 from training_helpers import TEST_FEATURES, shards
 
-from training.config import DataConfig, ModelConfig, OptimConfig, ShardSource, TrainConfig
+from training.config import DataConfig, LossConfig, ModelConfig, OptimConfig, ShardSource, TrainConfig
 from training.data import direction_vector
-from training.feature_cache import CachedSample, FeatureCache, crop_window, window_frames
+from training.feature_cache import CachedSample, FeatureCache, crop_window, power_share, window_frames
 from training.features import clip_features, foa_features
 
 SR = TEST_FEATURES.sample_rate
@@ -55,6 +57,29 @@ def test_a_crop_of_a_long_clip_is_the_loaders_features_of_that_audio_crop() -> N
     mel, iv = crop_window(s, TEST_FEATURES, np.random.default_rng(3))
     o = next(k for k in range(s.iv.shape[1] - t + 1) if torch.equal(s.iv[:, k : k + t].float(), iv))
     assert torch.equal(s.mel[:, o : o + t].float(), mel)
+
+
+def test_a_crop_of_silence_between_calls_weighs_nothing_and_a_loud_one_weighs_one() -> None:
+    """A 3 s clip: sound in its first second only. A crop of the first second is louder than the clip
+    on average (share capped at 1); one of the last second holds only the floor (share ~0); the
+    batch carries the share as ``direction_weight``. A training config refuses the weighting without
+    the cache, which alone holds the whole clip."""
+    audio = _plane_wave(3 * SR, 30.0)
+    audio[:, SR:] *= 1e-4  # 80 dB down
+    s = _sample(audio, "call")
+    t = window_frames(TEST_FEATURES)
+    loud, _ = crop_window(s, TEST_FEATURES, np.random.default_rng(0), offset=0)
+    quiet, _ = crop_window(s, TEST_FEATURES, np.random.default_rng(0), offset=s.mel.shape[1] - t)
+    assert power_share(loud, s.power) == 1.0
+    assert power_share(quiet, s.power) < 1e-6
+    batch = FeatureCache([[s]], [1.0]).batch(16, TEST_FEATURES, np.random.default_rng(1))
+    w = batch["direction_weight"]
+    assert w.shape == (16,) and bool(((w >= 0.0) & (w <= 1.0)).all()) and float(w.max()) == 1.0
+    data = DataConfig(sources=[ShardSource(root="/nowhere")])
+    with pytest.raises(ValidationError, match="features_on: cache"):
+        TrainConfig(run_dir="/tmp/r", task="spatial", data=data, loss=LossConfig(direction_by_energy=True))
+    TrainConfig(run_dir="/tmp/r", task="spatial", data=data, loss=LossConfig(direction_by_energy=True),
+                features_on="cache")
 
 
 def test_a_short_clip_is_repeat_padded_in_frames_then_silent() -> None:

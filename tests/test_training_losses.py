@@ -60,6 +60,25 @@ def test_masked_regressions() -> None:
     ).item() == pytest.approx(90.0)
 
 
+def test_a_weighted_direction_term_counts_each_row_by_its_weight() -> None:
+    """Rows off by 0, 90 and 180 deg (1 - cos: 0, 1, 2) with weights 1, 0.5, 0: (0 + 0.5) / 1.5; a
+    masked-out row counts for nothing whatever its weight; and spatial_terms reads the batch's
+    ``direction_weight`` only with ``direction_by_energy``."""
+    pred = torch.tensor([[1.0, 0, 0], [0, 1, 0], [-1, 0, 0], [0, 0, 1]])
+    nan = float("nan")
+    target = torch.tensor([[1.0, 0, 0], [1, 0, 0], [1, 0, 0], [nan, nan, nan]])
+    mask = torch.tensor([True, True, True, False])
+    weight = torch.tensor([1.0, 0.5, 0.0, 1.0])
+    assert float(direction_loss(pred, target, mask, weight)) == pytest.approx(0.5 / 1.5)
+    assert float(direction_loss(pred, target, mask)) == pytest.approx(1.0)
+    batch = {"spatial": mask, "direction": target, "direction_weight": weight, "distance_m": torch.ones(4),
+             "floor_area_m2": torch.ones(4)}
+    heads = {"direction": pred, "distance": torch.ones(4), "area": torch.ones(4) / 100.0}
+    assert float(spatial_terms(heads, batch, LossConfig())["direction"]) == pytest.approx(1.0)
+    weighted = spatial_terms(heads, batch, LossConfig(direction_by_energy=True))["direction"]
+    assert float(weighted) == pytest.approx(0.5 / 1.5)
+
+
 def test_spatial_terms_scale_area_and_drr() -> None:
     batch = {
         "spatial": torch.tensor([True]),

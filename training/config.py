@@ -199,6 +199,11 @@ class LossConfig(_Frozen):
     drr: float = 1.0
     area_scale_m2: float = Field(100.0, gt=0.0, description="area targets are area / this")
     drr_scale_db: float = Field(10.0, gt=0.0)
+    direction_by_energy: bool = Field(
+        False, description="weight each crop's direction term by its W power over its clip's, capped at 1 "
+        "(batch['direction_weight'], training.feature_cache.power_share): a crop that holds only a click's "
+        "tail or the silence between two calls has no direct sound to point at, so it should not teach "
+        "a direction as strongly as one that does. Needs features_on: cache (the whole clip's power)")
     gather_with_grad: bool = True
 
 
@@ -261,6 +266,9 @@ class TrainConfig(_Frozen):
         if self.task == "elsa" and self.data.field_augment != "none":
             raise ValueError("data.field_augment turns the sound but not the caption's 'left' or 'above': "
                              "only the spatial task may use it")
+        if self.loss.direction_by_energy and self.features_on != "cache":
+            raise ValueError("loss.direction_by_energy weighs a crop against its whole clip, which only "
+                             "features_on: cache holds")
         return self
 
 

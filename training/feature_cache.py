@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,11 @@ class CachedSample:
     mel: torch.Tensor  # (1, T, M)
     iv: torch.Tensor  # (6, T, M)
     num_samples: int
+
+    @cached_property
+    def power(self) -> float:
+        """W's mean power per frame over the whole clip (``mel_power``)."""
+        return mel_power(self.mel)
 
 
 def window_frames(feat: FeatureConfig) -> int:
@@ -74,6 +80,17 @@ def crop_window(
             x = torch.cat([x, torch.full((x.shape[0], t - x.shape[1], x.shape[2]), fill)], dim=1)
         out.append(x)
     return tuple(out)
+
+
+def mel_power(mel: torch.Tensor) -> float:
+    """W's mean power per frame of a (1, T, M) log-mel in dB, summed over its bands."""
+    return float(torch.pow(10.0, mel.double() / 10.0).sum(dim=-1).mean())
+
+
+def power_share(crop_mel: torch.Tensor, clip_power: float) -> float:
+    """A crop's power over its whole clip's, capped at 1: ~0 for a crop of silence between calls, 1 for
+    one at least as loud as the clip on average (``LossConfig.direction_by_energy``)."""
+    return min(1.0, mel_power(crop_mel) / clip_power) if clip_power > 0.0 else 0.0
 
 
 def _cached(raw: dict[str, Any], feat: FeatureConfig) -> CachedSample:
@@ -124,7 +141,7 @@ class FeatureCache:
             s = src[int(rng.integers(len(src)))]
             mel, iv = crop_window(s, feat, rng)
             picks.append({"key": s.key, "text": s.texts[int(rng.integers(len(s.texts)))], **s.targets,
-                          "mel": mel, "iv": iv})
+                          "mel": mel, "iv": iv, "direction_weight": power_share(mel, s.power)})
         return collate(picks, tokenizer, max_text_len)
 
     def epoch(self, cfg: DataConfig, feat: FeatureConfig, *, seed: int, rank: int, epoch: int,

@@ -54,11 +54,16 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (safe * m).sum() / m.sum().clamp(min=1.0)
 
 
-def direction_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """1 − cos(pred, target) over the rows of ``mask``; target rows outside it may be NaN."""
+def direction_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+    """1 − cos(pred, target) over the rows of ``mask``, a ``weight``-ed mean if given; target rows
+    outside the mask may be NaN."""
     t = torch.nan_to_num(target.float())
     cos = nnf.cosine_similarity(pred.float(), t, dim=-1, eps=1e-8)
-    return masked_mean(1.0 - cos, mask)
+    if weight is None:
+        return masked_mean(1.0 - cos, mask)
+    w = torch.where(mask, weight.float(), torch.zeros_like(cos))
+    return ((1.0 - cos) * w).sum() / w.sum().clamp(min=1e-6)
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -83,7 +88,8 @@ def spatial_terms(pred: dict[str, torch.Tensor], batch: dict, cfg: LossConfig) -
     mask = batch["spatial"]
     source = batch.get("source_target", mask)
     out = {
-        "direction": direction_loss(pred["direction"], batch["direction"], source),
+        "direction": direction_loss(pred["direction"], batch["direction"], source,
+                                    batch["direction_weight"] if cfg.direction_by_energy else None),
         "distance": mse(pred["distance"], batch["distance_m"], source),
         "area": mse(pred["area"], batch["floor_area_m2"] / cfg.area_scale_m2, mask),
     }
