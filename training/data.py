@@ -183,9 +183,10 @@ def collate(samples: list[dict], tokenizer: Any | None = None, max_text_len: int
     for k in ("mel", "iv", "wave", "direction"):
         if k in samples[0]:
             b[k] = torch.stack([s[k] for s in samples])
-    for k in ("distance_m", "floor_area_m2", "t30_s", "drr_db", "direction_weight"):
-        if k in samples[0]:
-            b[k] = torch.tensor([s[k] for s in samples], dtype=torch.float32)
+    for k in ("distance_m", "floor_area_m2", "t30_s", "drr_db"):
+        b[k] = torch.tensor([s[k] for s in samples], dtype=torch.float32)
+    if "direction_weight" in samples[0]:  # the feature cache's crops only (LossConfig.direction_by_energy)
+        b["direction_weight"] = torch.tensor([s["direction_weight"] for s in samples], dtype=torch.float32)
     for k in ("spatial", "source_target"):
         b[k] = torch.tensor([s[k] for s in samples], dtype=torch.bool)
     if tokenizer is not None:

@@ -83,7 +83,8 @@ def crop_window(
 
 
 def mel_power(mel: torch.Tensor) -> float:
-    """W's mean power per frame of a (1, T, M) log-mel in dB, summed over its bands."""
+    """W's mean power per frame of a (1, T, M) log-mel in dB, summed over its bands: what a training
+    crop's and a test window's direction weights compare (``power_share``, ``sim2real.window_heads``)."""
     return float(torch.pow(10.0, mel.double() / 10.0).sum(dim=-1).mean())
 
 

@@ -49,6 +49,7 @@ from training.config import (
 )
 from training.doa_probe import angular_errors_deg, directions_from_angles
 from training.evaluate import iter_split
+from training.feature_cache import mel_power
 from training.field_augment import FieldAugment, field_group, turn_back, turn_ivs
 from training.metrics import EmptyEvaluationSetError
 from training.pretrain_spatial import PAPER_OPTIM
@@ -276,7 +277,7 @@ def window_heads(model, audio: np.ndarray, feat: FeatureConfig, field_mats: np.n
         out = model(turn_ivs(iv.repeat(len(mats), 1, 1, 1), each), mel.repeat(len(mats), 1, 1, 1))
     back = turn_back(torch.nn.functional.normalize(out["direction"], dim=1), each)
     per_window = torch.nn.functional.normalize(back.reshape(len(mats), len(iv), 3).mean(dim=0), dim=1)
-    energy = torch.pow(10.0, mel.double() / 10.0).sum(dim=(1, 2, 3))
+    energy = torch.tensor([mel_power(m) for m in mel], dtype=torch.float64)
     w = (energy / energy.sum()).float()
     unit = (w[:, None] * per_window).sum(dim=0).numpy()
     return unit.astype(np.float64), {k: float(v.mean()) for k, v in out.items() if k != "direction"}
