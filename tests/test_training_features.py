@@ -106,3 +106,55 @@ def test_channel_layouts() -> None:
     for bad in (2, 3, 5):
         with pytest.raises(ValueError, match="channels"):
             to_foa(np.zeros((bad, 10)))
+
+
+def _plane_wave(s: np.ndarray, az_deg: float, el_deg: float) -> np.ndarray:
+    """(4, N) ambiX SN3D of signal ``s`` arriving from (az, el)."""
+    a, e = np.radians(az_deg), np.radians(el_deg)
+    return np.stack([g * s for g in (1.0, np.sin(a) * np.cos(e), np.sin(e), np.cos(a) * np.cos(e))])
+
+
+def test_energy_scaled_ivs_measure_how_directional_a_band_is() -> None:
+    """iv_scale="energy": a plane wave keeps norm 1 and its direction; an isotropic diffuse field
+    (many incoherent plane waves from directions spread evenly over the sphere) gives a short active IV;
+    a plane wave in that field at equal power gives the direct share, 0.5 (DirAC: 1 - diffuseness)."""
+    cfg = FeatureConfig(clip_s=1.0, iv_scale="energy")
+    rng = np.random.default_rng(3)
+    n = 48000
+    direct = _plane_wave(rng.standard_normal(n), 30.0, 20.0)
+    k = 400  # Fibonacci sphere: evenly spread directions
+    z = 1.0 - (2.0 * np.arange(k) + 1.0) / k
+    az = np.degrees(np.arange(k) * np.pi * (3.0 - np.sqrt(5.0)))
+    el = np.degrees(np.arcsin(z))
+    diffuse = sum(_plane_wave(rng.standard_normal(n), a, e) for a, e in zip(az, el, strict=True))
+    diffuse /= np.sqrt(k)  # each wave carries 1/k of the power: the same total as ``direct``
+
+    def active(foa: np.ndarray) -> np.ndarray:
+        return clip_features(foa.astype(np.float32), cfg).iv[:3, 5:-5].numpy()  # away from the padded edges
+
+    plane = clip_features(direct.astype(np.float32), cfg).iv[:3].numpy()
+    assert np.allclose(np.linalg.norm(plane, axis=0), 1.0, atol=1e-3)
+    want = _plane_wave(np.ones(1), 30.0, 20.0)[[3, 1, 2], 0]
+    assert np.abs(plane.mean(axis=(1, 2)) - want).max() < 1e-3
+    # one frame of a band is a short sample of a random field, so its IV is not 0 in a diffuse field;
+    # it shrinks as the band holds more STFT bins, and averages out over frames
+    per_bin = np.linalg.norm(active(diffuse), axis=0)
+    assert np.median(per_bin) < 0.6 and np.median(per_bin[:, 32:]) < 0.35
+    assert np.median(np.linalg.norm(active(diffuse).mean(axis=1), axis=0)) < 0.1
+    mixed = active(direct + diffuse).mean(axis=1)  # (3, bands), averaged over frames
+    assert abs(np.median(np.linalg.norm(mixed, axis=0)) - 0.5) < 0.1
+    assert np.degrees(np.arccos(want @ mixed.sum(axis=1) / np.linalg.norm(mixed.sum(axis=1)))) < 5.0
+    # the unit-norm default cannot tell them apart
+    unit = clip_features(diffuse.astype(np.float32), FeatureConfig(clip_s=1.0)).iv[:3, 5:-5].numpy()
+    assert np.allclose(np.linalg.norm(unit, axis=0), 1.0, atol=1e-3)
+
+
+def test_unit_scaling_is_unchanged_by_the_option() -> None:
+    x = np.random.default_rng(4).standard_normal((4, 24000)).astype(np.float32)
+    unit = foa_features(x, FeatureConfig(clip_s=0.5))
+    energy = foa_features(x, FeatureConfig(clip_s=0.5, iv_scale="energy"))
+    assert torch.equal(unit.mel, energy.mel)
+    # the same directions, only the lengths differ
+    a, b = unit.iv[:3], torch.nn.functional.normalize(energy.iv[:3], dim=0)
+    assert torch.allclose(a, b, atol=1e-4)
+    assert (energy.iv[:3].norm(dim=0) <= 1.0 + 1e-5).all() and (energy.iv[3:].norm(dim=0) <= 1.0 + 1e-5).all()

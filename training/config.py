@@ -21,6 +21,11 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# How each (frame, band) intensity vector is scaled: "unit" to unit norm (ELSA Eq. 2); "energy" by the
+# band's acoustic energy density, (|W|² + |X|² + |Y|² + |Z|²) / 2 in SN3D (features._by_energy).
+IvScale = Literal["unit", "energy"]
+
+
 class FeatureConfig(_Frozen):
     """LAION-CLAP's unfused front end (laion/clap-htsat-unfused), plus the intensity vectors.
 
@@ -38,6 +43,12 @@ class FeatureConfig(_Frozen):
     truncation: Literal["rand_trunc"] = "rand_trunc"
     padding: Literal["repeatpad", "repeat", "pad"] = "repeatpad"
     iv_eps: float = Field(1e-8, gt=0.0, description="floor of the IV norm: silent bins map to 0")
+    iv_scale: IvScale = Field(
+        "unit", description="unit: every (frame, band) IV has norm 1, ELSA's features. energy: divided by "
+        "the band's energy density instead, so the active IV's norm is the band's directness (1 for one "
+        "plane wave, near 0 in a diffuse field; one minus DirAC's diffuseness): unit IVs make a "
+        "reverberant tail's bins look as directional as the direct sound's, which the classical "
+        "estimator, summing raw intensity, never does")
 
     @property
     def max_samples(self) -> int:

@@ -7,7 +7,9 @@ numpy, for loader throughput. One STFT of the four ambiX channels (W, Y, Z, X) s
 
   I_active = Re[conj(W) · (X, Y, Z)],  I_reactive = Im[conj(W) · (X, Y, Z)]
 
-per STFT bin, summed into the same 64 mel bands, then scaled to unit norm per (frame, band).
+per STFT bin, summed into the same 64 mel bands, then scaled to unit norm per (frame, band)
+(``FeatureConfig.iv_scale = "energy"`` divides by the band's energy density instead, keeping how
+directional each bin is).
 Components are in (x, y, z) order (front, left, up), so for a plane wave the active IV points at
 the source. A mono signal copied to all four channels gives identical IVs for every clip.
 """
@@ -143,6 +145,15 @@ def _unit(v: torch.Tensor, eps: float) -> torch.Tensor:
     return v / n[:, None]
 
 
+def _by_energy(v: torch.Tensor, energy: torch.Tensor, eps: float) -> torch.Tensor:
+    """Scale (B, 3, T, M) intensities by the (B, T, M) energy density; bins below eps give 0.
+
+    |conj(W)·a| <= (|W|² + |a|²) / 2 per STFT bin, and the mel sums keep it, so the norms stay in
+    [0, 1]: 1 for a single plane wave on an ideal SN3D microphone, P_direct / (P_direct + P_diffuse)
+    for the active IV of a plane wave in an isotropic diffuse field."""
+    return v / energy.clamp(min=eps)[:, None]
+
+
 def log_mel(x: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
     """Log-mel (..., T, n_mels) of mono audio (..., N) already cut to length (no crop or pad here)."""
     x = torch.as_tensor(x, dtype=torch.float32)
@@ -176,7 +187,14 @@ def foa_features(
     m = proj.shape[-1] // 2  # proj: (B, 4, T, [re bands | im bands])
     mel = 10.0 * torch.log10(torch.clamp(proj[:, :1, :, :m], min=1e-10))
     dip = proj[:, list(_XYZ)]  # (B, 3, T, 2M): x, y, z
-    iv = torch.cat([_unit(dip[..., :m], cfg.iv_eps), _unit(dip[..., m:], cfg.iv_eps)], dim=1)
+    if cfg.iv_scale == "energy":
+        fb = mel_filters(cfg)[0].to(x.device)
+        dip_power = (s[:, 1:].real.square() + s[:, 1:].imag.square()).sum(dim=1) @ fb  # (B, T, M)
+        energy = 0.5 * (proj[:, 0, :, :m] + dip_power)
+        iv = torch.cat([_by_energy(dip[..., :m], energy, cfg.iv_eps),
+                        _by_energy(dip[..., m:], energy, cfg.iv_eps)], dim=1)
+    else:
+        iv = torch.cat([_unit(dip[..., :m], cfg.iv_eps), _unit(dip[..., m:], cfg.iv_eps)], dim=1)
     if single:
         return AudioFeatures(mel=mel[0], iv=iv[0])
     return mel, iv

@@ -41,6 +41,7 @@ from tasks.doa import DoaError, intensity_doa
 from training.config import (
     DataConfig,
     FeatureConfig,
+    IvScale,
     LossConfig,
     ModelConfig,
     ShardSource,
@@ -86,6 +87,9 @@ class Sim2RealConfig(BaseModel):
         "not its capsules' geometry above its spatial-aliasing range: S3A's Soundfield points its "
         "direct sound 6-10 deg off up to 8 kHz and 30-35 deg off from 8 to 14 kHz, scattered per "
         "direction by capsule mismatch no array model reproduces, so the branch listens below 8 kHz")
+    iv_scale: IvScale = Field(
+        "unit", description="FeatureConfig.iv_scale of the branch's IVs: unit (ELSA) or energy (each "
+        "band's directness kept)")
     spatial: SpatialBranchConfig = Field(
         SpatialBranchConfig(), description="the branch's size; the default is ELSA's (~486k parameters)"
     )
@@ -126,7 +130,7 @@ class Sim2RealConfig(BaseModel):
                 batches_per_epoch=max(1, self.steps),
                 field_augment=self.field_augment,
             ),
-            features=FeatureConfig(clip_s=self.clip_s, fmax=self.fmax_hz),
+            features=FeatureConfig(clip_s=self.clip_s, fmax=self.fmax_hz, iv_scale=self.iv_scale),
             model=ModelConfig(spatial=self.spatial),
             loss=self.loss,
             optim=PAPER_OPTIM.model_copy(
