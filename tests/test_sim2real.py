@@ -21,6 +21,7 @@ from srir_bank import GEOMETRY, decaying_room
 from schemas.build import BuildConfig
 from tasks.ambisonics import real_sh_sn3d, vector_to_angles
 from tasks.build_stages import build_in_process
+from training.checkpoint import load_trained
 from training.config import TINY_SPATIAL, FeatureConfig
 from training.doa_probe import angular_errors_deg, directions_from_angles
 from training.field_augment import field_group
@@ -144,7 +145,8 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
                                         bank=str(bank), shard_size=16), str(tmp_path / "twin"))
     cfg = Sim2RealConfig(train_root=sim, test_roots=(real,), twin_roots=(twin,),
                          run_dir=str(tmp_path / "run"), steps=3, batch_size=4, clip_s=1.0,
-                         spatial=TINY_SPATIAL.model_copy(update={"level_input": True}), num_workers=0)
+                         spatial=TINY_SPATIAL.model_copy(update={"level_input": True}), num_workers=0,
+                         iv_scale="energy")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "OMP_NUM_THREADS": "1"}
@@ -180,6 +182,8 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     assert (tmp_path / "run" / "spatial_branch.pt").exists()
     # the branch that was trained and scored read the level (the benchmark's default)
     assert load_spatial_branch(str(tmp_path / "run" / "spatial_branch.pt")).cfg.level_input
+    # and energy-scaled IVs: the run's config carries them, so scoring featurises as training did
+    assert load_trained(str(tmp_path / "run"))[2].features.iv_scale == "energy"
     twins = [CaseResult.model_validate_json(line)
              for line in (tmp_path / "run" / "twin_cases.jsonl").read_text().splitlines()]
     twin_keys = {r["key"] for r in pq.read_table(Path(twin) / "manifest.parquet").to_pylist() if r["spatial"]}
