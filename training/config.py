@@ -42,7 +42,8 @@ class FeatureConfig(_Frozen):
     clip_s: float = Field(10.0, gt=0.0, description="input length; tests use shorter clips")
     truncation: Literal["rand_trunc"] = "rand_trunc"
     padding: Literal["repeatpad", "repeat", "pad"] = "repeatpad"
-    iv_eps: float = Field(1e-8, gt=0.0, description="floor of the IV norm: silent bins map to 0")
+    iv_eps: float = Field(1e-8, gt=0.0, description="floor of the IV norm (iv_scale unit) or of the energy "
+                          "density (energy): silent bins map to 0")
     iv_scale: IvScale = Field(
         "unit", description="unit: every (frame, band) IV has norm 1, ELSA's features. energy: divided by "
         "the band's energy density instead, so the active IV's norm is the band's directness (1 for one "
