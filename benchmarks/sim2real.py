@@ -126,6 +126,9 @@ def main() -> None:
     ap.add_argument("--iv-scale", default="unit", choices=("unit", "energy"),
                     help="the IVs' scaling (FeatureConfig.iv_scale): unit (ELSA) or by each band's energy "
                     "density, keeping its directness; runs go to runs/<variant>-...-ivE")
+    ap.add_argument("--room-balance", action="store_true",
+                    help="draw training samples so that their T30 and DRR are independent "
+                    "(DataConfig.room_balance); runs go to runs/<variant>-...-bal")
     ap.add_argument("--test-turns", type=int, default=0,
                     help="also answer each test window on its field turned by multiples of 360/N deg, with "
                     "and without both mirrors, and average (Sim2RealConfig.test_turns; 4N passes each)")
@@ -165,11 +168,13 @@ def main() -> None:
         build_wall = time.monotonic() - t0
         run = variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
             f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
-            "-edir" if args.direction_by_energy else "") + ("-ivE" if args.iv_scale == "energy" else "")
+            "-edir" if args.direction_by_energy else "") + ("-ivE" if args.iv_scale == "energy" else "") + (
+            "-bal" if args.room_balance else "")
         branch = TINY_SPATIAL if args.tiny else SpatialBranchConfig()
         cfg = Sim2RealConfig(train_root=root, test_roots=tuple(tests), twin_roots=tuple(twins),
                              run_dir=str(out / "runs" / run), seed=args.seed,
                              field_augment=args.field_augment, iv_scale=args.iv_scale,
+                             room_balance=args.room_balance,
                              steps=args.steps, batch_size=args.batch, clip_s=args.clip_s, fmax_hz=args.fmax,
                              spatial=branch.model_copy(update={"level_input": args.level_input}),
                              loss=SIM2REAL_LOSS.model_copy(
@@ -184,7 +189,7 @@ def main() -> None:
         "rooms": args.rooms, "aug": args.aug, "steps": args.steps, "batch": args.batch,
         "clip_s": args.clip_s, "fmax_hz": args.fmax, "tiny": args.tiny, "seed": args.seed,
         "level_input": args.level_input, "direction_by_energy": args.direction_by_energy,
-        "iv_scale": args.iv_scale,
+        "iv_scale": args.iv_scale, "room_balance": args.room_balance,
         "test_turns": args.test_turns,
         "field_augment": args.field_augment,
         "no_twin": no_twin, "variants": results, "wall_s": round(time.monotonic() - wall0, 1),

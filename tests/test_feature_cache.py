@@ -14,7 +14,14 @@ from training_helpers import TEST_FEATURES, shards
 
 from training.config import DataConfig, LossConfig, ModelConfig, OptimConfig, ShardSource, TrainConfig
 from training.data import direction_vector
-from training.feature_cache import CachedSample, FeatureCache, crop_window, power_share, window_frames
+from training.feature_cache import (
+    CachedSample,
+    FeatureCache,
+    balance_weights,
+    crop_window,
+    power_share,
+    window_frames,
+)
 from training.features import clip_features, foa_features
 
 SR = TEST_FEATURES.sample_rate
@@ -155,3 +162,53 @@ def test_a_cached_run_on_pipeline_shards_resumes_to_the_same_losses(tmp_path: Pa
             assert abs(resumed[step] - straight[step]) < 1e-5, (mode, step, resumed, straight)
         straight_by_mode[mode] = straight
     assert straight_by_mode["none"][1] != straight_by_mode["rotate_mirror"][1]
+
+
+def _labelled(key: str, t30: float, drr: float) -> CachedSample:
+    """A silent one-window sample that carries only labels: what balancing reads."""
+    t = window_frames(TEST_FEATURES)
+    targets = {"spatial": True, "source_target": True, "direction": torch.tensor([1.0, 0.0, 0.0]),
+               "distance_m": 2.0, "floor_area_m2": 50.0, "t30_s": t30, "drr_db": drr}
+    m = TEST_FEATURES.n_mels
+    return CachedSample(key=key, texts=("t",), targets=targets, mel=torch.full((1, t, m), -100.0),
+                        iv=torch.zeros(6, t, m), num_samples=TEST_FEATURES.max_samples)
+
+
+def test_room_balance_draws_t30_and_drr_independently() -> None:
+    """Labels as the sim2real build has them: DRR falls as T30 grows (r ~ -0.48 here, -0.43 there).
+    Drawn uniformly they keep that; balanced, every quartile cell comes up about equally often and the
+    correlation of what is drawn falls to ~0.1 (what is left is within the cells). Samples without a
+    T30 share a cell. Off, the draws are the uniform ones, as before the option; a config refuses it
+    without the cache."""
+    rng = np.random.default_rng(0)
+    t30 = rng.uniform(0.2, 2.0, 400)
+    drr = -3.0 * t30 + rng.normal(0.0, 3.0, 400)
+    samples = [_labelled(f"s{i}", a, b) for i, (a, b) in enumerate(zip(t30, drr, strict=True))]
+    samples.append(_labelled("no-t30", float("nan"), 3.0))
+    assert np.corrcoef(t30, drr)[0, 1] < -0.4
+    w = balance_weights(samples)
+    assert w.shape == (401,) and abs(w.sum() - 1.0) < 1e-12 and w[-1] == w.max()  # a cell of its own
+    balanced = FeatureCache([samples], [1.0], room_balance=True)
+    draws = [balanced.batch(16, TEST_FEATURES, np.random.default_rng([5, j])) for j in range(300)]
+    bt = torch.cat([d["t30_s"] for d in draws]).numpy()
+    bd = torch.cat([d["drr_db"] for d in draws]).numpy()
+    known = np.isfinite(bt)
+    assert abs(np.corrcoef(bt[known], bd[known])[0, 1]) < 0.2
+    qt = np.searchsorted(np.quantile(t30, [0.25, 0.5, 0.75]), bt[known], side="right")
+    qd = np.searchsorted(np.quantile(drr, [0.25, 0.5, 0.75]), bd[known], side="right")
+    cells = np.bincount(qt * 4 + qd, minlength=16)
+    occupied = cells[cells > 0]
+    assert len(occupied) == 16 and occupied.max() < 1.4 * occupied.min()
+    uniform = FeatureCache([samples], [1.0])
+    assert uniform.within == [None]
+    r = np.random.default_rng(7)  # the draw rule without the option: source by weight, then uniform
+    r.choice(1, size=1, p=[1.0])
+    assert uniform.batch(1, TEST_FEATURES, np.random.default_rng(7))["keys"] == [samples[r.integers(401)].key]
+    plain = [uniform.batch(16, TEST_FEATURES, np.random.default_rng([5, j])) for j in range(100)]
+    ut, ud = torch.cat([d["t30_s"] for d in plain]), torch.cat([d["drr_db"] for d in plain])
+    fine = torch.isfinite(ut)
+    assert np.corrcoef(ut[fine].numpy(), ud[fine].numpy())[0, 1] < -0.4
+    data = DataConfig(sources=[ShardSource(root="/nowhere")], room_balance=True)
+    with pytest.raises(ValidationError, match="features_on: cache"):
+        TrainConfig(run_dir="/tmp/r", task="spatial", data=data)
+    TrainConfig(run_dir="/tmp/r", task="spatial", data=data, features_on="cache")

@@ -182,6 +182,12 @@ class DataConfig(_Frozen):
     field_augment: FieldAugment = Field(
         "none", description="turn each training sample's sound field about the vertical (rotate), and "
         "mirror it left-right and top-bottom (rotate_mirror): training.field_augment; spatial task only")
+    room_balance: bool = Field(
+        False, description="draw each source's samples so that their T30 and DRR are independent: a "
+        "sample's chance is 1 / the count of its cell in the grid of the source's T30 and DRR quartiles "
+        "(training.feature_cache.balance_weights). Simulated rooms tie long decays to diffuse fields "
+        "(T30 and DRR correlate at -0.43 in the sim2real build), so a branch learns to hear a direct sound "
+        "as a short room, while real churches are direct and long at once. Needs features_on: cache")
 
     def expanded_sources(self) -> list[ShardSource]:
         """Sources after applying ``spatial_fraction``: each unfiltered source split in two."""
@@ -281,6 +287,9 @@ class TrainConfig(_Frozen):
         if self.loss.direction_by_energy and self.features_on != "cache":
             raise ValueError("loss.direction_by_energy weighs a crop against its whole clip, which only "
                              "features_on: cache holds")
+        if self.data.room_balance and self.features_on != "cache":
+            raise ValueError("data.room_balance weighs samples by their labels before drawing them, which "
+                             "only features_on: cache can do (the loader streams shards)")
         return self
 
 

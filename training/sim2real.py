@@ -108,6 +108,9 @@ class Sim2RealConfig(BaseModel):
         "none", description="turn (and mirror) each training sample's sound field around the microphone "
         "(training.field_augment): every placement then teaches every azimuth, and with rotate_mirror "
         "both signs of its elevation")
+    room_balance: bool = Field(
+        False, description="DataConfig.room_balance: draw training samples so that their T30 and DRR "
+        "are independent")
     test_turns: int = Field(
         0, ge=0, description="answer every test window also on its field turned by each multiple of "
         "360 deg / test_turns, each with and without the left-right and top-bottom mirrors, and average "
@@ -129,6 +132,7 @@ class Sim2RealConfig(BaseModel):
                 shuffle_buffer=1000,
                 batches_per_epoch=max(1, self.steps),
                 field_augment=self.field_augment,
+                room_balance=self.room_balance,
             ),
             features=FeatureConfig(clip_s=self.clip_s, fmax=self.fmax_hz, iv_scale=self.iv_scale),
             model=ModelConfig(spatial=self.spatial),
