@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import sys
@@ -96,6 +97,26 @@ def build(cfg: dict, out: Path, workers: int) -> str:
     return f"{res.uri.rstrip('/')}"
 
 
+LOSS_TERMS = ("direction", "distance", "area", "t30", "drr")
+
+
+def loss_weights(pairs: list[str]) -> dict[str, float]:
+    """``TERM=W`` strings → {term: weight}; refuses a term the pretraining loss does not have, so a
+    typo cannot train a run that silently used the default."""
+    out: dict[str, float] = {}
+    for pair in pairs:
+        term, sep, value = pair.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not sep or term not in LOSS_TERMS or not weight >= 0.0:
+            raise SystemExit(f"--loss-weight wants TERM=W with TERM one of {LOSS_TERMS} and W >= 0, "
+                             f"got {pair!r}")
+        out[term] = weight
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bank", action="append", default=None, help="a measured SRIR bank (repeatable)")
@@ -129,12 +150,16 @@ def main() -> None:
     ap.add_argument("--room-balance", action="store_true",
                     help="draw training samples so that their T30 and DRR are independent "
                     "(DataConfig.room_balance); runs go to runs/<variant>-...-bal")
+    ap.add_argument("--loss-weight", action="append", default=[], metavar="TERM=W",
+                    help="override one of SIM2REAL_LOSS's weights (repeatable, e.g. distance=0.01 t30=2); "
+                    "runs go to runs/<variant>-...-w<term><w>...")
     ap.add_argument("--test-turns", type=int, default=0,
                     help="also answer each test window on its field turned by multiples of 360/N deg, with "
                     "and without both mirrors, and average (Sim2RealConfig.test_turns; 4N passes each)")
     ap.add_argument("--reuse", action="store_true", help="score runs already trained in --out again (e.g. on "
                     "new twin builds) instead of retraining them")
     args = ap.parse_args()
+    weights = loss_weights(args.loss_weight)  # before the data check: a typo fails on any machine
 
     s3a = [str(S3A / r) for r in ("MainChurch", "OldChurch", "Vislab")] if S3A.exists() else []
     banks = args.bank or s3a
@@ -142,7 +167,7 @@ def main() -> None:
         print(json.dumps({"benchmark": "sim2real", "skipped": "no measured bank or ESC-50 clips"}))
         return
     from tasks.measured_twins import TwinError
-    from training.config import TINY_SPATIAL, SpatialBranchConfig
+    from training.config import TINY_SPATIAL, LossConfig, SpatialBranchConfig
     from training.sim2real import SIM2REAL_LOSS, Sim2RealConfig, run_sim2real
 
     out = Path(args.out)
@@ -169,7 +194,8 @@ def main() -> None:
         run = variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
             f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
             "-edir" if args.direction_by_energy else "") + ("-ivE" if args.iv_scale == "energy" else "") + (
-            "-bal" if args.room_balance else "")
+            "-bal" if args.room_balance else "") + (
+            "-w" + "-".join(f"{k}{v:g}" for k, v in weights.items()) if weights else "")
         branch = TINY_SPATIAL if args.tiny else SpatialBranchConfig()
         cfg = Sim2RealConfig(train_root=root, test_roots=tuple(tests), twin_roots=tuple(twins),
                              run_dir=str(out / "runs" / run), seed=args.seed,
@@ -177,8 +203,8 @@ def main() -> None:
                              room_balance=args.room_balance,
                              steps=args.steps, batch_size=args.batch, clip_s=args.clip_s, fmax_hz=args.fmax,
                              spatial=branch.model_copy(update={"level_input": args.level_input}),
-                             loss=SIM2REAL_LOSS.model_copy(
-                                 update={"direction_by_energy": args.direction_by_energy}),
+                             loss=LossConfig.model_validate(SIM2REAL_LOSS.model_dump() | weights | {
+                                 "direction_by_energy": args.direction_by_energy}),
                              test_turns=args.test_turns, torch_threads=2)
         report = run_sim2real(cfg, reuse=args.reuse)
         results[variant] = {"build_wall_s": round(build_wall, 1), **json.loads(report.model_dump_json(
@@ -189,7 +215,7 @@ def main() -> None:
         "rooms": args.rooms, "aug": args.aug, "steps": args.steps, "batch": args.batch,
         "clip_s": args.clip_s, "fmax_hz": args.fmax, "tiny": args.tiny, "seed": args.seed,
         "level_input": args.level_input, "direction_by_energy": args.direction_by_energy,
-        "iv_scale": args.iv_scale, "room_balance": args.room_balance,
+        "iv_scale": args.iv_scale, "room_balance": args.room_balance, "loss_weights": weights,
         "test_turns": args.test_turns,
         "field_augment": args.field_augment,
         "no_twin": no_twin, "variants": results, "wall_s": round(time.monotonic() - wall0, 1),

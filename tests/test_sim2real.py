@@ -199,3 +199,13 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     assert (tmp_path / "run" / "log.jsonl").read_text() == log_before
     assert again.train_cpu_s == report.train_cpu_s
     assert again.pooled.model_dump() == pytest.approx(report.pooled.model_dump(), rel=1e-5)  # another process
+
+
+@pytest.mark.parametrize("flag", ["speed=2", "t30", "t30=fast"])
+def test_the_benchmark_refuses_a_loss_weight_it_cannot_apply(flag):
+    """A mistyped --loss-weight must stop the benchmark before any build, on any machine, rather
+    than train an hour-long run on the default weights under a name that claims otherwise."""
+    cmd = [sys.executable, "benchmarks/sim2real.py", "--loss-weight", flag, "--out", "/nonexistent"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "--loss-weight wants TERM=W" in res.stderr and flag in res.stderr
