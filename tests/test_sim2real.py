@@ -201,7 +201,7 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     assert again.pooled.model_dump() == pytest.approx(report.pooled.model_dump(), rel=1e-5)  # another process
 
 
-@pytest.mark.parametrize("flag", ["speed=2", "t30", "t30=fast"])
+@pytest.mark.parametrize("flag", ["speed=2", "t30", "t30=fast", "t30=-1"])
 def test_the_benchmark_refuses_a_loss_weight_it_cannot_apply(flag):
     """A mistyped --loss-weight must stop the benchmark before any build, on any machine, rather
     than train an hour-long run on the default weights under a name that claims otherwise."""
