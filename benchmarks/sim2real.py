@@ -117,11 +117,27 @@ def loss_weights(pairs: list[str]) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def run_name(variant: str, args: argparse.Namespace, weights: dict[str, float]) -> str:
+    """The run's directory under runs/. Every option that changes what is trained is in it (the
+    numeric ones only when they differ from the benchmark's defaults), so runs of one --out never
+    overwrite each other, and --reuse never rescores a run trained under other settings."""
+    defaults = parser()
+    numeric = "".join(f"-{key}{getattr(args, key):g}"
+                      for key in ("rooms", "aug", "steps", "batch", "clip_s", "fmax")
+                      if getattr(args, key) != defaults.get_default(key))
+    return variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
+        f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
+        "-edir" if args.direction_by_energy else "") + ("-ivE" if args.iv_scale == "energy" else "") + (
+        "-bal" if args.room_balance else "") + ("-tiny" if args.tiny else "") + numeric + (
+        "-w" + "-".join(f"{k}{v:g}" for k, v in weights.items()) if weights else "")
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bank", action="append", default=None, help="a measured SRIR bank (repeatable)")
     ap.add_argument("--clips", default=str(ESC50), help="ESC-50 folder (audio/ and its metadata CSV)")
-    ap.add_argument("--out", default="/tmp/sim2real", help="builds and runs go here")
+    ap.add_argument("--out", default="/tmp/sim2real", help="builds and runs go here; a run's "
+                    "directory names its training options (--steps, --fmax, ... when not the default)")
     ap.add_argument("--rooms", type=int, default=1500, help="simulated rooms per variant (one training "
                     "placement each; session 8's run 4)")
     ap.add_argument("--aug", type=int, default=200, help="train samples per training clip")
@@ -158,7 +174,11 @@ def main() -> None:
                     "and without both mirrors, and average (Sim2RealConfig.test_turns; 4N passes each)")
     ap.add_argument("--reuse", action="store_true", help="score runs already trained in --out again (e.g. on "
                     "new twin builds) instead of retraining them")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     weights = loss_weights(args.loss_weight)  # before the data check: a typo fails on any machine
 
     s3a = [str(S3A / r) for r in ("MainChurch", "OldChurch", "Vislab")] if S3A.exists() else []
@@ -191,11 +211,7 @@ def main() -> None:
         cfg_build = variant_config(variant, train_csv, out, args.rooms, args.aug)
         root = build(cfg_build, out / "train", args.workers)
         build_wall = time.monotonic() - t0
-        run = variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
-            f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
-            "-edir" if args.direction_by_energy else "") + ("-ivE" if args.iv_scale == "energy" else "") + (
-            "-bal" if args.room_balance else "") + (
-            "-w" + "-".join(f"{k}{v:g}" for k, v in weights.items()) if weights else "")
+        run = run_name(variant, args, weights)
         branch = TINY_SPATIAL if args.tiny else SpatialBranchConfig()
         cfg = Sim2RealConfig(train_root=root, test_roots=tuple(tests), twin_roots=tuple(twins),
                              run_dir=str(out / "runs" / run), seed=args.seed,

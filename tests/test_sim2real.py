@@ -209,3 +209,21 @@ def test_the_benchmark_refuses_a_loss_weight_it_cannot_apply(flag):
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert "--loss-weight wants TERM=W" in res.stderr and flag in res.stderr
+
+
+def test_runs_under_other_training_options_get_their_own_directories():
+    """Two runs in one --out must not share runs/<name>: the second would overwrite the first, and
+    --reuse would rescore a branch trained under other settings (session 14's fmax runs collided)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sim2real_bench", REPO / "benchmarks" / "sim2real.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    flags = [[], ["--fmax", "4000"], ["--fmax", "3000"], ["--steps", "1000"], ["--rooms", "200"],
+             ["--aug", "50"], ["--batch", "16"], ["--clip-s", "3"], ["--tiny"], ["--seed", "1"],
+             ["--iv-scale", "energy"], ["--no-level-input"], ["--field-augment", "none"], ["--room-balance"],
+             ["--direction-by-energy"], ["--fmax", "4000", "--steps", "1000"]]
+    names = [bench.run_name("realism", bench.parser().parse_args(f), {}) for f in flags]
+    assert len(set(names)) == len(flags), names
+    assert names[0] == "realism-rotate_mirror-level"  # the default run keeps its name
+    assert bench.run_name("realism", bench.parser().parse_args([]), {"t30": 2.0}) != names[0]
