@@ -118,9 +118,10 @@ def loss_weights(pairs: list[str]) -> dict[str, float]:
 
 
 def run_name(variant: str, args: argparse.Namespace, weights: dict[str, float]) -> str:
-    """The run's directory under runs/. Every option that changes what is trained is in it (the
-    numeric ones only when they differ from the benchmark's defaults), so runs of one --out never
-    overwrite each other, and --reuse never rescores a run trained under other settings."""
+    """The run's directory under runs/. Every training option is in it (the numeric ones only when
+    they differ from the benchmark's defaults), so runs of one --out never overwrite each other, and
+    --reuse never rescores a run trained under other settings. The data paths (--clips, --bank) are
+    not: a different clip set or bank wants its own --out."""
     defaults = parser()
     numeric = "".join(f"-{key}{getattr(args, key):g}"
                       for key in ("rooms", "aug", "steps", "batch", "clip_s", "fmax")

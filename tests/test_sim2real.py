@@ -5,6 +5,7 @@ cases it was computed from and with the test build's samples."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -214,8 +215,6 @@ def test_the_benchmark_refuses_a_loss_weight_it_cannot_apply(flag):
 def test_runs_under_other_training_options_get_their_own_directories():
     """Two runs in one --out must not share runs/<name>: the second would overwrite the first, and
     --reuse would rescore a branch trained under other settings (session 14's fmax runs collided)."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("sim2real_bench", REPO / "benchmarks" / "sim2real.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
