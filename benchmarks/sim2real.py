@@ -18,7 +18,9 @@ What runs, all through the project's own flows:
    one of them off (``ideal_encoder``, ``no_noise``, ``no_directivity``), plus ``elsa`` (every
    option off: the ELSA-default data, what issue 15's experiment trained on).
 4. Each branch is scored on every test build (training.sim2real) beside the intensity estimator on
-   the same inputs.
+   the same inputs, and on every ``--sim-control-every``-th sample it trained on: per real room, the
+   simulated samples whose T30 and DRR labels are the room's (``sim_like``) show whether a room's
+   error is one the branch makes on simulated rooms too.
 
 Prints one JSON line; skips (``{"skipped": ...}``) when no bank is given and ../shared/realdata is
 absent. The branch is ELSA's full size unless ``--tiny``.
@@ -173,6 +175,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--test-turns", type=int, default=0,
                     help="also answer each test window on its field turned by multiples of 360/N deg, with "
                     "and without both mirrors, and average (Sim2RealConfig.test_turns; 4N passes each)")
+    ap.add_argument("--sim-control-every", type=int, default=5, metavar="N",
+                    help="also score every N-th simulated training sample and, per real room, those that "
+                    "sound like it (the report's sim_like: is a room's error the simulator's or the "
+                    "branch's fit?); 0: off")
     ap.add_argument("--reuse", action="store_true", help="score runs already trained in --out again (e.g. on "
                     "new twin builds) instead of retraining them")
     return ap
@@ -222,7 +228,8 @@ def main() -> None:
                              spatial=branch.model_copy(update={"level_input": args.level_input}),
                              loss=LossConfig.model_validate(SIM2REAL_LOSS.model_dump() | weights | {
                                  "direction_by_energy": args.direction_by_energy}),
-                             test_turns=args.test_turns, torch_threads=2)
+                             test_turns=args.test_turns, sim_control_every=args.sim_control_every,
+                             torch_threads=2)
         report = run_sim2real(cfg, reuse=args.reuse)
         results[variant] = {"build_wall_s": round(build_wall, 1), **json.loads(report.model_dump_json(
             exclude={"train_root", "test_roots"}))}
@@ -233,7 +240,7 @@ def main() -> None:
         "clip_s": args.clip_s, "fmax_hz": args.fmax, "tiny": args.tiny, "seed": args.seed,
         "level_input": args.level_input, "direction_by_energy": args.direction_by_energy,
         "iv_scale": args.iv_scale, "room_balance": args.room_balance, "loss_weights": weights,
-        "test_turns": args.test_turns,
+        "test_turns": args.test_turns, "sim_control_every": args.sim_control_every,
         "field_augment": args.field_augment,
         "no_twin": no_twin, "variants": results, "wall_s": round(time.monotonic() - wall0, 1),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),

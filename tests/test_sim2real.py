@@ -31,6 +31,7 @@ from training.sim2real import (
     Sim2RealConfig,
     Sim2RealReport,
     run_sim2real,
+    sim_like_cases,
     summarise,
     window_features,
     window_heads,
@@ -66,6 +67,23 @@ def test_summary_medians_side_agreement_and_missing_labels():
     assert s.elevation_bias_model_deg == pytest.approx(15.0)  # labels at 0: median of 10, 20, -5, 30
     with pytest.raises(ValueError):
         summarise([])
+
+
+def test_simulated_cases_like_a_room_are_those_within_the_targets_tolerances():
+    """A simulated case is like a real room when its DRR is within 3 dB of the room's median label and,
+    where the room has T30 labels, its T30 within 25 % of theirs; without T30 labels DRR alone decides."""
+    room = summarise([_case(az, 0.0, 1.0, 1.0, t30=1.2, drr=5.0) for az in (0.0, 1.0)])
+    sims = {
+        "in": _case(10.0, 0.0, 1.0, 1.0, t30=1.45, drr=7.9),
+        "t30_long": _case(11.0, 0.0, 1.0, 1.0, t30=1.55, drr=5.0),  # 29 % over
+        "t30_short": _case(12.0, 0.0, 1.0, 1.0, t30=0.85, drr=5.0),  # 29 % under
+        "drr_low": _case(13.0, 0.0, 1.0, 1.0, t30=1.2, drr=1.9),
+        "no_t30": _case(14.0, 0.0, 1.0, 1.0, t30=None, drr=5.0),
+    }
+    assert [c.key for c in sim_like_cases(list(sims.values()), room)] == [sims["in"].key]
+    dry = summarise([_case(0.0, 0.0, 1.0, 1.0, t30=None, drr=5.0)])  # a room with no T30 label
+    assert {c.key for c in sim_like_cases(list(sims.values()), dry)} == {
+        sims[k].key for k in ("in", "t30_long", "t30_short", "no_t30")}
 
 
 def test_heads_see_every_whole_window_of_a_clip():
@@ -147,7 +165,7 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     cfg = Sim2RealConfig(train_root=sim, test_roots=(real,), twin_roots=(twin,),
                          run_dir=str(tmp_path / "run"), steps=3, batch_size=4, clip_s=1.0,
                          spatial=TINY_SPATIAL.model_copy(update={"level_input": True}), num_workers=0,
-                         iv_scale="energy")
+                         iv_scale="energy", sim_control_every=2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "OMP_NUM_THREADS": "1"}
@@ -193,6 +211,15 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     assert all((c.azimuth_deg, c.elevation_deg) in labelled for c in twins)
     assert report.twin_pooled.doa_classical_median_deg < 15.0  # the shoebox twin agrees with the labels too
     assert json.loads((tmp_path / "run" / "sim2real.json").read_text())["pooled"]["n"] == len(cases)
+    # the in-simulation control: every second spatial sample of the simulated build's train split
+    sims = [CaseResult.model_validate_json(line)
+            for line in (tmp_path / "run" / "sim_cases.jsonl").read_text().splitlines()]
+    trained = [r for r in pq.read_table(Path(sim) / "manifest.parquet").to_pylist()
+               if r["split"] == "train" and r["spatial"]]
+    assert len(sims) == math.ceil(len(trained) / 2) > 0
+    assert {c.key for c in sims} <= {r["key"] for r in trained} and report.sim_pooled == summarise(sims)
+    assert report.sim_like == {room: summarise(like) for room, s in report.rooms.items()
+                               if (like := sim_like_cases(sims, s))}
 
     # reuse rescores the trained branch without training again: same log, same report
     log_before = (tmp_path / "run" / "log.jsonl").read_text()
