@@ -69,7 +69,14 @@ def category_csvs(esc50: Path, out: Path) -> tuple[Path, Path, list[str], list[s
     return paths[0], paths[1], train_cats, held_cats
 
 
-def variant_config(name: str, train_csv: Path, out: Path, n_rooms: int, aug: int) -> dict:
+def decay_labels(decay_below_hz: float | None) -> dict:
+    """The RirSettings fields of every build's labels, test and train alike: a T30 measured one way
+    in training and another in the test would score the convention, not the branch."""
+    return {} if decay_below_hz is None else {"decay_below_hz": decay_below_hz}
+
+
+def variant_config(name: str, train_csv: Path, out: Path, n_rooms: int, aug: int,
+                   decay_below_hz: float | None = None) -> dict:
     """The simulated build of one variant (BuildConfig fields); ``no_directivity`` gets the realism room
     set without its ``source_directivity`` (same rooms and positions: axes have their own draws)."""
     realism = name != "elsa"
@@ -84,7 +91,8 @@ def variant_config(name: str, train_csv: Path, out: Path, n_rooms: int, aug: int
         "source": "csv", "input": str(train_csv), "dataset": f"sim_{name}", "room_config": str(rooms),
         "n_rooms": n_rooms, "augmentations": {"train": aug, "val": 2, "test": 2},
         "shard_size": 128, "rephraser": {"backend": "template"},
-        "rir": {"order": 3 if realism else 1, "scattering": realism, "tail_flow": realism},
+        "rir": {"order": 3 if realism else 1, "scattering": realism, "tail_flow": realism,
+                **decay_labels(decay_below_hz)},
         "formats": ["tetra" if realism and name != "ideal_encoder" else "foa"],
         "audio": {"sensor_noise": noise},
     }
@@ -126,7 +134,7 @@ def run_name(variant: str, args: argparse.Namespace, weights: dict[str, float]) 
     not: a different clip set or bank wants its own --out."""
     defaults = parser()
     numeric = "".join(f"-{key}{getattr(args, key):g}"
-                      for key in ("rooms", "aug", "steps", "batch", "clip_s", "fmax")
+                      for key in ("rooms", "aug", "steps", "batch", "clip_s", "fmax", "decay_below")
                       if getattr(args, key) != defaults.get_default(key))
     return variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
         f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
@@ -149,6 +157,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--clip-s", type=float, default=2.0, help="training crop; tests average over windows")
     ap.add_argument("--fmax", type=float, default=8000.0, help="top of the IV mel bands (ELSA: 14000)")
+    ap.add_argument("--decay-below", type=float, default=None, metavar="HZ",
+                    help="measure every build's T30 and EDT labels on W low-passed at HZ "
+                    "(RirSettings.decay_below_hz; benchmarks/t30_bands.py says why); default broadband")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--field-augment", default="rotate_mirror", choices=("none", "rotate", "rotate_mirror"),
@@ -205,7 +216,8 @@ def main() -> None:
         name = Path(bank).name.lower()
         test = {"source": "csv", "input": str(held_csv), "room_source": "measured", "bank": bank,
                 "shard_size": 128, "augmentations": {s: args.test_aug for s in ("train", "val", "test")},
-                "rephraser": {"backend": "template"}}
+                "rephraser": {"backend": "template"}} | ({"rir": decay_labels(args.decay_below)}
+                                                         if args.decay_below else {})
         tests.append(build(test | {"dataset": f"real_{name}"[:32]}, out / "test", args.workers))
         try:
             twins.append(build(test | {"dataset": f"twin_{name}"[:32], "room_source": "twin"}, out / "twin",
@@ -215,7 +227,7 @@ def main() -> None:
     results = {}
     for variant in args.variants.split(","):
         t0 = time.monotonic()
-        cfg_build = variant_config(variant, train_csv, out, args.rooms, args.aug)
+        cfg_build = variant_config(variant, train_csv, out, args.rooms, args.aug, args.decay_below)
         root = build(cfg_build, out / "train", args.workers)
         build_wall = time.monotonic() - t0
         run = run_name(variant, args, weights)
@@ -241,6 +253,7 @@ def main() -> None:
         "level_input": args.level_input, "direction_by_energy": args.direction_by_energy,
         "iv_scale": args.iv_scale, "room_balance": args.room_balance, "loss_weights": weights,
         "test_turns": args.test_turns, "sim_control_every": args.sim_control_every,
+        "decay_below_hz": args.decay_below,
         "field_augment": args.field_augment,
         "no_twin": no_twin, "variants": results, "wall_s": round(time.monotonic() - wall0, 1),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),

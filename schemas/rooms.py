@@ -254,3 +254,12 @@ class RirSettings(BaseModel):
         description="the diffuse tail carries the net energy flow towards the absorbing surfaces that a "
         "real late field has (tasks/rir_engine.py ``tail_flow``); off: an isotropic tail, the ELSA render",
     )
+    decay_below_hz: float | None = Field(
+        default=None, gt=0.0, exclude_if=lambda v: v is None,
+        description="measure the T30 and EDT labels on W low-passed at this frequency (None: broadband W, "
+        "the ELSA labels). A broadband decay is a blend of band decays weighted by the response's "
+        "spectrum: the engine's, with most early energy above 4 kHz dying fastest, bends, so its label "
+        "is 14 % shorter than the decay below 8 kHz, where a real church's is 3-4 % (benchmarks/"
+        "t30_bands.py). Labels in the band a model hears mean the same in simulated and measured rooms. "
+        "Calibration still aims the broadband T30 at the room's target, so the rooms are the same",
+    )

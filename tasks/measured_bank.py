@@ -677,7 +677,8 @@ def render_measured(
     p = placement
     # Too little decay above the noise for a T30 (ISO 3382-1: the fit's -35 dB plus 10 dB):
     # no reverberation time rather than one fitted to noise.
-    m = measure_response(rir, settings.fs, p.azimuth_deg, p.elevation_deg, anechoic=range_db < T30_RANGE_DB)
+    m = measure_response(rir, settings.fs, p.azimuth_deg, p.elevation_deg, anechoic=range_db < T30_RANGE_DB,
+                         decay_below_hz=settings.decay_below_hz)
     if rir.shape[0] >= 4:
         # A measured microphone is noisy at low and aliased at high frequencies: the band-limited
         # direct-sound DOA (tasks/doa.py's advice for measured RIRs), not measure_response's

@@ -815,12 +815,12 @@ def _model_step(
 
 def measure(rendered: RenderedRir, *, placement_id: str, room_id: str, room_set_hash: str,
             target_t30_s: float, order: int, anechoic: bool = False,
-            early_window_s: float | None = None) -> RirRecord:
+            early_window_s: float | None = None, decay_below_hz: float | None = None) -> RirRecord:
     """The record of a rendered shoebox RIR: the common measures plus the ISM sub-record (an early
     part alone has no decay: no T30/EDT, and its DRR and C50 are of that part)."""
     m = room_acoustics.measure_response(
         rendered.rir, rendered.fs, rendered.azimuth_deg, rendered.elevation_deg,
-        anechoic=anechoic or early_window_s is not None,
+        anechoic=anechoic or early_window_s is not None, decay_below_hz=decay_below_hz,
     )
     return RirRecord(
         placement_id=placement_id,

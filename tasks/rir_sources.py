@@ -92,6 +92,7 @@ class ShoeboxIsm:
         record = measure(
             rendered, placement_id=p.placement_id, room_id=p.room_id, room_set_hash=p.room_set_hash,
             target_t30_s=room.target_t30_s, order=settings.order, early_window_s=p.early_window_s,
+            decay_below_hz=settings.decay_below_hz,
         )
         return rendered.rir, record
 

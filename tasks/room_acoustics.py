@@ -94,6 +94,14 @@ def clarity_db(ir: np.ndarray, fs: int, early_s: float = 0.050) -> float:
     return float(10.0 * np.log10(e[d:split].sum() / max(e[split:].sum(), 1e-30)))
 
 
+def lowpassed(w: np.ndarray, fs: int, cutoff_hz: float) -> np.ndarray:
+    """W through a zero-phase 4th-order Butterworth low-pass: a decay measured in the band below
+    ``cutoff_hz`` (zero-phase, so the onset that the fits start from does not move)."""
+    if not 0.0 < cutoff_hz < fs / 2:
+        raise SpatialAudioCapsError(f"a low-pass at {cutoff_hz} Hz is not below Nyquist ({fs / 2} Hz)")
+    return sosfiltfilt(butter(4, cutoff_hz, fs=fs, output="sos"), np.asarray(w, dtype=np.float64))
+
+
 @dataclass(frozen=True)
 class ResponseMeasures:
     """The measured part of a RirRecord, the same for every room source (simulated or measured)."""
@@ -108,12 +116,14 @@ class ResponseMeasures:
 
 
 def measure_response(
-    rir: np.ndarray, fs: int, azimuth_deg: float, elevation_deg: float, *, anechoic: bool = False
+    rir: np.ndarray, fs: int, azimuth_deg: float, elevation_deg: float, *, anechoic: bool = False,
+    decay_below_hz: float | None = None,
 ) -> ResponseMeasures:
     """T30/EDT/DRR/C50 on W (channel 0) and the direct-path DOA of an ambiX RIR against its label.
 
     One function for every room source, so a simulated and a measured RIR are labelled and
-    checked the same way. Fewer than 4 channels give no DOA (NaN).
+    checked the same way. Fewer than 4 channels give no DOA (NaN). ``decay_below_hz``: T30 and EDT
+    of W low-passed there (RirSettings.decay_below_hz); DRR and C50 stay broadband.
     """
     doa_az, doa_el, doa_err = float("nan"), float("nan"), float("nan")
     if rir.shape[0] >= 4:
@@ -122,9 +132,10 @@ def measure_response(
         doa_az, doa_el = est.azimuth_deg, est.elevation_deg
         doa_err = float(angular_distance_deg(doa_az, doa_el, azimuth_deg, elevation_deg))
     w = rir[0]
+    decay = w if decay_below_hz is None else lowpassed(w, fs, decay_below_hz)
     return ResponseMeasures(
-        t30_s=None if anechoic else t30(w, fs),
-        edt_s=None if anechoic else edt(w, fs),
+        t30_s=None if anechoic else t30(decay, fs),
+        edt_s=None if anechoic else edt(decay, fs),
         drr_db=drr_db(w, fs),
         c50_db=clarity_db(w, fs),
         direct_azimuth_deg=doa_az,
