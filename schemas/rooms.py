@@ -179,7 +179,8 @@ class RirRecord(BaseModel):
     fs: int
     order: int = Field(description="ambiX order of the RIR: (order + 1)^2 channels")
     n_samples: int
-    t30_s: float | None = Field(description="W channel, Schroeder, fitted -5..-35 dB; None if anechoic")
+    t30_s: float | None = Field(description="W channel (low-passed at RirSettings.decay_below_hz when set), "
+                                "Schroeder, fitted -5..-35 dB; None if anechoic")
     edt_s: float | None
     drr_db: float
     c50_db: float

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from scipy.signal import butter, sosfiltfilt
+from decay_signals import FS, two_rates
 
 from schemas.rooms import RirSettings
 from tasks.errors import SpatialAudioCapsError
 from tasks.room_acoustics import measure_response
 
-FS = 48000
-
-
-def _decay(t30_s: float, seed: int, n_s: float = 2.5) -> np.ndarray:
-    t = np.arange(round(n_s * FS)) / FS
-    x = np.random.default_rng(seed).standard_normal(t.size) * 10 ** (-3.0 * t / t30_s)
-    x[0] = 1.0
-    return x
-
-
-def _two_rates() -> np.ndarray:
-    """Below 3 kHz a 1.2 s decay; above 5 kHz, with most of the energy, a 0.4 s one (W only)."""
-    low = sosfiltfilt(butter(8, 3000, fs=FS, output="sos"), _decay(1.2, 1))
-    high = sosfiltfilt(butter(8, 5000, btype="high", fs=FS, output="sos"), _decay(0.4, 2))
-    return (low + 3.0 * high)[None, :]
-
 
 def test_the_decay_labels_follow_the_band_below_the_cutoff_and_the_rest_stays_broadband():
-    rir = _two_rates()
+    rir = two_rates()[None, :]
     broad = measure_response(rir, FS, 0.0, 0.0)
     below = measure_response(rir, FS, 0.0, 0.0, decay_below_hz=4000.0)
     assert broad.t30_s < 1.0  # the blend of the two rates
