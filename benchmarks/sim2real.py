@@ -216,8 +216,7 @@ def main() -> None:
         name = Path(bank).name.lower()
         test = {"source": "csv", "input": str(held_csv), "room_source": "measured", "bank": bank,
                 "shard_size": 128, "augmentations": {s: args.test_aug for s in ("train", "val", "test")},
-                "rephraser": {"backend": "template"}} | ({"rir": decay_labels(args.decay_below)}
-                                                         if args.decay_below else {})
+                "rephraser": {"backend": "template"}, "rir": decay_labels(args.decay_below)}
         tests.append(build(test | {"dataset": f"real_{name}"[:32]}, out / "test", args.workers))
         try:
             twins.append(build(test | {"dataset": f"twin_{name}"[:32], "room_source": "twin"}, out / "twin",

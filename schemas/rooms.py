@@ -259,8 +259,9 @@ class RirSettings(BaseModel):
         default=None, gt=0.0, exclude_if=lambda v: v is None,
         description="measure the T30 and EDT labels on W low-passed at this frequency (None: broadband W, "
         "the ELSA labels). A broadband decay is a blend of band decays weighted by the response's "
-        "spectrum: the engine's, with most early energy above 4 kHz dying fastest, bends, so its label "
-        "is 14 % shorter than the decay below 8 kHz, where a real church's is 3-4 % (benchmarks/"
-        "t30_bands.py). Labels in the band a model hears mean the same in simulated and measured rooms. "
-        "Calibration still aims the broadband T30 at the room's target, so the rooms are the same",
+        "spectrum. The engine's bend more than a real room's (more of W's energy above 8 kHz, where it "
+        "dies fastest, and slower low octaves), so its label is 14 % shorter than its decay below 8 kHz, "
+        "where a real church's is 3-4 % (benchmarks/t30_bands.py). Labels in the band a model hears "
+        "mean the same in simulated and measured rooms. Calibration still aims the broadband T30 at the "
+        "room's target, so the rooms are the same",
     )

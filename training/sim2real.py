@@ -235,7 +235,7 @@ def train_branch(cfg: Sim2RealConfig) -> float:
     return _cpu_s() - t0
 
 
-def _measured_samples(root: str, splits: tuple[str, ...] = SPLITS) -> Iterator:
+def _spatial_samples(root: str, splits: tuple[str, ...] = SPLITS) -> Iterator:
     """Spatial samples with one source of the given splits of a build (rejects are logged, not scored)."""
     from training.data import has_source_target
 
@@ -312,7 +312,7 @@ def score_cases(model, feat: FeatureConfig, roots: tuple[str, ...], max_samples:
     drr_scale = LossConfig().drr_scale_db
     cases: list[CaseResult] = []
     for root in roots:
-        samples = itertools.islice(_measured_samples(root, splits), 0, None, every)
+        samples = itertools.islice(_spatial_samples(root, splits), 0, None, every)
         for n, item in enumerate(samples):
             if max_samples is not None and n >= max_samples:
                 break
