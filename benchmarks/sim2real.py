@@ -139,6 +139,7 @@ def run_name(variant: str, args: argparse.Namespace, weights: dict[str, float]) 
     return variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
         f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
         "-edir" if args.direction_by_energy else "") + ("-ivE" if args.iv_scale == "energy" else "") + (
+        "-prior" if args.direction_prior else "") + (
         "-bal" if args.room_balance else "") + ("-tiny" if args.tiny else "") + numeric + (
         "-w" + "-".join(f"{k}{v:g}" for k, v in weights.items()) if weights else "")
 
@@ -177,6 +178,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--iv-scale", default="unit", choices=("unit", "energy"),
                     help="the IVs' scaling (FeatureConfig.iv_scale): unit (ELSA) or by each band's energy "
                     "density, keeping its directness; runs go to runs/<variant>-...-ivE")
+    ap.add_argument("--direction-prior", action="store_true",
+                    help="the direction head corrects the clip's power-weighted intensity direction "
+                    "(ModelConfig.direction_prior); runs go to runs/<variant>-...-prior")
     ap.add_argument("--room-balance", action="store_true",
                     help="draw training samples so that their T30 and DRR are independent "
                     "(DataConfig.room_balance); runs go to runs/<variant>-...-bal")
@@ -234,7 +238,7 @@ def main() -> None:
         cfg = Sim2RealConfig(train_root=root, test_roots=tuple(tests), twin_roots=tuple(twins),
                              run_dir=str(out / "runs" / run), seed=args.seed,
                              field_augment=args.field_augment, iv_scale=args.iv_scale,
-                             room_balance=args.room_balance,
+                             room_balance=args.room_balance, direction_prior=args.direction_prior,
                              steps=args.steps, batch_size=args.batch, clip_s=args.clip_s, fmax_hz=args.fmax,
                              spatial=branch.model_copy(update={"level_input": args.level_input}),
                              loss=LossConfig.model_validate(SIM2REAL_LOSS.model_dump() | weights | {
@@ -250,7 +254,8 @@ def main() -> None:
         "rooms": args.rooms, "aug": args.aug, "steps": args.steps, "batch": args.batch,
         "clip_s": args.clip_s, "fmax_hz": args.fmax, "tiny": args.tiny, "seed": args.seed,
         "level_input": args.level_input, "direction_by_energy": args.direction_by_energy,
-        "iv_scale": args.iv_scale, "room_balance": args.room_balance, "loss_weights": weights,
+        "iv_scale": args.iv_scale, "direction_prior": args.direction_prior,
+        "room_balance": args.room_balance, "loss_weights": weights,
         "test_turns": args.test_turns, "sim_control_every": args.sim_control_every,
         "decay_below_hz": args.decay_below,
         "field_augment": args.field_augment,

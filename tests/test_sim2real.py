@@ -165,7 +165,7 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     cfg = Sim2RealConfig(train_root=sim, test_roots=(real,), twin_roots=(twin,),
                          run_dir=str(tmp_path / "run"), steps=3, batch_size=4, clip_s=1.0,
                          spatial=TINY_SPATIAL.model_copy(update={"level_input": True}), num_workers=0,
-                         iv_scale="energy", sim_control_every=2)
+                         iv_scale="energy", sim_control_every=2, direction_prior=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "OMP_NUM_THREADS": "1"}
@@ -203,6 +203,8 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     assert load_spatial_branch(str(tmp_path / "run" / "spatial_branch.pt")).cfg.level_input
     # and energy-scaled IVs: the run's config carries them, so scoring featurises as training did
     assert load_trained(str(tmp_path / "run"))[2].features.iv_scale == "energy"
+    # and the direction head that corrects the intensity direction, restored from the run's config
+    assert load_trained(str(tmp_path / "run"))[0].direction_prior
     twins = [CaseResult.model_validate_json(line)
              for line in (tmp_path / "run" / "twin_cases.jsonl").read_text().splitlines()]
     twin_keys = {r["key"] for r in pq.read_table(Path(twin) / "manifest.parquet").to_pylist() if r["spatial"]}
@@ -248,7 +250,8 @@ def test_runs_under_other_training_options_get_their_own_directories():
     flags = [[], ["--fmax", "4000"], ["--fmax", "3000"], ["--steps", "1000"], ["--rooms", "200"],
              ["--aug", "50"], ["--batch", "16"], ["--clip-s", "3"], ["--tiny"], ["--seed", "1"],
              ["--iv-scale", "energy"], ["--no-level-input"], ["--field-augment", "none"], ["--room-balance"],
-             ["--direction-by-energy"], ["--fmax", "4000", "--steps", "1000"]]
+             ["--direction-by-energy"], ["--fmax", "4000", "--steps", "1000"], ["--direction-prior"],
+             ["--decay-below", "8000"]]
     names = [bench.run_name("realism", bench.parser().parse_args(f), {}) for f in flags]
     assert len(set(names)) == len(flags), names
     assert names[0] == "realism-rotate_mirror-level"  # the default run keeps its name

@@ -151,7 +151,7 @@ def load_trained(
     if cfg.task == "elsa":
         model, tokenizer = build_elsa(cfg.model.model_copy(update={"spatial_checkpoint": None}))
     else:
-        model = SpatialPretrainModel(cfg.model.spatial, cfg.model.head_hidden)
+        model = SpatialPretrainModel.from_config(cfg.model)
     state = torch.load(ck / "state.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), tokenizer, cfg

@@ -134,6 +134,10 @@ class ModelConfig(_Frozen):
     spatial_checkpoint: str | None = Field(None, description="spatial_branch.pt from pretrain_spatial")
     embed_dim: int = 512
     head_hidden: int = 64
+    direction_prior: bool = Field(
+        False, description="spatial pretraining only: the direction head answers a correction to the "
+        "clip's power-weighted intensity direction (model.intensity_prior) instead of a direction from "
+        "nothing. Off: ELSA's head")
     logit_scale_init: float = 1.0 / 0.07
     max_text_len: int = 77
     freeze_semantic: bool = False
@@ -287,6 +291,9 @@ class TrainConfig(_Frozen):
         if self.loss.direction_by_energy and self.features_on != "cache":
             raise ValueError("loss.direction_by_energy weighs a crop against its whole clip, which only "
                              "features_on: cache holds")
+        if self.model.direction_prior and self.task != "spatial":
+            raise ValueError("model.direction_prior shapes the spatial pretraining's direction head; ELSA's "
+                             "heads read the joint embedding, which holds no intensity to start from")
         if self.data.room_balance and self.features_on != "cache":
             raise ValueError("data.room_balance weighs samples by their labels before drawing them, which "
                              "only features_on: cache can do (the loader streams shards)")

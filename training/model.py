@@ -150,16 +150,46 @@ class ElsaModel(nn.Module):
         )
 
 
-class SpatialPretrainModel(nn.Module):
-    """The spatial branch alone with regression heads: direction, distance, area, T30, DRR (A.8)."""
+def intensity_prior(iv: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+    """(B, 6, T, M) IVs and (B, 1, T, M) log-mel dB of W → (B, 3) unit direction of the active IVs
+    summed over every (frame, band) with W's power as the weight; (0, 0, 0) where nothing is heard.
 
-    def __init__(self, cfg: SpatialBranchConfig, head_hidden: int = 64) -> None:
+    With energy-scaled IVs (``FeatureConfig.iv_scale = "energy"``) this is the summed active
+    intensity, the classical estimator in mel bands; with unit IVs it weighs a diffuse bin as much as
+    a direct one of the same power. Padding (zero IVs) adds nothing."""
+    power = torch.pow(10.0, mel.float() / 10.0)
+    total = (iv[:, :3].float() * power).sum(dim=(2, 3))
+    return nnf.normalize(total, dim=-1)
+
+
+class SpatialPretrainModel(nn.Module):
+    """The spatial branch alone with regression heads: direction, distance, area, T30, DRR (A.8).
+
+    With ``direction_prior`` the direction head answers a correction to the clip's intensity
+    direction (``intensity_prior``) instead of a direction from nothing. Why: a direct sound's
+    intensity points at the source to a fraction of a degree, and the branch's regression from pooled
+    CNN features was measured to stop at about 5 deg there (the in-simulation control of
+    benchmarks/RESULTS.md, issue 15, session 17), while it beats the intensity in reverberant
+    rooms; learning the correction keeps both. Off: ELSA's head."""
+
+    def __init__(self, cfg: SpatialBranchConfig, head_hidden: int = 64,
+                 direction_prior: bool = False) -> None:
         super().__init__()
         self.spatial = SpatialBranch(cfg)
         self.heads = SpatialHeads(cfg.out_dim, head_hidden, extra=("t30", "drr"))
+        self.direction_prior = direction_prior
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> SpatialPretrainModel:
+        return cls(cfg.spatial, cfg.head_hidden, cfg.direction_prior)
 
     def forward(self, iv: torch.Tensor, mel: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return self.heads(self.spatial(iv, mel))
+        out = self.heads(self.spatial(iv, mel))
+        if self.direction_prior:
+            if mel is None:
+                raise ValueError("direction_prior weighs the IVs by W's power: pass the log-mel")
+            out["direction"] = out["direction"] + intensity_prior(iv, mel)
+        return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -93,6 +93,9 @@ class Sim2RealConfig(BaseModel):
     spatial: SpatialBranchConfig = Field(
         SpatialBranchConfig(), description="the branch's size; the default is ELSA's (~486k parameters)"
     )
+    direction_prior: bool = Field(
+        False, description="ModelConfig.direction_prior: the direction head corrects the clip's "
+        "power-weighted intensity direction instead of answering from nothing")
     num_workers: int = Field(1, ge=0, description="loader worker processes (unused with cache_features)")
     cache_features: bool = Field(
         True, description="featurise the training split once and train on crops of it "
@@ -140,7 +143,7 @@ class Sim2RealConfig(BaseModel):
                 room_balance=self.room_balance,
             ),
             features=FeatureConfig(clip_s=self.clip_s, fmax=self.fmax_hz, iv_scale=self.iv_scale),
-            model=ModelConfig(spatial=self.spatial),
+            model=ModelConfig(spatial=self.spatial, direction_prior=self.direction_prior),
             loss=self.loss,
             optim=PAPER_OPTIM.model_copy(
                 update={"max_steps": self.steps, **({"min_lr_ratio": 0.05} if self.lr_decay else {})}

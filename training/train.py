@@ -63,7 +63,7 @@ def build_model(cfg: TrainConfig) -> tuple[nn.Module, Any]:
 
     if cfg.task == "elsa":
         return build_elsa(cfg.model, cfg.features)
-    model = SpatialPretrainModel(cfg.model.spatial, cfg.model.head_hidden)
+    model = SpatialPretrainModel.from_config(cfg.model)
     if cfg.model.spatial_checkpoint:
         from training.spatial_branch import load_spatial_branch
 
