@@ -134,7 +134,7 @@ def run_name(variant: str, args: argparse.Namespace, weights: dict[str, float]) 
     not: a different clip set or bank wants its own --out."""
     defaults = parser()
     numeric = "".join(f"-{key}{getattr(args, key):g}"
-                      for key in ("rooms", "aug", "steps", "batch", "clip_s", "fmax", "decay_below")
+                      for key in ("rooms", "aug", "steps", "batch", "clip_s", "fmin", "fmax", "decay_below")
                       if getattr(args, key) != defaults.get_default(key))
     return variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
         f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
@@ -157,6 +157,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--clip-s", type=float, default=2.0, help="training crop; tests average over windows")
+    ap.add_argument("--fmin", type=float, default=50.0, help="bottom of the IV mel bands (ELSA: 50)")
     ap.add_argument("--fmax", type=float, default=8000.0, help="top of the IV mel bands (ELSA: 14000)")
     ap.add_argument("--decay-below", type=float, default=None, metavar="HZ",
                     help="measure every build's T30 and EDT labels on W low-passed at HZ "
@@ -239,7 +240,8 @@ def main() -> None:
                              run_dir=str(out / "runs" / run), seed=args.seed,
                              field_augment=args.field_augment, iv_scale=args.iv_scale,
                              room_balance=args.room_balance, direction_prior=args.direction_prior,
-                             steps=args.steps, batch_size=args.batch, clip_s=args.clip_s, fmax_hz=args.fmax,
+                             steps=args.steps, batch_size=args.batch, clip_s=args.clip_s, fmin_hz=args.fmin,
+                             fmax_hz=args.fmax,
                              spatial=branch.model_copy(update={"level_input": args.level_input}),
                              loss=LossConfig.model_validate(SIM2REAL_LOSS.model_dump() | weights | {
                                  "direction_by_energy": args.direction_by_energy}),
@@ -252,7 +254,8 @@ def main() -> None:
         "benchmark": "sim2real", "banks": banks,
         "train_categories": train_cats, "heldout_categories": held_cats,
         "rooms": args.rooms, "aug": args.aug, "steps": args.steps, "batch": args.batch,
-        "clip_s": args.clip_s, "fmax_hz": args.fmax, "tiny": args.tiny, "seed": args.seed,
+        "clip_s": args.clip_s, "fmin_hz": args.fmin, "fmax_hz": args.fmax, "tiny": args.tiny,
+        "seed": args.seed,
         "level_input": args.level_input, "direction_by_energy": args.direction_by_energy,
         "iv_scale": args.iv_scale, "direction_prior": args.direction_prior,
         "room_balance": args.room_balance, "loss_weights": weights,

@@ -251,7 +251,7 @@ def test_runs_under_other_training_options_get_their_own_directories():
              ["--aug", "50"], ["--batch", "16"], ["--clip-s", "3"], ["--tiny"], ["--seed", "1"],
              ["--iv-scale", "energy"], ["--no-level-input"], ["--field-augment", "none"], ["--room-balance"],
              ["--direction-by-energy"], ["--fmax", "4000", "--steps", "1000"], ["--direction-prior"],
-             ["--decay-below", "8000"]]
+             ["--decay-below", "8000"], ["--fmin", "250"]]
     names = [bench.run_name("realism", bench.parser().parse_args(f), {}) for f in flags]
     assert len(set(names)) == len(flags), names
     assert names[0] == "realism-rotate_mirror-level"  # the default run keeps its name

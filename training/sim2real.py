@@ -81,6 +81,11 @@ class Sim2RealConfig(BaseModel):
     steps: int = Field(600, ge=1, description="optimizer steps of spatial pretraining")
     batch_size: int = Field(32, ge=1)
     clip_s: float = Field(5.0, gt=0.0, description="feature window (ESC-50 clips are 5 s)")
+    fmin_hz: float = Field(
+        50.0, ge=0.0, description="bottom of the IVs' 64 mel bands (FeatureConfig.fmin). The engine's "
+        "125 and 250 Hz octaves decay 1.2-1.5 times slower than its mid ones, S3A's churches' 0.8-1.2 "
+        "times (benchmarks/t30_bands.py): a T30 learnt from the lowest bands in simulation answers short "
+        "in such a church")
     fmax_hz: float = Field(
         8000.0, gt=0.0, le=24000.0,
         description="top of the IVs' 64 mel bands (ELSA: 14 kHz). A real tetrahedral array's direction is "
@@ -142,7 +147,8 @@ class Sim2RealConfig(BaseModel):
                 field_augment=self.field_augment,
                 room_balance=self.room_balance,
             ),
-            features=FeatureConfig(clip_s=self.clip_s, fmax=self.fmax_hz, iv_scale=self.iv_scale),
+            features=FeatureConfig(clip_s=self.clip_s, fmin=self.fmin_hz, fmax=self.fmax_hz,
+                                   iv_scale=self.iv_scale),
             model=ModelConfig(spatial=self.spatial, direction_prior=self.direction_prior),
             loss=self.loss,
             optim=PAPER_OPTIM.model_copy(
