@@ -71,8 +71,9 @@ def category_csvs(esc50: Path, out: Path) -> tuple[Path, Path, list[str], list[s
 
 def decay_labels(decay_below_hz: float | None) -> dict:
     """The RirSettings fields of every build's labels, test and train alike: a T30 measured one way
-    in training and another in the test would score the convention, not the branch."""
-    return {} if decay_below_hz is None else {"decay_below_hz": decay_below_hz}
+    in training and another in the test would score the convention, not the branch. None or 0: the
+    broadband labels (RirSettings' default)."""
+    return {"decay_below_hz": decay_below_hz} if decay_below_hz else {}
 
 
 def variant_config(name: str, train_csv: Path, out: Path, n_rooms: int, aug: int,
@@ -138,7 +139,8 @@ def run_name(variant: str, args: argparse.Namespace, weights: dict[str, float]) 
                       if getattr(args, key) != defaults.get_default(key))
     return variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
         f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
-        "-edir" if args.direction_by_energy else "") + ("-ivE" if args.iv_scale == "energy" else "") + (
+        "-edir" if args.direction_by_energy else "") + (
+        f"-iv{args.iv_scale}" if args.iv_scale != defaults.get_default("iv_scale") else "") + (
         "-prior" if args.direction_prior else "") + (
         "-bal" if args.room_balance else "") + ("-tiny" if args.tiny else "") + numeric + (
         "-w" + "-".join(f"{k}{v:g}" for k, v in weights.items()) if weights else "")
@@ -154,14 +156,15 @@ def parser() -> argparse.ArgumentParser:
                     "placement each; session 8's run 4)")
     ap.add_argument("--aug", type=int, default=200, help="train samples per training clip")
     ap.add_argument("--test-aug", type=int, default=6, help="samples per held-out clip and test split")
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=1000, help="runs 23-36 (sessions 15-17) trained 1,000")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--clip-s", type=float, default=2.0, help="training crop; tests average over windows")
-    ap.add_argument("--fmin", type=float, default=50.0, help="bottom of the IV mel bands (ELSA: 50)")
+    ap.add_argument("--fmin", type=float, default=250.0, help="bottom of the IV mel bands (ELSA: 50; "
+                    "Sim2RealConfig.fmin_hz says why 250)")
     ap.add_argument("--fmax", type=float, default=8000.0, help="top of the IV mel bands (ELSA: 14000)")
-    ap.add_argument("--decay-below", type=float, default=None, metavar="HZ",
-                    help="measure every build's T30 and EDT labels on W low-passed at HZ "
-                    "(RirSettings.decay_below_hz; benchmarks/t30_bands.py says why); default broadband")
+    ap.add_argument("--decay-below", type=float, default=8000.0, metavar="HZ",
+                    help="measure every build's T30 and EDT labels on W low-passed at HZ, the IVs' top by "
+                    "default (RirSettings.decay_below_hz; benchmarks/t30_bands.py says why); 0: broadband")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--field-augment", default="rotate_mirror", choices=("none", "rotate", "rotate_mirror"),
@@ -176,9 +179,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--direction-by-energy", action="store_true",
                     help="weight each training crop's direction term by its power over its clip's "
                     "(LossConfig.direction_by_energy); runs go to runs/<variant>-...-edir")
-    ap.add_argument("--iv-scale", default="unit", choices=("unit", "energy"),
+    ap.add_argument("--iv-scale", default="energy", choices=("unit", "energy"),
                     help="the IVs' scaling (FeatureConfig.iv_scale): unit (ELSA) or by each band's energy "
-                    "density, keeping its directness; runs go to runs/<variant>-...-ivE")
+                    "density, keeping its directness; runs go to runs/<variant>-...-ivunit")
     ap.add_argument("--direction-prior", action="store_true",
                     help="the direction head corrects the clip's power-weighted intensity direction "
                     "(ModelConfig.direction_prior); runs go to runs/<variant>-...-prior")
@@ -260,7 +263,7 @@ def main() -> None:
         "iv_scale": args.iv_scale, "direction_prior": args.direction_prior,
         "room_balance": args.room_balance, "loss_weights": weights,
         "test_turns": args.test_turns, "sim_control_every": args.sim_control_every,
-        "decay_below_hz": args.decay_below,
+        "decay_below_hz": args.decay_below or None,
         "field_augment": args.field_augment,
         "no_twin": no_twin, "variants": results, "wall_s": round(time.monotonic() - wall0, 1),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),

@@ -247,11 +247,11 @@ def test_runs_under_other_training_options_get_their_own_directories():
     spec = importlib.util.spec_from_file_location("sim2real_bench", REPO / "benchmarks" / "sim2real.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    flags = [[], ["--fmax", "4000"], ["--fmax", "3000"], ["--steps", "1000"], ["--rooms", "200"],
+    flags = [[], ["--fmax", "4000"], ["--fmax", "3000"], ["--steps", "3000"], ["--rooms", "200"],
              ["--aug", "50"], ["--batch", "16"], ["--clip-s", "3"], ["--tiny"], ["--seed", "1"],
-             ["--iv-scale", "energy"], ["--no-level-input"], ["--field-augment", "none"], ["--room-balance"],
-             ["--direction-by-energy"], ["--fmax", "4000", "--steps", "1000"], ["--direction-prior"],
-             ["--decay-below", "8000"], ["--fmin", "250"]]
+             ["--iv-scale", "unit"], ["--no-level-input"], ["--field-augment", "none"], ["--room-balance"],
+             ["--direction-by-energy"], ["--fmax", "4000", "--steps", "3000"], ["--direction-prior"],
+             ["--decay-below", "0"], ["--fmin", "50"]]
     names = [bench.run_name("realism", bench.parser().parse_args(f), {}) for f in flags]
     assert len(set(names)) == len(flags), names
     assert names[0] == "realism-rotate_mirror-level"  # the default run keeps its name
