@@ -156,7 +156,8 @@ def parser() -> argparse.ArgumentParser:
                     "placement each; session 8's run 4)")
     ap.add_argument("--aug", type=int, default=200, help="train samples per training clip")
     ap.add_argument("--test-aug", type=int, default=6, help="samples per held-out clip and test split")
-    ap.add_argument("--steps", type=int, default=1000, help="runs 23-36 (sessions 15-17) trained 1,000")
+    ap.add_argument("--steps", type=int, default=1000, help="sessions 15-17's runs trained 1,000 unless "
+                    "named -steps3000")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--clip-s", type=float, default=2.0, help="training crop; tests average over windows")
     ap.add_argument("--fmin", type=float, default=250.0, help="bottom of the IV mel bands (ELSA: 50; "

@@ -168,9 +168,11 @@ class SpatialPretrainModel(nn.Module):
     With ``direction_prior`` the direction head answers a correction to the clip's intensity
     direction (``intensity_prior``) instead of a direction from nothing. Why: a direct sound's
     intensity points at the source to a fraction of a degree, and the branch's regression from pooled
-    CNN features was measured to stop at about 5 deg there (the in-simulation control of
-    benchmarks/RESULTS.md, issue 15, session 17), while it beats the intensity in reverberant
-    rooms; learning the correction keeps both. Off: ELSA's head."""
+    CNN features was measured to stop at about 5 deg there (run 30's simulated samples with DRR above
+    6 dB: 4.9 deg against the intensity's 2.4), while it beats the intensity in reverberant ones;
+    learning the correction was meant to keep both. With unit IVs it did not (run 33,
+    benchmarks/RESULTS.md, issue 15, session 17: 10.0 deg pooled on S3A, as without it). Off: ELSA's
+    head."""
 
     def __init__(self, cfg: SpatialBranchConfig, head_hidden: int = 64,
                  direction_prior: bool = False) -> None:
