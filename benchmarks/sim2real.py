@@ -37,16 +37,26 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import TINY_SPATIAL, IvScale, LossConfig
+from training.field_augment import FieldAugment
+from training.sim2real import Sim2RealConfig
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata"
 S3A = REALDATA / "foa" / "s3a_soundfield_rirs"
 ESC50 = REALDATA / "mono" / "esc50"
 VARIANTS = ("realism", "ideal_encoder", "no_noise", "no_directivity", "elsa")
+
+
+def default(field: str):
+    """Sim2RealConfig's default of a training option: the flow and the benchmark train one recipe."""
+    return Sim2RealConfig.model_fields[field].default
 
 
 def category_csvs(esc50: Path, out: Path) -> tuple[Path, Path, list[str], list[str]]:
@@ -156,31 +166,34 @@ def parser() -> argparse.ArgumentParser:
                     "placement each; session 8's run 4)")
     ap.add_argument("--aug", type=int, default=200, help="train samples per training clip")
     ap.add_argument("--test-aug", type=int, default=6, help="samples per held-out clip and test split")
-    ap.add_argument("--steps", type=int, default=1000, help="sessions 15-17's runs trained 1,000 unless "
-                    "named -steps3000")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--clip-s", type=float, default=2.0, help="training crop; tests average over windows")
-    ap.add_argument("--fmin", type=float, default=250.0, help="bottom of the IV mel bands (ELSA: 50; "
-                    "Sim2RealConfig.fmin_hz says why 250)")
-    ap.add_argument("--fmax", type=float, default=8000.0, help="top of the IV mel bands (ELSA: 14000)")
+    ap.add_argument("--steps", type=int, default=default("steps"), help="sessions 15-17's runs trained "
+                    "1,000 unless named -steps3000")
+    ap.add_argument("--batch", type=int, default=default("batch_size"))
+    ap.add_argument("--clip-s", type=float, default=default("clip_s"),
+                    help="training crop; tests average over windows")
+    ap.add_argument("--fmin", type=float, default=default("fmin_hz"), help="bottom of the IV mel bands "
+                    "(ELSA: 50; Sim2RealConfig.fmin_hz says why 250)")
+    ap.add_argument("--fmax", type=float, default=default("fmax_hz"),
+                    help="top of the IV mel bands (ELSA: 14000)")
     ap.add_argument("--decay-below", type=float, default=8000.0, metavar="HZ",
                     help="measure every build's T30 and EDT labels on W low-passed at HZ, the IVs' top by "
                     "default (RirSettings.decay_below_hz; benchmarks/t30_bands.py says why); 0: broadband")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--field-augment", default="rotate_mirror", choices=("none", "rotate", "rotate_mirror"),
+    ap.add_argument("--field-augment", default=default("field_augment"), choices=get_args(FieldAugment),
                     help="turn / mirror each training field around the microphone (training.field_augment; "
                     "session 9's run 7); runs go to runs/<variant>-<mode>, or runs/<variant> with none")
-    ap.add_argument("--seed", type=int, default=0, help="training seed (the builds do not change); runs of "
-                    "seed k > 0 go to runs/<variant>-seed<k>")
+    ap.add_argument("--seed", type=int, default=default("seed"), help="training seed (the builds do not "
+                    "change); runs of seed k > 0 go to runs/<variant>-seed<k>")
     ap.add_argument("--tiny", action="store_true", help="the test-sized branch instead of ELSA's")
-    ap.add_argument("--level-input", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--level-input", action=argparse.BooleanOptionalAction,
+                    default=default("spatial").level_input,
                     help="the branch also reads W's level per band (SpatialBranchConfig.level_input; session "
                     "10's run 8); runs go to runs/<variant>-...-level")
     ap.add_argument("--direction-by-energy", action="store_true",
                     help="weight each training crop's direction term by its power over its clip's "
                     "(LossConfig.direction_by_energy); runs go to runs/<variant>-...-edir")
-    ap.add_argument("--iv-scale", default="energy", choices=("unit", "energy"),
+    ap.add_argument("--iv-scale", default=default("iv_scale"), choices=get_args(IvScale),
                     help="the IVs' scaling (FeatureConfig.iv_scale): unit (ELSA) or by each band's energy "
                     "density, keeping its directness; runs go to runs/<variant>-...-ivunit")
     ap.add_argument("--direction-prior", action="store_true",
@@ -192,16 +205,31 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--loss-weight", action="append", default=[], metavar="TERM=W",
                     help="override one of SIM2REAL_LOSS's weights (repeatable, e.g. distance=0.01 t30=2); "
                     "runs go to runs/<variant>-...-w<term><w>...")
-    ap.add_argument("--test-turns", type=int, default=0,
+    ap.add_argument("--test-turns", type=int, default=default("test_turns"),
                     help="also answer each test window on its field turned by multiples of 360/N deg, with "
                     "and without both mirrors, and average (Sim2RealConfig.test_turns; 4N passes each)")
-    ap.add_argument("--sim-control-every", type=int, default=5, metavar="N",
+    ap.add_argument("--sim-control-every", type=int, default=default("sim_control_every"), metavar="N",
                     help="also score every N-th simulated training sample and, per real room, those that "
                     "sound like it (the report's sim_like: is a room's error the simulator's or the "
                     "branch's fit?); 0: off")
     ap.add_argument("--reuse", action="store_true", help="score runs already trained in --out again (e.g. on "
                     "new twin builds) instead of retraining them")
     return ap
+
+
+def sim2real_config(args: argparse.Namespace, weights: dict[str, float], train_root: str,
+                    test_roots: tuple[str, ...], twin_roots: tuple[str, ...], run_dir: str) -> Sim2RealConfig:
+    """The run the options ask for; with none given, Sim2RealConfig's defaults (on 2 torch threads)."""
+    branch = TINY_SPATIAL if args.tiny else default("spatial")
+    return Sim2RealConfig(
+        train_root=train_root, test_roots=test_roots, twin_roots=twin_roots, run_dir=run_dir, seed=args.seed,
+        field_augment=args.field_augment, iv_scale=args.iv_scale, room_balance=args.room_balance,
+        direction_prior=args.direction_prior, steps=args.steps, batch_size=args.batch, clip_s=args.clip_s,
+        fmin_hz=args.fmin, fmax_hz=args.fmax,
+        spatial=branch.model_copy(update={"level_input": args.level_input}),
+        loss=LossConfig.model_validate(default("loss").model_dump() | weights | {
+            "direction_by_energy": args.direction_by_energy}),
+        test_turns=args.test_turns, sim_control_every=args.sim_control_every, torch_threads=2)
 
 
 def main() -> None:
@@ -214,8 +242,7 @@ def main() -> None:
         print(json.dumps({"benchmark": "sim2real", "skipped": "no measured bank or ESC-50 clips"}))
         return
     from tasks.measured_twins import TwinError
-    from training.config import TINY_SPATIAL, LossConfig, SpatialBranchConfig
-    from training.sim2real import SIM2REAL_LOSS, Sim2RealConfig, run_sim2real
+    from training.sim2real import run_sim2real
 
     out = Path(args.out)
     train_csv, held_csv, train_cats, held_cats = category_csvs(Path(args.clips), out)
@@ -238,19 +265,8 @@ def main() -> None:
         cfg_build = variant_config(variant, train_csv, out, args.rooms, args.aug, args.decay_below)
         root = build(cfg_build, out / "train", args.workers)
         build_wall = time.monotonic() - t0
-        run = run_name(variant, args, weights)
-        branch = TINY_SPATIAL if args.tiny else SpatialBranchConfig()
-        cfg = Sim2RealConfig(train_root=root, test_roots=tuple(tests), twin_roots=tuple(twins),
-                             run_dir=str(out / "runs" / run), seed=args.seed,
-                             field_augment=args.field_augment, iv_scale=args.iv_scale,
-                             room_balance=args.room_balance, direction_prior=args.direction_prior,
-                             steps=args.steps, batch_size=args.batch, clip_s=args.clip_s, fmin_hz=args.fmin,
-                             fmax_hz=args.fmax,
-                             spatial=branch.model_copy(update={"level_input": args.level_input}),
-                             loss=LossConfig.model_validate(SIM2REAL_LOSS.model_dump() | weights | {
-                                 "direction_by_energy": args.direction_by_energy}),
-                             test_turns=args.test_turns, sim_control_every=args.sim_control_every,
-                             torch_threads=2)
+        cfg = sim2real_config(args, weights, root, tuple(tests), tuple(twins),
+                              str(out / "runs" / run_name(variant, args, weights)))
         report = run_sim2real(cfg, reuse=args.reuse)
         results[variant] = {"build_wall_s": round(build_wall, 1), **json.loads(report.model_dump_json(
             exclude={"train_root", "test_roots"}))}

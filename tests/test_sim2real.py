@@ -23,13 +23,15 @@ from schemas.build import BuildConfig
 from tasks.ambisonics import real_sh_sn3d, vector_to_angles
 from tasks.build_stages import build_in_process
 from training.checkpoint import load_trained
-from training.config import TINY_SPATIAL, FeatureConfig
+from training.config import TINY_SPATIAL, FeatureConfig, SpatialBranchConfig
 from training.doa_probe import angular_errors_deg, directions_from_angles
 from training.field_augment import field_group
 from training.sim2real import (
     CaseResult,
+    LabelConventionError,
     Sim2RealConfig,
     Sim2RealReport,
+    check_label_conventions,
     run_sim2real,
     sim_like_cases,
     summarise,
@@ -241,12 +243,18 @@ def test_the_benchmark_refuses_a_loss_weight_it_cannot_apply(flag):
     assert "--loss-weight wants TERM=W" in res.stderr and flag in res.stderr
 
 
-def test_runs_under_other_training_options_get_their_own_directories():
-    """Two runs in one --out must not share runs/<name>: the second would overwrite the first, and
-    --reuse would rescore a branch trained under other settings (session 14's fmax runs collided)."""
+def _bench():
+    """benchmarks/sim2real.py as a module (it is a script, not a package member)."""
     spec = importlib.util.spec_from_file_location("sim2real_bench", REPO / "benchmarks" / "sim2real.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_runs_under_other_training_options_get_their_own_directories():
+    """Two runs in one --out must not share runs/<name>: the second would overwrite the first, and
+    --reuse would rescore a branch trained under other settings (session 14's fmax runs collided)."""
+    bench = _bench()
     flags = [[], ["--fmax", "4000"], ["--fmax", "3000"], ["--steps", "3000"], ["--rooms", "200"],
              ["--aug", "50"], ["--batch", "16"], ["--clip-s", "3"], ["--tiny"], ["--seed", "1"],
              ["--iv-scale", "unit"], ["--no-level-input"], ["--field-augment", "none"], ["--room-balance"],
@@ -256,3 +264,54 @@ def test_runs_under_other_training_options_get_their_own_directories():
     assert len(set(names)) == len(flags), names
     assert names[0] == "realism-rotate_mirror-level"  # the default run keeps its name
     assert bench.run_name("realism", bench.parser().parse_args([]), {"t30": 2.0}) != names[0]
+
+
+def test_the_benchmark_trains_the_flows_recipe_unless_told_otherwise():
+    """evaluate-sim2real and benchmarks/sim2real.py must train one recipe (the one RESULTS.md measured),
+    so a deployment run reproduces the recorded figures; and every option the benchmark takes must
+    reach the run's config, or a run named for an option would not have trained with it."""
+    bench = _bench()
+    as_run = bench.sim2real_config(bench.parser().parse_args([]), {}, "sim", ("real",), ("twin",), "run")
+    assert as_run == Sim2RealConfig(train_root="sim", test_roots=("real",), twin_roots=("twin",),
+                                    run_dir="run", torch_threads=2)
+    flags = ["--fmin", "50", "--fmax", "4000", "--iv-scale", "unit", "--no-level-input", "--steps", "7",
+             "--batch", "8", "--clip-s", "3", "--seed", "2", "--field-augment", "none", "--room-balance",
+             "--direction-prior", "--direction-by-energy", "--test-turns", "2", "--sim-control-every", "0"]
+    told = bench.sim2real_config(bench.parser().parse_args(flags), {"t30": 2.0}, "sim", ("real",), (), "run")
+    assert (told.fmin_hz, told.fmax_hz, told.iv_scale, told.steps, told.batch_size, told.clip_s) == (
+        50.0, 4000.0, "unit", 7, 8, 3.0)
+    assert (told.seed, told.field_augment, told.room_balance, told.direction_prior) == (
+        2, "none", True, True)
+    assert (told.test_turns, told.sim_control_every, told.spatial) == (
+        2, 0, SpatialBranchConfig(level_input=False))
+    assert told.loss.t30 == 2.0 and told.loss.direction_by_energy
+    assert told.loss.distance == Sim2RealConfig.model_fields["loss"].default.distance  # the rest kept
+    tiny = bench.sim2real_config(bench.parser().parse_args(["--tiny"]), {}, "sim", ("real",), (), "run")
+    assert tiny.spatial == TINY_SPATIAL.model_copy(update={"level_input": True})
+
+
+def _labelled_version(root: Path, **rir) -> str:
+    """A version directory holding only the build.json a build with these RirSettings writes."""
+    root.mkdir(parents=True)
+    (root / "build.json").write_text(json.dumps(BuildConfig(source="demo", rir=rir).versioned()))
+    return str(root)
+
+
+def test_a_run_refuses_builds_whose_t30_labels_were_measured_in_other_bands(tmp_path):
+    """A T30 label measured below 8 kHz is not a broadband one (in the engine's rooms 1.16 times
+    longer, in S3A's churches 1.03-1.04: benchmarks/t30_bands.py), so a run that trains on one and
+    scores on the other must stop before it trains, naming each build's band."""
+    sim = _labelled_version(tmp_path / "sim", decay_below_hz=8000.0)
+    real = _labelled_version(tmp_path / "real", decay_below_hz=8000.0)
+    cfg = Sim2RealConfig(train_root=sim, test_roots=(real,), run_dir=str(tmp_path / "run"))
+    assert check_label_conventions(cfg) == 8000.0
+    assert check_label_conventions(cfg.model_copy(update={
+        "train_root": _labelled_version(tmp_path / "sim_bb"),
+        "test_roots": (_labelled_version(tmp_path / "real_bb"),)})) is None
+    mixed = cfg.model_copy(update={"twin_roots": (_labelled_version(tmp_path / "twin"),)})
+    with pytest.raises(LabelConventionError, match=r"twin: broadband") as e:
+        run_sim2real(mixed)
+    assert f"{sim}: 8000.0" in str(e.value)
+    assert not (tmp_path / "run").exists()  # refused before training
+    with pytest.raises(LabelConventionError, match=r"no build\.json"):
+        check_label_conventions(cfg.model_copy(update={"test_roots": (str(tmp_path),)}))
