@@ -221,6 +221,7 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     trained = [r for r in pq.read_table(Path(sim) / "manifest.parquet").to_pylist()
                if r["split"] == "train" and r["spatial"]]
     assert len(sims) == math.ceil(len(trained) / 2) > 0
+    assert report.train_samples == len(trained)  # the training-set size is what the cache held
     assert {c.key for c in sims} <= {r["key"] for r in trained} and report.sim_pooled == summarise(sims)
     assert report.sim_like == {room: summarise(like) for room, s in report.rooms.items()
                                if (like := sim_like_cases(sims, s))}

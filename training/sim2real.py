@@ -228,6 +228,9 @@ class Sim2RealReport(BaseModel):
     test_roots: tuple[str, ...]
     train_steps: int
     train_examples_seen: int
+    train_samples: int | None = Field(
+        None, description="distinct samples the branch trained on: the feature cache's count, from the "
+        "run's log.jsonl (None: trained without the cache)")
     train_cpu_s: float
     eval_cpu_s: float
     test_turns: int = Field(0, description="Sim2RealConfig.test_turns of the scoring")
@@ -453,6 +456,7 @@ def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float
         test_roots=cfg.test_roots,
         train_steps=cfg.steps,
         train_examples_seen=cfg.steps * cfg.batch_size,
+        train_samples=cached_samples(cfg.run_dir),
         train_cpu_s=round(train_cpu_s, 1),
         eval_cpu_s=round(_cpu_s() - t0, 1),
         test_turns=cfg.test_turns,
@@ -464,6 +468,14 @@ def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float
         sim_pooled=summarise(sims) if sims else None,
     )
     return report, {"cases.jsonl": cases, "twin_cases.jsonl": twins, "sim_cases.jsonl": sims}
+
+
+def cached_samples(run_dir: str) -> int | None:
+    """The feature cache's sample count that training logged (its latest, after a resume)."""
+    path = Path(run_dir) / "log.jsonl"
+    events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    counts = [e["samples"] for e in events if e.get("event") == "feature_cache"]
+    return counts[-1] if counts else None
 
 
 def _by_room(cases: list[CaseResult]) -> dict[str, ErrorSummary]:

@@ -234,6 +234,8 @@ def _run(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     )
     mode = SampleMode(features=cfg.features_on == "loader")
     cache = FeatureCache.load(cfg.data, cfg.features) if cfg.features_on == "cache" else None
+    if cache is not None:  # how many distinct samples the run learns from (a report's training-set size)
+        log.write({"event": "feature_cache", "samples": len(cache), "time": time.time()})
     per_epoch = _per_epoch(cfg)
     last_stop = min(o.max_steps, cfg.stop_at_step or o.max_steps)
     accum = o.grad_accum
