@@ -26,6 +26,7 @@ from training.checkpoint import load_trained
 from training.config import TINY_SPATIAL, FeatureConfig, SpatialBranchConfig
 from training.doa_probe import angular_errors_deg, directions_from_angles
 from training.field_augment import field_group
+from training.model import intensity_prior
 from training.sim2real import (
     CaseResult,
     LabelConventionError,
@@ -88,12 +89,35 @@ def test_simulated_cases_like_a_room_are_those_within_the_targets_tolerances():
         sims[k].key for k in ("in", "t30_long", "t30_short", "no_t30")}
 
 
-def test_heads_see_every_whole_window_of_a_clip():
+def test_heads_see_every_window_of_a_clip_and_its_rest():
     feat = FeatureConfig(clip_s=1.0)
     rng = np.random.default_rng(0)
-    for n, windows in ((48_000 * 5 // 2, 2), (48_000 * 3, 3), (20_000, 1)):
+    for n, windows in ((48_000 * 5 // 2, 3), (48_000 * 3, 3), (48_000 + 1, 2), (20_000, 1)):
         iv, mel = window_features(rng.standard_normal((4, n)).astype(np.float32), feat)
         assert iv.shape == (windows, 6, 101, 64) and mel.shape == (windows, 1, 101, 64)
+
+
+def test_a_sound_in_the_clips_rest_is_heard():
+    """A 2.5 s clip at 1 s windows whose only loud sound is its last 0.4 s, from the left (a quiet
+    source in front before it): the answer is the left one. With whole windows only, that rest was
+    never heard and the answer was the front."""
+    feat = FeatureConfig(clip_s=1.0)
+    rng = np.random.default_rng(1)
+    n, loud = feat.max_samples * 5 // 2, int(0.4 * feat.sample_rate)
+    audio = np.zeros((4, n), np.float32)
+    for (start, stop), az, gain in (((0, n - loud), 0.0, 0.01), ((n - loud, n), 90.0, 1.0)):
+        audio[:, start:stop] = gain * real_sh_sn3d(1, np.radians([az]), np.radians([0.0]))[:, :1] * (
+            rng.standard_normal(stop - start))
+    unit, _ = window_heads(_PowerWeightedIv(), audio, feat)
+    az, el = vector_to_angles(unit)
+    assert abs(float(az) - 90.0) < 2.0 and abs(float(el)) < 2.0
+
+
+class _PowerWeightedIv(torch.nn.Module):
+    """Heads that answer each window with its power-weighted intensity direction (model.intensity_prior)."""
+
+    def forward(self, iv: torch.Tensor, mel: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"direction": intensity_prior(iv, mel), "t30": torch.zeros(len(iv))}
 
 
 class _MeanActiveIv(torch.nn.Module):
