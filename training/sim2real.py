@@ -480,9 +480,9 @@ def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float
 
 def cached_samples(run_dir: str) -> int | None:
     """The feature cache's sample count that training logged (its latest, after a resume)."""
-    path = Path(run_dir) / "log.jsonl"
-    events = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    counts = [e["samples"] for e in events if e.get("event") == "feature_cache"]
+    from training.launch import read_log
+
+    counts = [e["samples"] for e in read_log(run_dir) if e.get("event") == "feature_cache"]
     return counts[-1] if counts else None
 
 
