@@ -145,7 +145,8 @@ def run_name(variant: str, args: argparse.Namespace, weights: dict[str, float]) 
     not: a different clip set or bank wants its own --out."""
     defaults = parser()
     numeric = "".join(f"-{key}{getattr(args, key):g}"
-                      for key in ("rooms", "aug", "steps", "batch", "clip_s", "fmin", "fmax", "decay_below")
+                      for key in ("rooms", "aug", "steps", "batch", "clip_s", "fmin", "fmax", "decay_below",
+                                  "members")
                       if getattr(args, key) != defaults.get_default(key))
     return variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
         f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
@@ -185,6 +186,9 @@ def parser() -> argparse.ArgumentParser:
                     "session 9's run 7); runs go to runs/<variant>-<mode>, or runs/<variant> with none")
     ap.add_argument("--seed", type=int, default=default("seed"), help="training seed (the builds do not "
                     "change); runs of seed k > 0 go to runs/<variant>-seed<k>")
+    ap.add_argument("--members", type=int, default=default("members"), help="train this many branches, "
+                    "on seeds --seed, --seed + 1, ..., and answer with their mean (Sim2RealConfig.members; "
+                    "every member's own error is reported too); runs go to runs/<variant>-...-members<N>")
     ap.add_argument("--tiny", action="store_true", help="the test-sized branch instead of ELSA's")
     ap.add_argument("--level-input", action=argparse.BooleanOptionalAction,
                     default=default("spatial").level_input,
@@ -223,7 +227,8 @@ def sim2real_config(args: argparse.Namespace, weights: dict[str, float], train_r
     branch = TINY_SPATIAL if args.tiny else default("spatial")
     return Sim2RealConfig(
         train_root=train_root, test_roots=test_roots, twin_roots=twin_roots, run_dir=run_dir, seed=args.seed,
-        field_augment=args.field_augment, iv_scale=args.iv_scale, room_balance=args.room_balance,
+        members=args.members, field_augment=args.field_augment, iv_scale=args.iv_scale,
+        room_balance=args.room_balance,
         direction_prior=args.direction_prior, steps=args.steps, batch_size=args.batch, clip_s=args.clip_s,
         fmin_hz=args.fmin, fmax_hz=args.fmax,
         spatial=branch.model_copy(update={"level_input": args.level_input}),
@@ -275,7 +280,7 @@ def main() -> None:
         "train_categories": train_cats, "heldout_categories": held_cats,
         "rooms": args.rooms, "aug": args.aug, "steps": args.steps, "batch": args.batch,
         "clip_s": args.clip_s, "fmin_hz": args.fmin, "fmax_hz": args.fmax, "tiny": args.tiny,
-        "seed": args.seed,
+        "seed": args.seed, "members": args.members,
         "level_input": args.level_input, "direction_by_energy": args.direction_by_energy,
         "iv_scale": args.iv_scale, "direction_prior": args.direction_prior,
         "room_balance": args.room_balance, "loss_weights": weights,

@@ -16,13 +16,18 @@ def sim2real_task(cfg: Sim2RealConfig) -> Sim2RealReport:
 
 
 def _table(report: Sim2RealReport) -> str:
-    rows = ["| room | n | DOA model (deg) | DOA classical (deg) | T30 rel. error | DRR abs. error (dB) |",
-            "|---|---|---|---|---|---|"]
+    """Per room and pooled; with several members, each member's own median direction error too."""
+    head = "| room | n | DOA model (deg) | DOA classical (deg) | T30 rel. error | DRR abs. error (dB) |"
+    rule = "|---|---|---|---|---|---|"
+    if report.members > 1:
+        head, rule = head + " DOA per member (deg) |", rule + "---|"
+    rows = [head, rule]
     for room, s in [*report.rooms.items(), ("pooled", report.pooled)]:
         t30 = "-" if s.t30_rel_error_median is None else f"{s.t30_rel_error_median:.0%}"
         classical = "-" if s.doa_classical_median_deg is None else f"{s.doa_classical_median_deg:.1f}"
+        members = " / ".join(f"{m:.1f}" for m in s.doa_member_medians_deg)
         rows.append(f"| {room} | {s.n} | {s.doa_model_median_deg:.1f} | {classical} | {t30} | "
-                    f"{s.drr_abs_error_median_db:.1f} |")
+                    f"{s.drr_abs_error_median_db:.1f} |" + (f" {members} |" if report.members > 1 else ""))
     return "\n".join(rows)
 
 

@@ -33,6 +33,7 @@ from training.sim2real import (
     Sim2RealConfig,
     Sim2RealReport,
     check_label_conventions,
+    ensemble_answer,
     run_sim2real,
     sim_like_cases,
     summarise,
@@ -170,6 +171,41 @@ def test_averaging_over_turned_fields_cancels_most_of_a_fixed_tilt():
     assert heads["t30"] == pytest.approx(0.7)
 
 
+def test_members_vote_once_each_and_average_the_room_heads():
+    """Three members answer 80, 100 and 90 deg azimuth with window agreements (norms) of 1, 0.2 and 0.5:
+    one vote each gives 90 deg; a sum of the raw vectors would lean to 80. T30 and DRR are the plain
+    means; the per-member errors reach the summary as medians over the cases."""
+    def answer(az: float, norm: float, t30: float, drr: float):
+        return norm * directions_from_angles(np.array([az]), np.array([0.0]))[0], {"t30": t30, "drr": drr}
+
+    unit, heads = ensemble_answer([answer(80.0, 1.0, 1.0, 0.1), answer(100.0, 0.2, 1.3, 0.4),
+                                   answer(90.0, 0.5, 1.6, 0.7)])
+    az, el = vector_to_angles(unit)
+    assert float(az) == pytest.approx(90.0, abs=1e-6) and float(el) == pytest.approx(0.0, abs=1e-6)
+    assert heads == pytest.approx({"t30": 1.3, "drr": 0.4})
+    single, _ = ensemble_answer([answer(30.0, 0.3, 1.0, 0.0)])
+    assert np.allclose(single, directions_from_angles(np.array([30.0]), np.array([0.0]))[0])
+    cases = [_case(0.0, 1.0, 1.0, 1.0).model_copy(update={"member_doa_errors_deg": m})
+             for m in ((1.0, 9.0), (2.0, 7.0), (30.0, 8.0))]
+    assert summarise(cases).doa_member_medians_deg == pytest.approx((2.0, 8.0))
+    assert summarise([_case(0.0, 1.0, 1.0, 1.0)]).doa_member_medians_deg == ()
+
+
+def test_the_flows_table_shows_each_members_direction_only_when_there_are_several():
+    from flows.sim2real import _table
+
+    cases = [_case(0.0, 1.0, e, 1.0).model_copy(update={"member_doa_errors_deg": (e + 1.0, e - 1.0)})
+             for e in (4.0, 6.0)]
+    room = summarise(cases)
+    report = Sim2RealReport(train_root="sim", test_roots=("real",), train_steps=1, members=2,
+                            train_examples_seen=2, train_cpu_s=1.0, eval_cpu_s=1.0, rooms={"r": room},
+                            pooled=room)
+    rows = _table(report).splitlines()
+    assert rows[0].endswith("DOA per member (deg) |") and rows[-1].endswith("| 6.0 / 4.0 |")
+    single = _table(report.model_copy(update={"members": 1})).splitlines()
+    assert "member" not in single[0] and single[-1].endswith("| 3.0 |")
+
+
 @pytest.mark.slow
 @pytest.mark.prefect_server
 def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path):
@@ -178,7 +214,7 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     scored once, the report's medians are those of its cases, and the classical estimator agrees with
     the labels on the bank (a direct impulse from the labelled direction; whole-clip estimates over its
     diffuse tail and the demo clips measured 9.6 deg median), which shows the labels and audio are the
-    bank's."""
+    bank's. Two members are trained (on seeds 0 and 1) and answer as one; each one's error is kept."""
     small = {"train": 4, "val": 2, "test": 2}
     sim = build_in_process(BuildConfig(source="demo", limit=6, n_rooms=6, shard_size=16, augmentations=small),
                            str(tmp_path / "sim"))
@@ -191,7 +227,7 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     cfg = Sim2RealConfig(train_root=sim, test_roots=(real,), twin_roots=(twin,),
                          run_dir=str(tmp_path / "run"), steps=3, batch_size=4, clip_s=1.0,
                          spatial=TINY_SPATIAL.model_copy(update={"level_input": True}), num_workers=0,
-                         iv_scale="energy", sim_control_every=2, direction_prior=True)
+                         iv_scale="energy", sim_control_every=2, direction_prior=True, members=2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "OMP_NUM_THREADS": "1"}
@@ -223,14 +259,22 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     truth = directions_from_angles(np.array([c.azimuth_deg for c in cases]),
                                    np.array([c.elevation_deg for c in cases]))
     assert np.allclose(angular_errors_deg(pred, truth), [c.model_doa_error_deg for c in cases], atol=1e-3)
-    assert report.train_steps == 3 and report.train_examples_seen == 12 and report.train_cpu_s > 0
-    assert (tmp_path / "run" / "spatial_branch.pt").exists()
-    # the branch that was trained and scored read the level (the benchmark's default)
-    assert load_spatial_branch(str(tmp_path / "run" / "spatial_branch.pt")).cfg.level_input
-    # and energy-scaled IVs: the run's config carries them, so scoring featurises as training did
-    assert load_trained(str(tmp_path / "run"))[2].features.iv_scale == "energy"
-    # and the direction head that corrects the intensity direction, restored from the run's config
-    assert load_trained(str(tmp_path / "run"))[0].direction_prior
+    assert report.train_steps == 3 and report.members == 2 and report.train_examples_seen == 24
+    assert report.train_cpu_s > 0
+    members = [tmp_path / "run" / f"member-{k}" for k in range(2)]
+    assert [load_trained(str(m))[2].seed for m in members] == [0, 1]
+    # every case keeps each member's own error, and the mean's answer is not simply one member's
+    assert all(len(c.member_doa_errors_deg) == 2 for c in cases)
+    assert any(abs(c.model_doa_error_deg - e) > 1e-6 for c in cases for e in c.member_doa_errors_deg)
+    assert len(report.pooled.doa_member_medians_deg) == 2
+    for m in members:
+        assert (m / "spatial_branch.pt").exists()
+        # the branch that was trained and scored read the level (the benchmark's default)
+        assert load_spatial_branch(str(m / "spatial_branch.pt")).cfg.level_input
+        # and energy-scaled IVs: the run's config carries them, so scoring featurises as training did
+        assert load_trained(str(m))[2].features.iv_scale == "energy"
+        # and the direction head that corrects the intensity direction, restored from the run's config
+        assert load_trained(str(m))[0].direction_prior
     twins = [CaseResult.model_validate_json(line)
              for line in (tmp_path / "run" / "twin_cases.jsonl").read_text().splitlines()]
     twin_keys = {r["key"] for r in pq.read_table(Path(twin) / "manifest.parquet").to_pylist() if r["spatial"]}
@@ -251,11 +295,14 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
                                if (like := sim_like_cases(sims, s))}
 
     # reuse rescores the trained branch without training again: same log, same report
-    log_before = (tmp_path / "run" / "log.jsonl").read_text()
+    logs_before = [(m / "log.jsonl").read_text() for m in members]
     again = run_sim2real(cfg, reuse=True)
-    assert (tmp_path / "run" / "log.jsonl").read_text() == log_before
+    assert [(m / "log.jsonl").read_text() for m in members] == logs_before
     assert again.train_cpu_s == report.train_cpu_s
-    assert again.pooled.model_dump() == pytest.approx(report.pooled.model_dump(), rel=1e-5)  # another process
+    rescored, scored = again.pooled.model_dump(), report.pooled.model_dump()  # in another process
+    key = "doa_member_medians_deg"
+    assert rescored.pop(key) == pytest.approx(scored.pop(key), rel=1e-5)
+    assert rescored == pytest.approx(scored, rel=1e-5)
 
 
 @pytest.mark.parametrize("flag", ["speed=2", "t30", "t30=fast", "t30=-1"])
@@ -301,14 +348,15 @@ def test_the_benchmark_trains_the_flows_recipe_unless_told_otherwise():
                                     run_dir="run", torch_threads=2)
     flags = ["--fmin", "50", "--fmax", "4000", "--iv-scale", "unit", "--no-level-input", "--steps", "7",
              "--batch", "8", "--clip-s", "3", "--seed", "2", "--field-augment", "none", "--room-balance",
-             "--direction-prior", "--direction-by-energy", "--test-turns", "2", "--sim-control-every", "0"]
+             "--direction-prior", "--direction-by-energy", "--test-turns", "2", "--sim-control-every", "0",
+             "--members", "3"]
     told = bench.sim2real_config(bench.parser().parse_args(flags), {"t30": 2.0}, "sim", ("real",), (), "run")
     assert (told.fmin_hz, told.fmax_hz, told.iv_scale, told.steps, told.batch_size, told.clip_s) == (
         50.0, 4000.0, "unit", 7, 8, 3.0)
     assert (told.seed, told.field_augment, told.room_balance, told.direction_prior) == (
         2, "none", True, True)
-    assert (told.test_turns, told.sim_control_every, told.spatial) == (
-        2, 0, SpatialBranchConfig(level_input=False))
+    assert (told.test_turns, told.sim_control_every, told.spatial, told.members) == (
+        2, 0, SpatialBranchConfig(level_input=False), 3)
     assert told.loss.t30 == 2.0 and told.loss.direction_by_energy
     assert told.loss.distance == Sim2RealConfig.model_fields["loss"].default.distance  # the rest kept
     tiny = bench.sim2real_config(bench.parser().parse_args(["--tiny"]), {}, "sim", ("real",), (), "run")

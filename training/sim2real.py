@@ -143,12 +143,24 @@ class Sim2RealConfig(BaseModel):
         "the in-simulation control that says whether a real room's error is the simulator's or the "
         "branch's")
     seed: int = 0
+    members: int = Field(
+        1, ge=1, description="branches trained alike on seeds seed, seed + 1, ...; each test clip is "
+        "answered by their mean (ensemble_answer), and every member's own direction error is reported "
+        "too. Why: at 1,000 steps the seed alone moves one branch's pooled S3A direction by 1.3 deg, as "
+        "much as the branch differs from the classical estimator (RESULTS, issue 15, sessions 17-19). "
+        "Costs ``members`` trainings and scorings")
 
-    def train_config(self) -> TrainConfig:
-        """The pretraining run: the paper's optimiser (AdamW 1e-3, weight decay 0.01), cosine-decayed
-        unless ``lr_decay`` is off (then the paper's constant rate)."""
+    def member_dirs(self) -> list[str]:
+        """The members' run directories: ``run_dir`` itself for one, ``run_dir/member-k`` for several."""
+        if self.members == 1:
+            return [self.run_dir]
+        return [str(Path(self.run_dir) / f"member-{k}") for k in range(self.members)]
+
+    def train_config(self, member: int = 0) -> TrainConfig:
+        """Member ``member``'s pretraining run (seed ``seed + member``): the paper's optimiser (AdamW 1e-3,
+        weight decay 0.01), cosine-decayed unless ``lr_decay`` is off (then the paper's constant rate)."""
         return TrainConfig(
-            run_dir=self.run_dir,
+            run_dir=self.member_dirs()[member],
             task="spatial",
             data=DataConfig(
                 sources=[ShardSource(root=self.train_root, split="train", only="spatial")],
@@ -167,7 +179,7 @@ class Sim2RealConfig(BaseModel):
                 update={"max_steps": self.steps, **({"min_lr_ratio": 0.05} if self.lr_decay else {})}
             ),
             features_on="cache" if self.cache_features else "loader",
-            seed=self.seed,
+            seed=self.seed + member,
             device="cpu",
             log_every=max(1, self.steps // 20),
             checkpoint_every=self.steps,
@@ -193,6 +205,9 @@ class CaseResult(BaseModel):
     t30_pred_s: float
     drr_db: float
     drr_pred_db: float
+    member_doa_errors_deg: tuple[float, ...] = Field(
+        (), description="each member's own direction error, with more than one member (the model's is "
+        "their mean's)")
 
 
 class ErrorSummary(BaseModel):
@@ -217,6 +232,9 @@ class ErrorSummary(BaseModel):
     lateral_agreement: float | None = Field(
         description="share of lateral cases (|sin az| > 0.5) whose predicted left/right side is the label's"
     )
+    doa_member_medians_deg: tuple[float, ...] = Field(
+        (), description="each member's median direction error, with more than one member: the seed spread "
+        "that the mean's answer hides")
 
 
 class Sim2RealReport(BaseModel):
@@ -227,11 +245,12 @@ class Sim2RealReport(BaseModel):
     train_root: str
     test_roots: tuple[str, ...]
     train_steps: int
-    train_examples_seen: int
+    members: int = Field(1, description="Sim2RealConfig.members: branches whose mean answered")
+    train_examples_seen: int = Field(description="over every member")
     train_samples: int | None = Field(
         None, description="distinct samples the branch trained on: the feature cache's count, from the "
         "run's log.jsonl (None: trained without the cache)")
-    train_cpu_s: float
+    train_cpu_s: float = Field(description="over every member")
     eval_cpu_s: float
     test_turns: int = Field(0, description="Sim2RealConfig.test_turns of the scoring")
     rooms: dict[str, ErrorSummary]
@@ -280,11 +299,12 @@ def _cpu_s() -> float:
 
 
 def train_branch(cfg: Sim2RealConfig) -> float:
-    """Pretrain the spatial branch on the simulated build; returns the CPU seconds it took."""
+    """Pretrain the spatial branch (each member) on the simulated build; returns the CPU seconds it took."""
     from training.pretrain_spatial import run
 
     t0 = _cpu_s()
-    run(cfg.train_config())
+    for member in range(cfg.members):
+        run(cfg.train_config(member))
     return _cpu_s() - t0
 
 
@@ -361,12 +381,22 @@ def window_heads(model, audio: np.ndarray, feat: FeatureConfig, field_mats: np.n
     return unit.astype(np.float64), {k: float(v.mean()) for k, v in out.items() if k != "direction"}
 
 
-def score_cases(model, feat: FeatureConfig, roots: tuple[str, ...], max_samples: int | None = None,
+def ensemble_answer(answers: list[tuple[np.ndarray, dict[str, float]]]
+                    ) -> tuple[np.ndarray, dict[str, float]]:
+    """One answer from the members' ``window_heads`` answers: the mean of their directions, each made a
+    unit vector first so that every member has one vote whatever its windows' agreement, and the plain
+    mean of every other head."""
+    units = [u / np.linalg.norm(u) for u, _ in answers]
+    heads = {k: float(np.mean([h[k] for _, h in answers])) for k in answers[0][1]}
+    return np.mean(units, axis=0), heads
+
+
+def score_cases(models: list, feat: FeatureConfig, roots: tuple[str, ...], max_samples: int | None = None,
                 field_mats: np.ndarray | None = None, splits: tuple[str, ...] = SPLITS, every: int = 1
                 ) -> list[CaseResult]:
     """Every ``every``-th sample of the given splits of each build (every measured test sample by
-    default) scored by the heads (window-averaged, and averaged over ``field_mats`` when given) and by
-    the intensity estimator (whole clip, 300-3000 Hz)."""
+    default) scored by the heads of ``models`` (window-averaged, averaged over ``field_mats`` when given,
+    then over the models: ``ensemble_answer``) and by the intensity estimator (whole clip, 300-3000 Hz)."""
 
     from training.data import decode_audio
 
@@ -386,8 +416,10 @@ def score_cases(model, feat: FeatureConfig, roots: tuple[str, ...], max_samples:
                 classical: float | None = float(angular_errors_deg(guess, truth)[0])
             except DoaError:
                 classical = None
-            unit, out = window_heads(model, audio, feat, field_mats)
+            answers = [window_heads(model, audio, feat, field_mats) for model in models]
+            unit, out = ensemble_answer(answers)
             az, el = vector_to_angles(unit)
+            members = angular_errors_deg(np.stack([u for u, _ in answers]), truth) if len(models) > 1 else []
             cases.append(CaseResult(
                 key=item.key, room_id=lab.room_id,
                 azimuth_deg=lab.azimuth_deg, elevation_deg=lab.elevation_deg,
@@ -395,6 +427,7 @@ def score_cases(model, feat: FeatureConfig, roots: tuple[str, ...], max_samples:
                 model_doa_error_deg=float(angular_errors_deg(unit[None, :], truth)[0]),
                 classical_doa_error_deg=classical, t30_s=lab.t30_s, t30_pred_s=out["t30"],
                 drr_db=lab.drr_db, drr_pred_db=out["drr"] * drr_scale,
+                member_doa_errors_deg=tuple(float(e) for e in members),
             ))
     return cases
 
@@ -425,6 +458,8 @@ def summarise(cases: list[CaseResult]) -> ErrorSummary:
         drr_pred_median_db=float(np.median([c.drr_pred_db for c in cases])),
         drr_abs_error_median_db=float(np.median([abs(c.drr_pred_db - c.drr_db) for c in cases])),
         lateral_agreement=float(np.mean(agree)) if agree else None,
+        doa_member_medians_deg=tuple(float(m) for m in np.median(
+            [c.member_doa_errors_deg for c in cases], axis=0)) if cases[0].member_doa_errors_deg else (),
     )
 
 
@@ -449,13 +484,14 @@ def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float
     from training.checkpoint import load_trained
 
     t0 = _cpu_s()
-    model, _, tcfg = load_trained(cfg.run_dir)
+    trained = [load_trained(d) for d in cfg.member_dirs()]
+    models, tcfg = [m for m, _, _ in trained], trained[0][2]  # the members differ only in their seeds
     mats = field_group(cfg.test_turns) if cfg.test_turns else None
-    cases = score_cases(model, tcfg.features, cfg.test_roots, cfg.max_test_samples, mats)
-    twins = score_cases(model, tcfg.features, cfg.twin_roots, cfg.max_test_samples, mats)
+    cases = score_cases(models, tcfg.features, cfg.test_roots, cfg.max_test_samples, mats)
+    twins = score_cases(models, tcfg.features, cfg.twin_roots, cfg.max_test_samples, mats)
     if not cases:
         raise ValueError(f"the test builds {list(cfg.test_roots)} hold no spatial single-source sample")
-    sims = score_cases(model, tcfg.features, (cfg.train_root,), None, mats, ("train",),
+    sims = score_cases(models, tcfg.features, (cfg.train_root,), None, mats, ("train",),
                        cfg.sim_control_every) if cfg.sim_control_every else []
     rooms = _by_room(cases)
     like = {room: sim_like_cases(sims, s) for room, s in rooms.items()}
@@ -463,8 +499,9 @@ def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float
         train_root=cfg.train_root,
         test_roots=cfg.test_roots,
         train_steps=cfg.steps,
-        train_examples_seen=cfg.steps * cfg.batch_size,
-        train_samples=cached_samples(cfg.run_dir),
+        members=cfg.members,
+        train_examples_seen=cfg.steps * cfg.batch_size * cfg.members,
+        train_samples=cached_samples(cfg.member_dirs()[0]),
         train_cpu_s=round(train_cpu_s, 1),
         eval_cpu_s=round(_cpu_s() - t0, 1),
         test_turns=cfg.test_turns,
