@@ -171,7 +171,9 @@ class SpatialPretrainModel(nn.Module):
     CNN features was measured to stop at about 5 deg there (run 30's simulated samples with DRR above
     6 dB: 4.9 deg against the intensity's 2.4), while it beats the intensity in reverberant ones;
     learning the correction was meant to keep both. With unit IVs it did not (run 33,
-    benchmarks/RESULTS.md, issue 15, session 17: 10.0 deg pooled on S3A, as without it). Off: ELSA's
+    benchmarks/RESULTS.md, issue 15, session 17: 10.0 deg pooled on S3A, as without it), nor with
+    energy IVs, where the prior is the intensity itself (run 45, session 19: 9.06 deg against 8.73
+    without it, and 8.88 against the intensity's 7.65 on its own training samples). Off: ELSA's
     head."""
 
     def __init__(self, cfg: SpatialBranchConfig, head_hidden: int = 64,

@@ -146,9 +146,11 @@ class Sim2RealConfig(BaseModel):
     members: int = Field(
         1, ge=1, description="branches trained alike on seeds seed, seed + 1, ...; each test clip is "
         "answered by their mean (ensemble_answer), and every member's own direction error is reported "
-        "too. Why: at 1,000 steps the seed alone moves one branch's pooled S3A direction by 1.3 deg, as "
-        "much as the branch differs from the classical estimator (RESULTS, issue 15, sessions 17-19). "
-        "Costs ``members`` trainings and scorings")
+        "too. Why: the seed alone moves one branch's pooled S3A direction from 8.0 to 9.9 deg (seeds "
+        "0-4 at the defaults, RESULTS, issue 15, session 19), more than the branch differs from the "
+        "classical estimator, and one run hides that. The mean of three spread 8.3-9.6 deg over the "
+        "ten triples of those seeds, of all five 8.6: it narrows the spread and does not close the gap, "
+        "so the default stays one. Costs ``members`` trainings and scorings")
 
     def member_dirs(self) -> list[str]:
         """The members' run directories: ``run_dir`` itself for one, ``run_dir/member-k`` for several."""
