@@ -146,11 +146,10 @@ class Sim2RealConfig(BaseModel):
     members: int = Field(
         1, ge=1, description="branches trained alike on seeds seed, seed + 1, ...; each test clip is "
         "answered by their mean (ensemble_answer), and every member's own direction error is reported "
-        "too. Why: the seed alone moves one branch's pooled S3A direction from 8.0 to 9.9 deg (seeds "
-        "0-4 at the defaults, RESULTS, issue 15, session 19), more than the branch differs from the "
-        "classical estimator, and one run hides that. The mean of three spread 8.3-9.6 deg over the "
-        "ten triples of those seeds, of all five 8.6: it narrows the spread and does not close the gap, "
-        "so the default stays one. Costs ``members`` trainings and scorings")
+        "too. Why: the seed alone moves one branch's pooled S3A direction from 7.7 to 9.9 deg (seeds 0-5 "
+        "at the defaults; the classical estimator: 8.8), and one run hides that. The mean of three met "
+        "the direction target in 15 of those seeds' 20 triples (7.6-9.6 deg), one branch in 3 of 6 "
+        "(RESULTS, issue 15, session 19). One by default: three cost three trainings and scorings")
 
     def member_dirs(self) -> list[str]:
         """The members' run directories: ``run_dir`` itself for one, ``run_dir/member-k`` for several."""
