@@ -28,6 +28,10 @@ def _table(report: Sim2RealReport) -> str:
         members = " / ".join(f"{m:.1f}" for m in s.doa_member_medians_deg)
         rows.append(f"| {room} | {s.n} | {s.doa_model_median_deg:.1f} | {classical} | {t30} | "
                     f"{s.drr_abs_error_median_db:.1f} |" + (f" {members} |" if report.members > 1 else ""))
+    if report.targets is not None:
+        marks = {True: "met", False: "missed", None: "no T30 labels"}
+        rows.append("\nIssue 15's targets: " + ", ".join(
+            f"{name} {marks[met]}" for name, met in report.targets.model_dump().items()))
     return "\n".join(rows)
 
 

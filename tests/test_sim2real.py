@@ -33,6 +33,7 @@ from training.sim2real import (
     Sim2RealConfig,
     Sim2RealReport,
     check_label_conventions,
+    check_targets,
     ensemble_answer,
     run_sim2real,
     sim_like_cases,
@@ -191,6 +192,25 @@ def test_members_vote_once_each_and_average_the_room_heads():
     assert summarise([_case(0.0, 1.0, 1.0, 1.0)]).doa_member_medians_deg == ()
 
 
+def test_a_run_says_which_of_the_targets_it_meets():
+    """Direction: at most the classical estimator's median and at most 12 deg; T30: within 25 % in every
+    room with T30 labels (none: undecided); DRR: within 3 dB pooled. Each is met or missed alone."""
+    def room(doa: float, classical: float | None, t30_pred: float | None, drr_pred: float = 3.0):
+        return summarise([_case(0.0, 1.0, doa, classical, t30=None if t30_pred is None else 1.0,
+                                t30_pred=t30_pred or 1.0, drr=5.0, drr_pred=drr_pred)])
+
+    church, lab = room(8.0, 9.0, 1.2), room(8.0, 9.0, None)
+    assert check_targets({"church": church, "lab": lab}, church).model_dump() == {
+        "direction": True, "t30": True, "drr": True}
+    assert not check_targets({"c": church}, room(9.5, 9.0, 1.2)).direction  # worse than the estimator
+    assert not check_targets({"c": church}, room(13.0, 14.0, 1.2)).direction  # better, but over 12 deg
+    assert not check_targets({"c": church}, room(8.0, None, 1.2)).direction  # nothing to compare with
+    assert check_targets({"c": church, "c2": room(8.0, 9.0, 0.7)}, church).t30 is False  # one church at 30 %
+    assert check_targets({"lab": lab}, lab).t30 is None
+    missed_drr = check_targets({"c": church}, room(8.0, 9.0, 1.2, drr_pred=1.5))  # 3.5 dB off
+    assert (missed_drr.direction, missed_drr.t30, missed_drr.drr) == (True, True, False)
+
+
 def test_the_flows_table_shows_each_members_direction_only_when_there_are_several():
     from flows.sim2real import _table
 
@@ -204,6 +224,8 @@ def test_the_flows_table_shows_each_members_direction_only_when_there_are_severa
     assert rows[0].endswith("DOA per member (deg) |") and rows[-1].endswith("| 6.0 / 4.0 |")
     single = _table(report.model_copy(update={"members": 1})).splitlines()
     assert "member" not in single[0] and single[-1].endswith("| 3.0 |")
+    judged = _table(report.model_copy(update={"targets": check_targets(report.rooms, report.pooled)}))
+    assert judged.splitlines()[-1] == "Issue 15's targets: direction missed, t30 missed, drr met"
 
 
 @pytest.mark.slow
@@ -293,6 +315,7 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     assert {c.key for c in sims} <= {r["key"] for r in trained} and report.sim_pooled == summarise(sims)
     assert report.sim_like == {room: summarise(like) for room, s in report.rooms.items()
                                if (like := sim_like_cases(sims, s))}
+    assert report.targets == check_targets(report.rooms, report.pooled)
 
     # reuse rescores the trained branch without training again: same log, same report
     logs_before = [(m / "log.jsonl").read_text() for m in members]

@@ -66,6 +66,9 @@ SPLITS = ("train", "val", "test")
 # (the halls made area the largest term: 20-28 at /100 m², 2.5 of a 3.7 loss at weight 0.1), and both
 # heads weigh 0.1: they still learn, and stop crowding out.
 SIM2REAL_LOSS = LossConfig(distance=0.1, area=0.1, area_scale_m2=1000.0)
+# Issue 15's targets on the real rooms: direction at most the classical estimator's and at most this cap,
+# T30 within this relative error in every room with T30 labels, DRR within this many dB.
+DIRECTION_CAP_DEG, T30_REL_TARGET, DRR_TARGET_DB = 12.0, 0.25, 3.0
 
 
 class Sim2RealConfig(BaseModel):
@@ -238,6 +241,30 @@ class ErrorSummary(BaseModel):
         "that the mean's answer hides")
 
 
+class TargetCheck(BaseModel):
+    """Issue 15's three targets on a run's measured rooms, each met or not, so that a run says itself
+    whether it passes instead of leaving the comparison to whoever reads its medians."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    direction: bool = Field(description="pooled median DOA error at most the classical estimator's on the "
+                            "same cases, and at most DIRECTION_CAP_DEG")
+    t30: bool | None = Field(description="median relative T30 error at most T30_REL_TARGET in every room "
+                             "with T30 labels (S3A: the two churches); None: no room has them")
+    drr: bool = Field(description="pooled median absolute DRR error at most DRR_TARGET_DB")
+
+
+def check_targets(rooms: dict[str, ErrorSummary], pooled: ErrorSummary) -> TargetCheck:
+    """The targets on these summaries; a direction with no classical estimate to compare is not met."""
+    classical = pooled.doa_classical_median_deg
+    t30 = [s.t30_rel_error_median for s in rooms.values() if s.t30_rel_error_median is not None]
+    return TargetCheck(
+        direction=classical is not None and pooled.doa_model_median_deg <= min(classical, DIRECTION_CAP_DEG),
+        t30=all(e <= T30_REL_TARGET for e in t30) if t30 else None,
+        drr=pooled.drr_abs_error_median_db <= DRR_TARGET_DB,
+    )
+
+
 class Sim2RealReport(BaseModel):
     """What a sim-to-real run measured: per room and pooled, with the training's size and cost."""
 
@@ -262,6 +289,8 @@ class Sim2RealReport(BaseModel):
         default_factory=dict, description="per real room, the scored simulated training samples that "
         "sound like it (sim_like_cases): absent for a room no scored sample matches")
     sim_pooled: ErrorSummary | None = Field(None, description="every scored simulated training sample")
+    targets: TargetCheck | None = Field(None, description="issue 15's targets on the measured rooms "
+                                        "(check_targets); None in reports written before it")
 
 
 class LabelConventionError(ValueError):
@@ -474,8 +503,8 @@ def sim_like_cases(sim: list[CaseResult], room: ErrorSummary) -> list[CaseResult
     branch's fit, not the simulator's realism. The samples were trained on: this is a fit check, not
     a held-out one."""
     t30 = room.t30_label_median_s
-    return [c for c in sim if abs(c.drr_db - room.drr_label_median_db) <= 3.0
-            and (t30 is None or (c.t30_s is not None and abs(c.t30_s / t30 - 1.0) <= 0.25))]
+    return [c for c in sim if abs(c.drr_db - room.drr_label_median_db) <= DRR_TARGET_DB
+            and (t30 is None or (c.t30_s is not None and abs(c.t30_s / t30 - 1.0) <= T30_REL_TARGET))]
 
 
 def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float
@@ -494,7 +523,7 @@ def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float
         raise ValueError(f"the test builds {list(cfg.test_roots)} hold no spatial single-source sample")
     sims = score_cases(models, tcfg.features, (cfg.train_root,), None, mats, ("train",),
                        cfg.sim_control_every) if cfg.sim_control_every else []
-    rooms = _by_room(cases)
+    rooms, pooled = _by_room(cases), summarise(cases)
     like = {room: sim_like_cases(sims, s) for room, s in rooms.items()}
     report = Sim2RealReport(
         train_root=cfg.train_root,
@@ -507,11 +536,12 @@ def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float
         eval_cpu_s=round(_cpu_s() - t0, 1),
         test_turns=cfg.test_turns,
         rooms=rooms,
-        pooled=summarise(cases),
+        pooled=pooled,
         twin_rooms=_by_room(twins),
         twin_pooled=summarise(twins) if twins else None,
         sim_like={room: summarise(cs) for room, cs in like.items() if cs},
         sim_pooled=summarise(sims) if sims else None,
+        targets=check_targets(rooms, pooled),
     )
     return report, {"cases.jsonl": cases, "twin_cases.jsonl": twins, "sim_cases.jsonl": sims}
 
