@@ -20,10 +20,12 @@ What runs, all through the project's own flows:
 4. Each branch is scored on every test build (training.sim2real) beside the intensity estimator on
    the same inputs, and on every ``--sim-control-every``-th sample it trained on: per real room, the
    simulated samples whose T30 and DRR labels are the room's (``sim_like``) show whether a room's
-   error is one the branch makes on simulated rooms too.
+   error is one the branch makes on simulated rooms too. With ``--members N`` each variant trains N
+   branches on consecutive seeds and answers with their mean, each member's error reported beside.
 
-Prints one JSON line; skips (``{"skipped": ...}``) when no bank is given and ../shared/realdata is
-absent. The branch is ELSA's full size unless ``--tiny``.
+Prints one JSON line, in which each variant's report says which of issue 15's targets it meets
+(``targets``); skips (``{"skipped": ...}``) when no bank is given and ../shared/realdata is absent.
+The branch is ELSA's full size unless ``--tiny``.
 """
 
 from __future__ import annotations
