@@ -380,9 +380,15 @@ def window_features(audio: np.ndarray, feat: FeatureConfig):
 
 def window_heads(model, audio: np.ndarray, feat: FeatureConfig, field_mats: np.ndarray | None = None
                  ) -> tuple[np.ndarray, dict[str, float]]:
-    """The heads' answers on a clip's windows (``window_features``): the direction as the mean of the
-    windows' unit vectors, each weighted by its share of W's energy in the IVs' mel bands (float64, not
-    renormalised); every other head as the plain mean. With ``field_mats`` (G, 3, 3), e.g.
+    """``heads_on_windows`` on a clip's windows (``window_features``)."""
+    return heads_on_windows(model, *window_features(audio, feat), field_mats)
+
+
+def heads_on_windows(model, iv, mel, field_mats: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, dict[str, float]]:
+    """The heads' answers on a clip's windows (their IVs and log-mels, ``window_features``): the direction
+    as the mean of the windows' unit vectors, each weighted by its share of W's energy in the IVs' mel
+    bands (float64, not renormalised); every other head as the plain mean. With ``field_mats`` (G, 3, 3), e.g.
     ``field_group``, every window is also answered on its field turned by each, and the answers are
     averaged: the directions turned back, the room's heads as they are.
 
@@ -398,7 +404,6 @@ def window_heads(model, audio: np.ndarray, feat: FeatureConfig, field_mats: np.n
     group keeps what the answers agree on. The classical estimator is exactly equivariant already."""
     import torch
 
-    iv, mel = window_features(audio, feat)
     mats = np.eye(3)[None] if field_mats is None else np.asarray(field_mats)
     each = np.repeat(mats, len(iv), axis=0)  # transform-major: row g·W + w is window w turned by mats[g]
     with torch.no_grad():
@@ -413,7 +418,7 @@ def window_heads(model, audio: np.ndarray, feat: FeatureConfig, field_mats: np.n
 
 def ensemble_answer(answers: list[tuple[np.ndarray, dict[str, float]]]
                     ) -> tuple[np.ndarray, dict[str, float]]:
-    """One answer from the members' ``window_heads`` answers: the mean of their directions, each made a
+    """One answer from the members' ``heads_on_windows`` answers: the mean of their directions, each made a
     unit vector first so that every member has one vote whatever its windows' agreement, and the plain
     mean of every other head."""
     units = [u / np.linalg.norm(u) for u, _ in answers]
@@ -446,7 +451,8 @@ def score_cases(models: list, feat: FeatureConfig, roots: tuple[str, ...], max_s
                 classical: float | None = float(angular_errors_deg(guess, truth)[0])
             except DoaError:
                 classical = None
-            answers = [window_heads(model, audio, feat, field_mats) for model in models]
+            iv, mel = window_features(audio, feat)  # once per clip, whatever the number of members
+            answers = [heads_on_windows(model, iv, mel, field_mats) for model in models]
             unit, out = ensemble_answer(answers)
             az, el = vector_to_angles(unit)
             members = angular_errors_deg(np.stack([u for u, _ in answers]), truth) if len(models) > 1 else []
