@@ -89,9 +89,11 @@ def decay_labels(decay_below_hz: float | None) -> dict:
 
 
 def variant_config(name: str, train_csv: Path, out: Path, n_rooms: int, aug: int,
-                   decay_below_hz: float | None = None) -> dict:
+                   decay_below_hz: float | None = None, tail_turn_s: float = 0.0) -> dict:
     """The simulated build of one variant (BuildConfig fields); ``no_directivity`` gets the realism room
-    set without its ``source_directivity`` (same rooms and positions: axes have their own draws)."""
+    set without its ``source_directivity`` (same rooms and positions: axes have their own draws).
+    ``tail_turn_s`` > 0: every sample's field from that long after the direct sound is turned by its own
+    random rotation (AudioPrepConfig.tail_turn), in any variant."""
     realism = name != "elsa"
     rooms = REPO / "room_specs" / ("sim2real.yaml" if realism else "elsa.yaml")
     if name == "no_directivity":
@@ -107,7 +109,7 @@ def variant_config(name: str, train_csv: Path, out: Path, n_rooms: int, aug: int
         "rir": {"order": 3 if realism else 1, "scattering": realism, "tail_flow": realism,
                 **decay_labels(decay_below_hz)},
         "formats": ["tetra" if realism and name != "ideal_encoder" else "foa"],
-        "audio": {"sensor_noise": noise},
+        "audio": {"sensor_noise": noise, **({"tail_turn": {"after_s": tail_turn_s}} if tail_turn_s else {})},
     }
 
 
@@ -148,7 +150,7 @@ def run_name(variant: str, args: argparse.Namespace, weights: dict[str, float]) 
     defaults = parser()
     numeric = "".join(f"-{key}{getattr(args, key):g}"
                       for key in ("rooms", "aug", "steps", "batch", "clip_s", "fmin", "fmax", "decay_below",
-                                  "members")
+                                  "members", "tail_turn")
                       if getattr(args, key) != defaults.get_default(key))
     return variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
         f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
@@ -181,6 +183,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--decay-below", type=float, default=8000.0, metavar="HZ",
                     help="measure every build's T30 and EDT labels on W low-passed at HZ, the IVs' top by "
                     "default (RirSettings.decay_below_hz; benchmarks/t30_bands.py says why); 0: broadband")
+    ap.add_argument("--tail-turn", type=float, default=0.0, metavar="S",
+                    help="training builds turn each sample's field from S seconds after the direct sound "
+                    "by its own random rotation (schemas.audio.TailTurn: a tail's direction then tells "
+                    "nothing of its source's); 0: off. Runs go to runs/<variant>-...-tail_turn<S>")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--field-augment", default=default("field_augment"), choices=get_args(FieldAugment),
@@ -269,7 +275,8 @@ def main() -> None:
     results = {}
     for variant in args.variants.split(","):
         t0 = time.monotonic()
-        cfg_build = variant_config(variant, train_csv, out, args.rooms, args.aug, args.decay_below)
+        cfg_build = variant_config(variant, train_csv, out, args.rooms, args.aug, args.decay_below,
+                                   args.tail_turn)
         root = build(cfg_build, out / "train", args.workers)
         build_wall = time.monotonic() - t0
         cfg = sim2real_config(args, weights, root, tuple(tests), tuple(twins),
@@ -287,7 +294,7 @@ def main() -> None:
         "iv_scale": args.iv_scale, "direction_prior": args.direction_prior,
         "room_balance": args.room_balance, "loss_weights": weights,
         "test_turns": args.test_turns, "sim_control_every": args.sim_control_every,
-        "decay_below_hz": args.decay_below or None,
+        "decay_below_hz": args.decay_below or None, "tail_turn_s": args.tail_turn or None,
         "field_augment": args.field_augment,
         "no_twin": no_twin, "variants": results, "wall_s": round(time.monotonic() - wall0, 1),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),

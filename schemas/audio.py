@@ -94,6 +94,26 @@ class SensorNoise(BaseModel):
         return self
 
 
+class TailTurn(BaseModel):
+    """Each spatial sample's late field turned by its own uniformly random rotation (tasks.tail_turn).
+
+    Why: a branch trained on the engine's rooms reads the direction of a reverberant tail as the
+    source's. A real church's late energy flows in from above (S3A: +56 to +76 deg, the vaults), so its
+    sources are heard 3-8 deg too high; cut those RIRs after 50 ms and the bias goes (RESULTS, issue 15,
+    session 20). Turned tails keep every label (a rotation leaves W, hence T30, EDT, DRR and C50, alone),
+    their strength and diffuseness, and make their direction independent of the source's. A training
+    option, not realism: off (None) by default, and then absent from the dump.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    after_s: float = Field(0.05, gt=0.0, description="the tail starts this long after the direct sound's "
+                           "onset (the first sample of W within 20 dB of its peak): what comes before, the "
+                           "direct sound and the first reflections, stays as rendered")
+    fade_s: float = Field(0.005, ge=0.0, description="raised-cosine crossfade from the field as rendered to "
+                          "the turned one, so the dipoles do not step at the join")
+
+
 class AudioPrepConfig(BaseModel):
     """Every threshold of decode → resample → trim → loop → convolve → level → FLAC.
 
@@ -136,6 +156,11 @@ class AudioPrepConfig(BaseModel):
         None, exclude_if=lambda v: v is None,
         description="sensor noise on every spatial format before levelling (SensorNoise); None: noiseless, "
         "and then absent from the dump, so builds without it keep their versions and bytes",
+    )
+    tail_turn: TailTurn | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="turn each spatial sample's late field by a random rotation (TailTurn); None: as "
+        "rendered, and then absent from the dump",
     )
 
     @model_validator(mode="after")
@@ -206,4 +231,9 @@ class RenderedInfo(BaseModel):
     )
     sensor_noise_spectrum: NoiseSpectrum | None = Field(
         None, exclude_if=lambda v: v is None, description="white or pink, with sensor_snr_db",
+    )
+    tail_turn_quat: tuple[float, float, float, float] | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="the rotation its late field was turned by (AudioPrepConfig.tail_turn), as a unit "
+        "quaternion (x, y, z, w), scipy's order; absent: not turned",
     )

@@ -101,6 +101,9 @@ class BuildConfig(BaseModel):
             raise ValueError(f"room sources {list(BANK_SOURCES)} need a bank, and a bank needs one of them")
         if self.bank_format is not None and self.bank is None:
             raise ValueError("bank_format is the format of a bank: give the bank")
+        if self.scenes is not None and self.audio.tail_turn is not None:
+            raise ValueError("audio.tail_turn turns the one RIR of a single-source sample; a scene mixes "
+                             "many (moving sources): build scenes without it")
         if self.formats[0] == AMBIX_FORMAT and self.rir.order > 1:
             raise ValueError(f"an ambix .flac of order {self.rir.order} has {(self.rir.order + 1) ** 2} "
                              "channels and FLAC holds at most 8: write foa as the .flac (formats foa,...)")

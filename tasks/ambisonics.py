@@ -108,3 +108,27 @@ def fuma_to_ambix(signal: np.ndarray) -> np.ndarray:
         raise ValueError(f"FuMa conversion needs shape (4, n_samples), got {sig.shape}")
     w, x, y, z = sig
     return np.stack([np.sqrt(2.0) * w, y, z, x])
+
+
+def sh_rotation(order: int, rotation: np.ndarray) -> np.ndarray:
+    """(C, C) matrix that turns an ambiX field of ``order`` by the 3x3 rotation ``rotation``: a plane
+    wave encoded from direction d becomes the plane wave from ``rotation @ d``, for every d.
+
+    Why fitted rather than built from Wigner-D recursions: the SH of each degree span a space that
+    rotations map onto itself, so D with Y(R u) = D Y(u) exists for any normalisation; solving it on
+    more directions than channels (a Fibonacci sphere) gives it exactly (to float precision) in ACN/SN3D
+    without a second convention to keep in step with ``real_sh_sn3d``. W (degree 0) maps to itself."""
+    r = np.asarray(rotation, dtype=np.float64)
+    if r.shape != (3, 3) or not np.allclose(r @ r.T, np.eye(3), atol=1e-9) or np.linalg.det(r) < 0:
+        raise ValueError(f"expected a 3x3 proper rotation matrix, got {r.tolist()}")
+    k = np.arange(4 * n_channels(order)) + 0.5
+    z = 1.0 - 2.0 * k / k.size
+    u = np.stack([np.sqrt(1 - z * z) * np.cos(np.pi * (1 + 5**0.5) * k),
+                  np.sqrt(1 - z * z) * np.sin(np.pi * (1 + 5**0.5) * k), z])
+
+    def sh(v: np.ndarray) -> np.ndarray:
+        return real_sh_sn3d(order, np.arctan2(v[1], v[0]), np.arcsin(np.clip(v[2], -1.0, 1.0)))
+
+    d = sh(r @ u) @ np.linalg.pinv(sh(u))
+    d[np.abs(d) < 1e-12] = 0.0
+    return d

@@ -2,7 +2,8 @@
 
 Work per shard is grouped so that a clip used by several augmentations is decoded and prepared
 once, and a RIR used by several clips has its spectrum computed once. Spatial samples go through
-one renderer (tasks/renderers.py, ambiX by default), non-spatial originals through ``mono``. A
+one renderer (tasks/renderers.py, ambiX by default), non-spatial originals through ``mono``. With
+``audio.tail_turn`` each spatial sample's late field is turned by its own rotation (tasks.tail_turn). A
 scene sample (several sources, some moving) is rendered by tasks.scene_render from the prepared
 clips of all its sources and the RIRs of all its trajectory points.
 """
@@ -25,6 +26,7 @@ from tasks.renderers import DEFAULT_RENDERER, renderer
 from tasks.scene_render import SceneRendered, render_scene
 from tasks.sensor_noise import sample_noise
 from tasks.sources import ClipAudio
+from tasks.tail_turn import SplitSpectrum, draw_turn
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def _render_items(
     fmt, extra_formats = formats[0], formats[1:]
     mono_out = renderer(MONO_FORMAT)
     prepared: dict[str, tuple[np.ndarray, PreparedClip] | AudioRejected] = {}
-    spectra: dict[str, RirSpectrum] = {}
+    spectra: dict[str, RirSpectrum | SplitSpectrum] = {}
     done: list[RenderedSample] = []
     rejects: list[RenderReject] = []
     # Worked in locality order (placement, then clip), each prepared clip and RIR spectrum is
@@ -128,16 +130,22 @@ def _render_items(
             rejects.append(RenderReject(item.key, item.dataset, item.clip_id, "rir_failed",
                                         f"no RIR for placement {item.placement_id}"))
             continue
-        if item.placement_id not in spectra:
-            spectra[item.placement_id] = RirSpectrum.from_rir(rirs[item.placement_id], cfg.target_sr)
         pid = item.placement_id
+        if pid not in spectra:
+            spectra[pid] = (RirSpectrum.from_rir(rirs[pid], cfg.target_sr) if cfg.tail_turn is None
+                            else SplitSpectrum.from_rir(rirs[pid], cfg.target_sr, cfg.tail_turn))
         rir_uses[pid] -= 1
         spectrum = spectra[pid] if rir_uses[pid] else spectra.pop(pid)
+        turn = draw_turn(cfg.tail_turn, item.seed, item.key)
+        if isinstance(spectrum, SplitSpectrum):
+            spectrum = spectrum.turned(turn)  # type: ignore[arg-type]
         try:
             encoded = render_formats(mono, spectrum, cfg, formats, noise)
         except AudioRejected as exc:
             rejects.append(RenderReject(item.key, item.dataset, item.clip_id, exc.reason, exc.detail))
             continue
+        if turn is not None:
+            encoded = {f: (b, i.model_copy(update={"tail_turn_quat": turn})) for f, (b, i) in encoded.items()}
         flac, info = encoded.pop(fmt)
         done.append(RenderedSample(item, flac, fmt, clip_info, info, records[item.placement_id], info.gain_db,
                                    extra=encoded))
