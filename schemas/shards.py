@@ -497,6 +497,9 @@ class RealismStats(BaseModel):
     scattering: bool = Field(description="surface scattering turned into an earlier diffuse onset")
     tail_flow: bool = Field(False, description="the diffuse field flows into the absorbing surfaces "
                             "(False: isotropic, and in cards written before the option)")
+    tail_turn_after_s: float | None = Field(
+        None, description="each sample's late field, from this long after the direct sound, turned by its "
+        "own random rotation (AudioPrepConfig.tail_turn); None: not turned, also in cards written before it")
     source_patterns: dict[str, int] | None = Field(
         description="placements per source pattern (None: every source omnidirectional)")
 

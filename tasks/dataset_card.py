@@ -674,6 +674,7 @@ def _realism_section(st: Storage, base: str) -> RealismStats | None:
         return None
     cfg = json.loads(st.read_bytes(build))
     noise, rir = (cfg.get("audio") or {}).get("sensor_noise"), cfg.get("rir") or {}
+    turn = (cfg.get("audio") or {}).get("tail_turn")
     patterns = None
     if st.exists(placements):
         t = pq.read_table(io.BytesIO(st.read_bytes(placements)))
@@ -683,9 +684,9 @@ def _realism_section(st: Storage, base: str) -> RealismStats | None:
                          sensor_snr_db=tuple(noise["snr_db"]) if noise else None,
                          sensor_noise_spectrum=noise["spectrum"] if noise else None,
                          scattering=bool(rir.get("scattering")), tail_flow=bool(rir.get("tail_flow")),
-                         source_patterns=patterns)
+                         tail_turn_after_s=turn["after_s"] if turn else None, source_patterns=patterns)
     ideal = (stats.flac_format != TETRA_FORMAT and noise is None and not stats.scattering
-             and not stats.tail_flow and patterns is None)
+             and not stats.tail_flow and turn is None and patterns is None)
     return None if ideal else stats
 
 
@@ -703,7 +704,10 @@ def _realism_lines(r: RealismStats) -> list[str]:
             "- Surface scattering: " + ("on (an earlier diffuse onset, T30 unchanged)." if r.scattering
                                         else "off."),
             "- Diffuse field: " + ("flows into the absorbing surfaces, as a real late field does (T30 "
-                                   "unchanged)." if r.tail_flow else "isotropic.")]
+                                   "unchanged)." if r.tail_flow else "isotropic."),
+            "- Late field turned: " + (f"from {r.tail_turn_after_s * 1000:g} ms after the direct sound, by "
+                                       "each sample's own random rotation (`rendered.tail_turn_quat` in each "
+                                       "json; labels unchanged)." if r.tail_turn_after_s else "no.")]
 
 
 def write_card(uri: str, *, storage: Storage | None = None, generated_at: str | None = None) -> DatasetCard:

@@ -10,11 +10,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.audio import AudioPrepConfig, SensorNoise
+from schemas.audio import AudioPrepConfig, SensorNoise, TailTurn
 from schemas.build import BuildConfig
 from schemas.rooms import RirSettings
 from schemas.shards import DatasetCard
 from tasks.build_stages import build_in_process
+from tasks.shard_reader import read_shard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,8 @@ def test_the_card_names_capture_noise_directivity_and_scattering(tmp_path):
     cfg = BuildConfig(source="demo", limit=3, n_rooms=4, shard_size=16,
                       room_config=str(REPO / "room_specs" / "sim2real.yaml"),
                       rir=RirSettings(order=3, scattering=True, tail_flow=True), formats=("tetra",),
-                      audio=AudioPrepConfig(sensor_noise=SensorNoise(snr_db=(15.0, 25.0), spectrum="pink")))
+                      audio=AudioPrepConfig(sensor_noise=SensorNoise(snr_db=(15.0, 25.0), spectrum="pink"),
+                                            tail_turn=TailTurn(after_s=0.04)))
     base = Path(build_in_process(cfg, str(tmp_path / "out")))
     card = DatasetCard.model_validate_json((base / "card.json").read_text())
     r = card.realism
@@ -35,6 +37,10 @@ def test_the_card_names_capture_noise_directivity_and_scattering(tmp_path):
     readme = (base / "README.md").read_text()
     assert "## Capture chain and sources" in readme and "15-25 dB SNR, pink" in readme
     assert "- Diffuse field: flows into the absorbing surfaces" in readme
+    assert r.tail_turn_after_s == 0.04 and "- Late field turned: from 40 ms after the direct sound" in readme
+    spatial = [s.record for t in sorted(base.rglob("*.tar")) for s in read_shard(str(t)) if s.record.spatial]
+    quats = {r.provenance.rendered.tail_turn_quat for r in spatial}  # each spatial sample records its turn
+    assert spatial and None not in quats and len(quats) == len(spatial)
 
 
 def test_an_elsa_card_has_no_realism_section(tmp_path):
