@@ -354,11 +354,24 @@ def test_runs_under_other_training_options_get_their_own_directories():
              ["--aug", "50"], ["--batch", "16"], ["--clip-s", "3"], ["--tiny"], ["--seed", "1"],
              ["--iv-scale", "unit"], ["--no-level-input"], ["--field-augment", "none"], ["--room-balance"],
              ["--direction-by-energy"], ["--fmax", "4000", "--steps", "3000"], ["--direction-prior"],
-             ["--decay-below", "0"], ["--fmin", "50"]]
+             ["--decay-below", "0"], ["--fmin", "50"], ["--tail-turn", "0.05"]]
     names = [bench.run_name("realism", bench.parser().parse_args(f), {}) for f in flags]
     assert len(set(names)) == len(flags), names
     assert names[0] == "realism-rotate_mirror-level"  # the default run keeps its name
     assert bench.run_name("realism", bench.parser().parse_args([]), {"t30": 2.0}) != names[0]
+
+
+def test_tail_turn_reaches_every_training_build_and_no_other(tmp_path):
+    """--tail-turn S is a training-data option: each variant's simulated build turns its tails from S
+    on (a new version), and without it the build is the one earlier runs trained on."""
+    bench = _bench()
+    for variant in bench.VARIANTS:
+        plain = BuildConfig.model_validate(bench.variant_config(variant, tmp_path / "t.csv", tmp_path, 10, 2))
+        turned = BuildConfig.model_validate(bench.variant_config(variant, tmp_path / "t.csv", tmp_path, 10, 2,
+                                                                 tail_turn_s=0.05))
+        assert plain.audio.tail_turn is None and turned.audio.tail_turn.after_s == 0.05
+        assert plain.versioned() != turned.versioned()
+        assert turned.model_copy(update={"audio": plain.audio}).versioned() == plain.versioned()
 
 
 def test_the_benchmark_trains_the_flows_recipe_unless_told_otherwise():
