@@ -8,6 +8,8 @@ bank position convolved with held-out clips three ways, changing only the RIR: w
 first 50 ms; and with the tail after 50 ms turned upside down (Z negated, so it arrives from below
 what it arrived from above). If the bias follows the tail, the branch reads the tail's direction.
 Each variant also gives the T30 head's median answer: does the T30 cue live in the tail's direction?
+And the classical intensity estimator's elevation bias and error on the same audio (``classical``): how
+far a tail moves an answer that sums raw intensity, the reference for how far it moves the branch's.
 Beside it, each room's tail flow: the elevation and strength (|I| / energy, 300-3000 Hz) of the net
 active intensity 50-200 ms and 200-800 ms after the direct sound. The engine's diffuse tail is
 isotropic unless a build turns ``rir.tail_flow`` on.
@@ -57,10 +59,12 @@ def tail_flow(rir: np.ndarray, start_s: float, end_s: float) -> tuple[float, flo
     return float(np.degrees(np.arcsin(flow[2] / norm))), norm
 
 
-def _medians(cases: list[tuple[float, float, float]]) -> dict[str, float]:
-    """Median elevation bias (deg), DOA error (deg) and T30 answer (s) over a variant's cases."""
-    bias, doa, t30 = np.median(np.array(cases), axis=0)
-    return {"el_bias": round(float(bias), 1), "doa": round(float(doa), 1), "t30_s": round(float(t30), 2)}
+def _medians(cases: list[tuple[float, float, float, float, float]]) -> dict[str, float | dict[str, float]]:
+    """Median elevation bias (deg), DOA error (deg) and T30 answer (s) over a variant's cases, and the
+    classical estimator's elevation bias and DOA error."""
+    bias, doa, t30, c_bias, c_doa = np.median(np.array(cases), axis=0)
+    return {"el_bias": round(float(bias), 1), "doa": round(float(doa), 1), "t30_s": round(float(t30), 2),
+            "classical": {"el_bias": round(float(c_bias), 1), "doa": round(float(c_doa), 1)}}
 
 
 def main() -> None:
@@ -83,6 +87,7 @@ def main() -> None:
     from scipy.signal import fftconvolve, resample_poly
 
     from tasks.ambisonics import angular_distance_deg, vector_to_angles
+    from tasks.doa import intensity_doa
     from tasks.measured_bank import load_bank, to_ambix
     from training.checkpoint import load_trained
     from training.sim2real import window_heads
@@ -102,7 +107,7 @@ def main() -> None:
             continue
         root = Path(bank.path).parent  # a WAV bank's files are relative to its folder's parent
         for room in bank.rooms:
-            errs: dict[str, list[tuple[float, float, float]]] = {}
+            errs: dict[str, list[tuple[float, float, float, float, float]]] = {}
             flows: list[list[tuple[float, float]]] = []
             for pos in (p for p in bank.positions if p.room_id == room.room_id):
                 x, fs = sf.read(str(root / pos.file), dtype="float64", always_2d=True)
@@ -116,8 +121,11 @@ def main() -> None:
                         unit, heads = window_heads(model, audio, tcfg.features)
                         az, el = vector_to_angles(unit)
                         err = float(angular_distance_deg(az, el, pos.azimuth_deg, pos.elevation_deg))
-                        errs.setdefault(name, []).append((float(el) - pos.elevation_deg, err,
-                                                          heads["t30"]))
+                        est = intensity_doa(audio, FS)  # as training.sim2real scores it
+                        c_err = float(angular_distance_deg(est.azimuth_deg, est.elevation_deg,
+                                                           pos.azimuth_deg, pos.elevation_deg))
+                        errs.setdefault(name, []).append((float(el) - pos.elevation_deg, err, heads["t30"],
+                                                          est.elevation_deg - pos.elevation_deg, c_err))
             f = np.array(flows)  # positions x windows x (elevation, strength)
             spans = [f"{round(a * 1000)}-{round(b * 1000)}ms" for a, b in FLOW_WINDOWS_S]
             out["rooms"][room.name] = {

@@ -22,8 +22,9 @@ class _Frozen(BaseModel):
 
 
 # How each (frame, band) intensity vector is scaled: "unit" to unit norm (ELSA Eq. 2); "energy" by the
-# band's acoustic energy density, (|W|² + |X|² + |Y|² + |Z|²) / 2 in SN3D (features._by_energy).
-IvScale = Literal["unit", "energy"]
+# band's acoustic energy density, (|W|² + |X|² + |Y|² + |Z|²) / 2 in SN3D (features._by_energy);
+# "band_peak" by the band's largest energy density over the input's frames (features._by_band_peak).
+IvScale = Literal["unit", "energy", "band_peak"]
 
 
 class FeatureConfig(_Frozen):
@@ -49,7 +50,9 @@ class FeatureConfig(_Frozen):
         "the band's energy density instead, so the active IV's norm is the band's directness (1 for one "
         "plane wave, near 0 in a diffuse field; one minus DirAC's diffuseness): unit IVs make a "
         "reverberant tail's bins look as directional as the direct sound's, which the classical "
-        "estimator, summing raw intensity, never does")
+        "estimator, summing raw intensity, never does. band_peak: divided by the band's loudest frame's "
+        "energy density instead, so a frame's IV also weighs by its level, as the classical estimator's "
+        "sum does: a quiet reverberant tail (20 dB down: 1 %) barely counts")
 
     @property
     def max_samples(self) -> int:

@@ -9,7 +9,7 @@ numpy, for loader throughput. One STFT of the four ambiX channels (W, Y, Z, X) s
 
 per STFT bin, summed into the same 64 mel bands, then scaled to unit norm per (frame, band)
 (``FeatureConfig.iv_scale = "energy"`` divides by the band's energy density instead, keeping how
-directional each bin is).
+directional each bin is; ``"band_peak"`` by the band's loudest frame's, keeping its level too).
 Components are in (x, y, z) order (front, left, up), so for a plane wave the active IV points at
 the source. A mono signal copied to all four channels gives identical IVs for every clip.
 """
@@ -154,6 +154,18 @@ def _by_energy(v: torch.Tensor, energy: torch.Tensor, eps: float) -> torch.Tenso
     return v / energy.clamp(min=eps)[:, None]
 
 
+def _by_band_peak(v: torch.Tensor, energy: torch.Tensor, eps: float) -> torch.Tensor:
+    """Scale (B, 3, T, M) intensities by each band's largest (B, T, M) energy density over the T frames.
+
+    Norms stay in [0, 1]: a bin's directness times its energy over its band's loudest frame's. Why: the
+    classical estimator sums raw intensity, so loud direct sound outweighs a quiet tail; energy-scaled
+    IVs weigh every frame alike, and a branch trained on the engine's rooms follows S3A's churches'
+    tails, which arrive from above, three times as far as the classical estimator does (RESULTS, issue
+    15, session 20). Per band and relative, like spatial_branch.band_level: the sound's own spectrum
+    and loudness do not move it."""
+    return v / energy.amax(dim=1, keepdim=True).clamp(min=eps)[:, None]
+
+
 def log_mel(x: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
     """Log-mel (..., T, n_mels) of mono audio (..., N) already cut to length (no crop or pad here)."""
     x = torch.as_tensor(x, dtype=torch.float32)
@@ -187,12 +199,13 @@ def foa_features(
     m = proj.shape[-1] // 2  # proj: (B, 4, T, [re bands | im bands])
     mel = 10.0 * torch.log10(torch.clamp(proj[:, :1, :, :m], min=1e-10))
     dip = proj[:, list(_XYZ)]  # (B, 3, T, 2M): x, y, z
-    if cfg.iv_scale == "energy":
+    if cfg.iv_scale in ("energy", "band_peak"):
         fb = mel_filters(cfg)[0].to(x.device)
         dip_power = (s[:, 1:].real.square() + s[:, 1:].imag.square()).sum(dim=1) @ fb  # (B, T, M)
         energy = 0.5 * (proj[:, 0, :, :m] + dip_power)
-        iv = torch.cat([_by_energy(dip[..., :m], energy, cfg.iv_eps),
-                        _by_energy(dip[..., m:], energy, cfg.iv_eps)], dim=1)
+        scale = _by_energy if cfg.iv_scale == "energy" else _by_band_peak
+        iv = torch.cat([scale(dip[..., :m], energy, cfg.iv_eps),
+                        scale(dip[..., m:], energy, cfg.iv_eps)], dim=1)
     else:
         iv = torch.cat([_unit(dip[..., :m], cfg.iv_eps), _unit(dip[..., m:], cfg.iv_eps)], dim=1)
     if single:
