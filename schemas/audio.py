@@ -102,7 +102,9 @@ class TailTurn(BaseModel):
     sources are heard 3-8 deg too high; cut those RIRs after 50 ms and the bias goes (RESULTS, issue 15,
     session 20). Turned tails keep every label (a rotation leaves W, hence T30, EDT, DRR and C50, alone),
     their strength and diffuseness, and make their direction independent of the source's. A training
-    option, not realism: off (None) by default, and then absent from the dump.
+    option, not realism: off (None) by default, and then absent from the dump. Measured (run 50, one
+    seed): it does not stop the branch following a church's tail (benchmarks/sim2real_tail.py swing 16.0
+    / 13.5 deg against 16.2 / 14.5 without), and the pooled S3A error moves 0.08 deg.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
