@@ -150,7 +150,7 @@ def run_name(variant: str, args: argparse.Namespace, weights: dict[str, float]) 
     defaults = parser()
     numeric = "".join(f"-{key}{getattr(args, key):g}"
                       for key in ("rooms", "aug", "steps", "batch", "clip_s", "fmin", "fmax", "decay_below",
-                                  "members", "tail_turn")
+                                  "members", "tail_turn", "iv_level_exponent")
                       if getattr(args, key) != defaults.get_default(key))
     return variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
         f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
@@ -208,6 +208,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--iv-scale", default=default("iv_scale"), choices=get_args(IvScale),
                     help="the IVs' scaling (FeatureConfig.iv_scale): unit (ELSA) or by each band's energy "
                     "density, keeping its directness; runs go to runs/<variant>-...-ivunit")
+    ap.add_argument("--iv-level-exponent", type=float, default=default("iv_level_exponent"), metavar="G",
+                    help="energy IVs also weighed by (their frame's energy / their band's loudest) ** G "
+                    "(FeatureConfig.iv_level_exponent); runs go to runs/<variant>-...-iv_level_exponent<G>")
     ap.add_argument("--direction-prior", action="store_true",
                     help="the direction head corrects the clip's power-weighted intensity direction "
                     "(ModelConfig.direction_prior); runs go to runs/<variant>-...-prior")
@@ -236,6 +239,7 @@ def sim2real_config(args: argparse.Namespace, weights: dict[str, float], train_r
     return Sim2RealConfig(
         train_root=train_root, test_roots=test_roots, twin_roots=twin_roots, run_dir=run_dir, seed=args.seed,
         members=args.members, field_augment=args.field_augment, iv_scale=args.iv_scale,
+        iv_level_exponent=args.iv_level_exponent,
         room_balance=args.room_balance,
         direction_prior=args.direction_prior, steps=args.steps, batch_size=args.batch, clip_s=args.clip_s,
         fmin_hz=args.fmin, fmax_hz=args.fmax,
@@ -291,7 +295,8 @@ def main() -> None:
         "clip_s": args.clip_s, "fmin_hz": args.fmin, "fmax_hz": args.fmax, "tiny": args.tiny,
         "seed": args.seed, "members": args.members,
         "level_input": args.level_input, "direction_by_energy": args.direction_by_energy,
-        "iv_scale": args.iv_scale, "direction_prior": args.direction_prior,
+        "iv_scale": args.iv_scale, "iv_level_exponent": args.iv_level_exponent,
+        "direction_prior": args.direction_prior,
         "room_balance": args.room_balance, "loss_weights": weights,
         "test_turns": args.test_turns, "sim_control_every": args.sim_control_every,
         "decay_below_hz": args.decay_below or None, "tail_turn_s": args.tail_turn or None,

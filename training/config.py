@@ -22,9 +22,8 @@ class _Frozen(BaseModel):
 
 
 # How each (frame, band) intensity vector is scaled: "unit" to unit norm (ELSA Eq. 2); "energy" by the
-# band's acoustic energy density, (|W|² + |X|² + |Y|² + |Z|²) / 2 in SN3D (features._by_energy);
-# "band_peak" by the band's largest energy density over the input's frames (features._by_band_peak).
-IvScale = Literal["unit", "energy", "band_peak"]
+# band's acoustic energy density, (|W|² + |X|² + |Y|² + |Z|²) / 2 in SN3D (features._by_energy).
+IvScale = Literal["unit", "energy"]
 
 
 class FeatureConfig(_Frozen):
@@ -50,9 +49,20 @@ class FeatureConfig(_Frozen):
         "the band's energy density instead, so the active IV's norm is the band's directness (1 for one "
         "plane wave, near 0 in a diffuse field; one minus DirAC's diffuseness): unit IVs make a "
         "reverberant tail's bins look as directional as the direct sound's, which the classical "
-        "estimator, summing raw intensity, never does. band_peak: divided by the band's loudest frame's "
-        "energy density instead, so a frame's IV also weighs by its level, as the classical estimator's "
-        "sum does: a quiet reverberant tail (20 dB down: 1 %) barely counts")
+        "estimator, summing raw intensity, never does")
+    iv_level_exponent: float = Field(
+        0.0, ge=0.0, le=1.0, description="with iv_scale energy, each IV also times (its energy density / its "
+        "band's loudest frame's) ** this, so quiet frames weigh less, as they do in the classical "
+        "estimator's sum (1: that sum's weighting; a tail 20 dB down then counts 1 %, at 0.5 10 %). 0: "
+        "off. Why: energy-scaled IVs weigh every frame alike, and a branch trained on the engine's rooms "
+        "follows S3A's churches' tails, which come from above, three times as far as the classical "
+        "estimator does (RESULTS, issue 15, session 20)")
+
+    @model_validator(mode="after")
+    def _level_needs_energy(self) -> FeatureConfig:
+        if self.iv_level_exponent and self.iv_scale != "energy":
+            raise ValueError("iv_level_exponent weighs energy-scaled IVs: set iv_scale energy")
+        return self
 
     @property
     def max_samples(self) -> int:

@@ -9,7 +9,7 @@ numpy, for loader throughput. One STFT of the four ambiX channels (W, Y, Z, X) s
 
 per STFT bin, summed into the same 64 mel bands, then scaled to unit norm per (frame, band)
 (``FeatureConfig.iv_scale = "energy"`` divides by the band's energy density instead, keeping how
-directional each bin is; ``"band_peak"`` by the band's loudest frame's, keeping its level too).
+directional each bin is; ``iv_level_exponent`` then also weighs each frame by its level in its band).
 Components are in (x, y, z) order (front, left, up), so for a plane wave the active IV points at
 the source. A mono signal copied to all four channels gives identical IVs for every clip.
 """
@@ -145,25 +145,19 @@ def _unit(v: torch.Tensor, eps: float) -> torch.Tensor:
     return v / n[:, None]
 
 
-def _by_energy(v: torch.Tensor, energy: torch.Tensor, eps: float) -> torch.Tensor:
+def _by_energy(v: torch.Tensor, energy: torch.Tensor, eps: float, level_exponent: float) -> torch.Tensor:
     """Scale (B, 3, T, M) intensities by the (B, T, M) energy density; bins below eps give 0.
 
     |conj(W)·a| <= (|W|² + |a|²) / 2 per STFT bin, and the mel sums keep it, so the norms stay in
     [0, 1]: 1 for a single plane wave on an ideal SN3D microphone, P_direct / (P_direct + P_diffuse)
-    for the active IV of a plane wave in an isotropic diffuse field."""
-    return v / energy.clamp(min=eps)[:, None]
-
-
-def _by_band_peak(v: torch.Tensor, energy: torch.Tensor, eps: float) -> torch.Tensor:
-    """Scale (B, 3, T, M) intensities by each band's largest (B, T, M) energy density over the T frames.
-
-    Norms stay in [0, 1]: a bin's directness times its energy over its band's loudest frame's. Why: the
-    classical estimator sums raw intensity, so loud direct sound outweighs a quiet tail; energy-scaled
-    IVs weigh every frame alike, and a branch trained on the engine's rooms follows S3A's churches'
-    tails, which arrive from above, three times as far as the classical estimator does (RESULTS, issue
-    15, session 20). Per band and relative, like spatial_branch.band_level: the sound's own spectrum
-    and loudness do not move it."""
-    return v / energy.amax(dim=1, keepdim=True).clamp(min=eps)[:, None]
+    for the active IV of a plane wave in an isotropic diffuse field. ``level_exponent`` g > 0: also
+    times (energy / the band's largest energy over the T frames) ** g, still in [0, 1]
+    (FeatureConfig.iv_level_exponent says why); per band and relative, like spatial_branch.band_level,
+    so the sound's own spectrum and loudness do not move it."""
+    e = energy.clamp(min=eps)
+    if level_exponent:
+        e = e ** (1.0 - level_exponent) * energy.amax(dim=1, keepdim=True).clamp(min=eps) ** level_exponent
+    return v / e[:, None]
 
 
 def log_mel(x: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
@@ -199,13 +193,13 @@ def foa_features(
     m = proj.shape[-1] // 2  # proj: (B, 4, T, [re bands | im bands])
     mel = 10.0 * torch.log10(torch.clamp(proj[:, :1, :, :m], min=1e-10))
     dip = proj[:, list(_XYZ)]  # (B, 3, T, 2M): x, y, z
-    if cfg.iv_scale in ("energy", "band_peak"):
+    if cfg.iv_scale == "energy":
         fb = mel_filters(cfg)[0].to(x.device)
         dip_power = (s[:, 1:].real.square() + s[:, 1:].imag.square()).sum(dim=1) @ fb  # (B, T, M)
         energy = 0.5 * (proj[:, 0, :, :m] + dip_power)
-        scale = _by_energy if cfg.iv_scale == "energy" else _by_band_peak
-        iv = torch.cat([scale(dip[..., :m], energy, cfg.iv_eps),
-                        scale(dip[..., m:], energy, cfg.iv_eps)], dim=1)
+        g = cfg.iv_level_exponent
+        iv = torch.cat([_by_energy(dip[..., :m], energy, cfg.iv_eps, g),
+                        _by_energy(dip[..., m:], energy, cfg.iv_eps, g)], dim=1)
     else:
         iv = torch.cat([_unit(dip[..., :m], cfg.iv_eps), _unit(dip[..., m:], cfg.iv_eps)], dim=1)
     if single:
