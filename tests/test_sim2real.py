@@ -386,7 +386,7 @@ def test_the_benchmark_trains_the_flows_recipe_unless_told_otherwise():
     flags = ["--fmin", "50", "--fmax", "4000", "--iv-scale", "unit", "--no-level-input", "--steps", "7",
              "--batch", "8", "--clip-s", "3", "--seed", "2", "--field-augment", "none", "--room-balance",
              "--direction-prior", "--direction-by-energy", "--test-turns", "2", "--sim-control-every", "0",
-             "--members", "3", "--iv-level-exponent", "0.5"]
+             "--members", "3"]
     told = bench.sim2real_config(bench.parser().parse_args(flags), {"t30": 2.0}, "sim", ("real",), (), "run")
     assert (told.fmin_hz, told.fmax_hz, told.iv_scale, told.steps, told.batch_size, told.clip_s) == (
         50.0, 4000.0, "unit", 7, 8, 3.0)
@@ -394,7 +394,13 @@ def test_the_benchmark_trains_the_flows_recipe_unless_told_otherwise():
         2, "none", True, True)
     assert (told.test_turns, told.sim_control_every, told.spatial, told.members) == (
         2, 0, SpatialBranchConfig(level_input=False), 3)
-    assert told.loss.t30 == 2.0 and told.loss.direction_by_energy and told.iv_level_exponent == 0.5
+    assert told.loss.t30 == 2.0 and told.loss.direction_by_energy
+    weighed = bench.sim2real_config(bench.parser().parse_args(["--iv-level-exponent", "0.5"]), {}, "sim",
+                                    ("real",), (), "run")
+    assert weighed.train_config().features.iv_level_exponent == 0.5
+    with pytest.raises(ValueError, match="iv_scale energy"):  # refused before any build or training
+        bench.sim2real_config(bench.parser().parse_args(["--iv-level-exponent", "0.5", "--iv-scale", "unit"]),
+                              {}, "sim", ("real",), (), "run")
     assert told.loss.distance == Sim2RealConfig.model_fields["loss"].default.distance  # the rest kept
     tiny = bench.sim2real_config(bench.parser().parse_args(["--tiny"]), {}, "sim", ("real",), (), "run")
     assert tiny.spatial == TINY_SPATIAL.model_copy(update={"level_input": True})
