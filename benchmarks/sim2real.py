@@ -45,7 +45,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.config import TINY_SPATIAL, IvScale, LossConfig
+from training.config import TINY_SPATIAL, IvScale, LossConfig, SpatialBranchConfig
 from training.field_augment import FieldAugment
 from training.sim2real import Sim2RealConfig
 
@@ -208,9 +208,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--iv-scale", default=default("iv_scale"), choices=get_args(IvScale),
                     help="the IVs' scaling (FeatureConfig.iv_scale): unit (ELSA) or by each band's energy "
                     "density, keeping its directness; runs go to runs/<variant>-...-ivunit")
-    ap.add_argument("--iv-level-exponent", type=float, default=default("iv_level_exponent"), metavar="G",
-                    help="energy IVs also weighed by (their frame's energy / their band's loudest) ** G "
-                    "(FeatureConfig.iv_level_exponent); runs go to runs/<variant>-...-iv_level_exponent<G>")
+    ap.add_argument("--iv-level-exponent", type=float, default=default("spatial").iv_level_exponent,
+                    metavar="G", help="the branch weighs each IV by (W's power / its band's loudest) ** G "
+                    "(SpatialBranchConfig.iv_level_exponent; needs --level-input); runs go to "
+                    "runs/<variant>-...-iv_level_exponent<G>")
     ap.add_argument("--direction-prior", action="store_true",
                     help="the direction head corrects the clip's power-weighted intensity direction "
                     "(ModelConfig.direction_prior); runs go to runs/<variant>-...-prior")
@@ -239,11 +240,11 @@ def sim2real_config(args: argparse.Namespace, weights: dict[str, float], train_r
     return Sim2RealConfig(
         train_root=train_root, test_roots=test_roots, twin_roots=twin_roots, run_dir=run_dir, seed=args.seed,
         members=args.members, field_augment=args.field_augment, iv_scale=args.iv_scale,
-        iv_level_exponent=args.iv_level_exponent,
         room_balance=args.room_balance,
         direction_prior=args.direction_prior, steps=args.steps, batch_size=args.batch, clip_s=args.clip_s,
         fmin_hz=args.fmin, fmax_hz=args.fmax,
-        spatial=branch.model_copy(update={"level_input": args.level_input}),
+        spatial=SpatialBranchConfig.model_validate(branch.model_dump() | {
+            "level_input": args.level_input, "iv_level_exponent": args.iv_level_exponent}),
         loss=LossConfig.model_validate(default("loss").model_dump() | weights | {
             "direction_by_energy": args.direction_by_energy}),
         test_turns=args.test_turns, sim_control_every=args.sim_control_every, torch_threads=2)

@@ -104,3 +104,27 @@ def test_a_decay_the_ivs_do_not_carry_is_read_from_the_level():
     assert with_level < 0.5 * iv_only, (with_level, iv_only)
     assert with_level < 0.5 * spread, (with_level, spread)
     assert iv_only > 0.6 * spread, (iv_only, spread)
+
+
+@pytest.mark.parametrize("g", [1.0, 0.5])
+def test_iv_level_exponent_weighs_each_iv_by_its_bands_relative_power(g):
+    """A branch with iv_level_exponent g answers exactly what the same weights without it answer on IVs
+    multiplied by (W's power / the band's loudest frame's in this input) ** g: a frame 20 dB down counts
+    0.01 ** g. Relative to the input, so a louder or recoloured clip is weighed alike; and the option
+    needs the level input's log-mel."""
+    torch.manual_seed(0)
+    cfg = TINY_SPATIAL.model_copy(update={"level_input": True})
+    plain = SpatialBranch(cfg).eval()
+    weighed = SpatialBranch(SpatialBranchConfig.model_validate(cfg.model_dump() | {"iv_level_exponent": g}))
+    weighed.eval()
+    weighed.load_state_dict(plain.state_dict())
+    iv = torch.randn(2, 6, 20, cfg.n_mels)
+    mel = -40.0 * torch.rand(2, 1, 20, cfg.n_mels)
+    rel_db = mel - mel.amax(dim=2, keepdim=True)
+    want = plain(iv * 10.0 ** (g * rel_db / 10.0), mel)
+    with torch.no_grad():
+        assert torch.allclose(weighed(iv, mel), want, atol=1e-5)
+        assert torch.allclose(weighed(iv, mel + 12.0 + torch.linspace(0, 9, cfg.n_mels)), want, atol=1e-5)
+        assert not torch.allclose(plain(iv, mel), want, atol=1e-3)
+    with pytest.raises(ValueError, match="level_input"):
+        SpatialBranchConfig(iv_level_exponent=g)

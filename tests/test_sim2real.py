@@ -397,9 +397,9 @@ def test_the_benchmark_trains_the_flows_recipe_unless_told_otherwise():
     assert told.loss.t30 == 2.0 and told.loss.direction_by_energy
     weighed = bench.sim2real_config(bench.parser().parse_args(["--iv-level-exponent", "0.5"]), {}, "sim",
                                     ("real",), (), "run")
-    assert weighed.train_config().features.iv_level_exponent == 0.5
-    with pytest.raises(ValueError, match="iv_scale energy"):  # refused before any build or training
-        bench.sim2real_config(bench.parser().parse_args(["--iv-level-exponent", "0.5", "--iv-scale", "unit"]),
+    assert weighed.train_config().model.spatial.iv_level_exponent == 0.5
+    with pytest.raises(ValueError, match="level_input"):  # refused before any build or training
+        bench.sim2real_config(bench.parser().parse_args(["--iv-level-exponent", "0.5", "--no-level-input"]),
                               {}, "sim", ("real",), (), "run")
     assert told.loss.distance == Sim2RealConfig.model_fields["loss"].default.distance  # the rest kept
     tiny = bench.sim2real_config(bench.parser().parse_args(["--tiny"]), {}, "sim", ("real",), (), "run")

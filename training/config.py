@@ -50,19 +50,6 @@ class FeatureConfig(_Frozen):
         "plane wave, near 0 in a diffuse field; one minus DirAC's diffuseness): unit IVs make a "
         "reverberant tail's bins look as directional as the direct sound's, which the classical "
         "estimator, summing raw intensity, never does")
-    iv_level_exponent: float = Field(
-        0.0, ge=0.0, le=1.0, description="with iv_scale energy, each IV also times (its energy density / its "
-        "band's loudest frame's) ** this, so quiet frames weigh less, as they do in the classical "
-        "estimator's sum (1: that sum's weighting; a tail 20 dB down then counts 1 %, at 0.5 10 %). 0: "
-        "off. Why: energy-scaled IVs weigh every frame alike, and a branch trained on the engine's rooms "
-        "follows S3A's churches' tails, which come from above, three times as far as the classical "
-        "estimator does (RESULTS, issue 15, session 20)")
-
-    @model_validator(mode="after")
-    def _level_needs_energy(self) -> FeatureConfig:
-        if self.iv_level_exponent and self.iv_scale != "energy":
-            raise ValueError("iv_level_exponent weighs energy-scaled IVs: set iv_scale energy")
-        return self
 
     @property
     def max_samples(self) -> int:
@@ -91,9 +78,20 @@ class SpatialBranchConfig(_Frozen):
         False, description="also feed each IV branch the W channel's level (spatial_branch.band_level): "
         "unit IVs carry no loudness, so the branch cannot tell a loud onset from its quiet tail, which "
         "is how a decay (T30) and a direct sound (DOA, DRR) are read. Off: ELSA's IV-only branch")
+    iv_level_exponent: float = Field(
+        0.0, ge=0.0, le=1.0, exclude_if=lambda v: not v,
+        description="weigh each (frame, band) IV by (W's power there / in the band's loudest frame of the "
+        "input) ** this (needs level_input's log-mel), so quiet frames count less, as in the classical "
+        "estimator's sum of raw intensity (1: its weighting; a tail 20 dB down then counts 1 %, at 0.5 "
+        "10 %). 0: off. Why: energy-scaled IVs weigh every frame alike, and a branch trained on the "
+        "engine's rooms follows S3A's churches' tails, which come from above, three times as far as the "
+        "classical estimator (RESULTS, issue 15, session 20). In the branch, not the features: relative "
+        "to the input window, so a cached clip's crop and a test window are weighed alike")
 
     @model_validator(mode="after")
     def _lengths(self) -> SpatialBranchConfig:
+        if self.iv_level_exponent and not self.level_input:
+            raise ValueError("iv_level_exponent weighs IVs by W's log-mel, which only level_input reads")
         n = len(self.channels)
         if len(self.freq_pool) != n or len(self.time_pool) != n:
             raise ValueError("channels, freq_pool and time_pool must have the same length")

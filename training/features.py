@@ -9,7 +9,7 @@ numpy, for loader throughput. One STFT of the four ambiX channels (W, Y, Z, X) s
 
 per STFT bin, summed into the same 64 mel bands, then scaled to unit norm per (frame, band)
 (``FeatureConfig.iv_scale = "energy"`` divides by the band's energy density instead, keeping how
-directional each bin is; ``iv_level_exponent`` then also weighs each frame by its level in its band).
+directional each bin is).
 Components are in (x, y, z) order (front, left, up), so for a plane wave the active IV points at
 the source. A mono signal copied to all four channels gives identical IVs for every clip.
 """
@@ -145,19 +145,13 @@ def _unit(v: torch.Tensor, eps: float) -> torch.Tensor:
     return v / n[:, None]
 
 
-def _by_energy(v: torch.Tensor, energy: torch.Tensor, eps: float, level_exponent: float) -> torch.Tensor:
+def _by_energy(v: torch.Tensor, energy: torch.Tensor, eps: float) -> torch.Tensor:
     """Scale (B, 3, T, M) intensities by the (B, T, M) energy density; bins below eps give 0.
 
     |conj(W)·a| <= (|W|² + |a|²) / 2 per STFT bin, and the mel sums keep it, so the norms stay in
     [0, 1]: 1 for a single plane wave on an ideal SN3D microphone, P_direct / (P_direct + P_diffuse)
-    for the active IV of a plane wave in an isotropic diffuse field. ``level_exponent`` g > 0: also
-    times (energy / the band's largest energy over the T frames) ** g, still in [0, 1]
-    (FeatureConfig.iv_level_exponent says why); per band and relative, like spatial_branch.band_level,
-    so the sound's own spectrum and loudness do not move it."""
-    e = energy.clamp(min=eps)
-    if level_exponent:
-        e = e ** (1.0 - level_exponent) * energy.amax(dim=1, keepdim=True).clamp(min=eps) ** level_exponent
-    return v / e[:, None]
+    for the active IV of a plane wave in an isotropic diffuse field."""
+    return v / energy.clamp(min=eps)[:, None]
 
 
 def log_mel(x: torch.Tensor | np.ndarray, cfg: FeatureConfig) -> torch.Tensor:
@@ -197,9 +191,8 @@ def foa_features(
         fb = mel_filters(cfg)[0].to(x.device)
         dip_power = (s[:, 1:].real.square() + s[:, 1:].imag.square()).sum(dim=1) @ fb  # (B, T, M)
         energy = 0.5 * (proj[:, 0, :, :m] + dip_power)
-        g = cfg.iv_level_exponent
-        iv = torch.cat([_by_energy(dip[..., :m], energy, cfg.iv_eps, g),
-                        _by_energy(dip[..., m:], energy, cfg.iv_eps, g)], dim=1)
+        iv = torch.cat([_by_energy(dip[..., :m], energy, cfg.iv_eps),
+                        _by_energy(dip[..., m:], energy, cfg.iv_eps)], dim=1)
     else:
         iv = torch.cat([_unit(dip[..., :m], cfg.iv_eps), _unit(dip[..., m:], cfg.iv_eps)], dim=1)
     if single:

@@ -109,9 +109,6 @@ class Sim2RealConfig(BaseModel):
     iv_scale: IvScale = Field(
         "energy", description="FeatureConfig.iv_scale of the branch's IVs: unit (ELSA) or energy (each "
         "band's directness kept)")
-    iv_level_exponent: float = Field(
-        0.0, ge=0.0, le=1.0, description="FeatureConfig.iv_level_exponent: energy-scaled IVs also weighed by "
-        "their frame's level in their band to this power (0: off)")
     spatial: SpatialBranchConfig = Field(
         SpatialBranchConfig(level_input=True), description="the branch; the default is ELSA's size (~486k "
         "parameters) reading W's level per band too (level_input: RESULTS, session 10)"
@@ -185,7 +182,7 @@ class Sim2RealConfig(BaseModel):
                 room_balance=self.room_balance,
             ),
             features=FeatureConfig(clip_s=self.clip_s, fmin=self.fmin_hz, fmax=self.fmax_hz,
-                                   iv_scale=self.iv_scale, iv_level_exponent=self.iv_level_exponent),
+                                   iv_scale=self.iv_scale),
             model=ModelConfig(spatial=self.spatial, direction_prior=self.direction_prior),
             loss=self.loss,
             optim=PAPER_OPTIM.model_copy(

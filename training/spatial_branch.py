@@ -116,6 +116,9 @@ class SpatialBranch(nn.Module):
                 raise ValueError(f"level_input needs W's log-mel shaped (B, 1, T, M) like the IVs "
                                  f"{tuple(iv.shape)}, got {got}")
             level = band_level(mel.to(iv.dtype))
+            if self.cfg.iv_level_exponent:  # band_level is dB / 20: power ratio ** g = 10 ** (2 g level)
+                weight = torch.pow(10.0, 2.0 * self.cfg.iv_level_exponent * level)
+                active, reactive = active * weight, reactive * weight
             active, reactive = torch.cat([active, level], dim=1), torch.cat([reactive, level], dim=1)
         if iv.is_cuda:  # cuDNN runs these few-channel convolutions ~2x faster in NHWC (H100, bf16)
             active = active.contiguous(memory_format=torch.channels_last)
