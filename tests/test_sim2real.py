@@ -28,12 +28,14 @@ from training.doa_probe import angular_errors_deg, directions_from_angles
 from training.field_augment import field_group
 from training.model import intensity_prior
 from training.sim2real import (
+    CaseMismatchError,
     CaseResult,
     LabelConventionError,
     Sim2RealConfig,
     Sim2RealReport,
     check_label_conventions,
     check_targets,
+    combine_runs,
     ensemble_answer,
     run_sim2real,
     sim_like_cases,
@@ -192,6 +194,46 @@ def test_members_vote_once_each_and_average_the_room_heads():
     assert summarise([_case(0.0, 1.0, 1.0, 1.0)]).doa_member_medians_deg == ()
 
 
+def test_runs_scored_alone_combine_into_the_members_answer():
+    """combine_runs answers each case as ``members`` would from the runs' own answers: one vote per run
+    (80 and 100 deg around a source at 90: 90 deg, error 0; 10 and -10 deg at 20 deg up around one at 0:
+    straight ahead, 20.3 deg up), the plain mean of T30 and DRR, each run's error kept as a member's.
+    Runs scored on other cases, or a single run, are refused."""
+    a = [_case(90.0, 80.0, 10.0, 5.0, t30_pred=1.0, drr_pred=1.0),
+         _case(0.0, 10.0, 21.0, 3.0, pred_el=20.0, room="s")]
+    b = [a[0].model_copy(update={"model_azimuth_deg": 100.0, "t30_pred_s": 2.0, "drr_pred_db": 3.0}),
+         a[1].model_copy(update={"model_azimuth_deg": -10.0, "model_doa_error_deg": 22.0})]
+    lateral, ahead = combine_runs([a, b])
+    assert lateral.model_azimuth_deg == pytest.approx(90.0, abs=1e-4)
+    assert lateral.model_doa_error_deg == pytest.approx(0.0, abs=1e-3)
+    assert (lateral.t30_pred_s, lateral.drr_pred_db) == pytest.approx((1.5, 2.0))
+    up = math.degrees(math.atan(math.tan(math.radians(20.0)) / math.cos(math.radians(10.0))))
+    assert ahead.model_azimuth_deg == pytest.approx(0.0, abs=1e-4)
+    assert ahead.model_elevation_deg == pytest.approx(up, abs=1e-3)
+    assert ahead.model_doa_error_deg == pytest.approx(up, abs=1e-3)
+    assert ahead.member_doa_errors_deg == (21.0, 22.0) and ahead.key == a[1].key and ahead.room_id == "s"
+    with pytest.raises(CaseMismatchError):
+        combine_runs([a, b[::-1]])
+    with pytest.raises(ValueError, match="at least two"):
+        combine_runs([a])
+
+
+def test_the_members_benchmark_judges_every_combination_of_runs():
+    """Three runs answer a source at 90 deg with 80, 100 and 90 deg (errors 10, 10, 0) against the
+    classical estimator's 6: alone, one meets the direction target; every pair (90, 85, 95) and the
+    triple (90) do."""
+    bench = _bench("sim2real_members")
+    base = _case(90.0, 80.0, 10.0, 6.0, t30_pred=1.1, drr_pred=4.0)
+    runs = {"a": [base], "b": [base.model_copy(update={"model_azimuth_deg": 100.0})],
+            "c": [base.model_copy(update={"model_azimuth_deg": 90.0, "model_doa_error_deg": 0.0})]}
+    table = bench.combination_table(runs)
+    assert table["1"] == {"combinations": 3, "direction_met": 1, "all_met": 1, "pooled_median_deg": 10.0,
+                          "pooled_best_deg": 0.0, "pooled_worst_deg": 10.0}
+    assert (table["2"]["combinations"], table["2"]["direction_met"], table["2"]["all_met"]) == (3, 3, 3)
+    assert table["2"]["pooled_worst_deg"] == pytest.approx(5.0, abs=0.01)
+    assert table["3"]["direction_met"] == 1 and table["3"]["pooled_worst_deg"] == pytest.approx(0.0, abs=0.01)
+
+
 def test_a_run_says_which_of_the_targets_it_meets():
     """Direction: at most the classical estimator's median and at most 12 deg; T30: within 25 % in every
     room with T30 labels (none: undecided); DRR: within 3 dB pooled. Each is met or missed alone."""
@@ -338,9 +380,9 @@ def test_the_benchmark_refuses_a_loss_weight_it_cannot_apply(flag):
     assert "--loss-weight wants TERM=W" in res.stderr and flag in res.stderr
 
 
-def _bench():
-    """benchmarks/sim2real.py as a module (it is a script, not a package member)."""
-    spec = importlib.util.spec_from_file_location("sim2real_bench", REPO / "benchmarks" / "sim2real.py")
+def _bench(name: str = "sim2real"):
+    """benchmarks/<name>.py as a module (it is a script, not a package member)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO / "benchmarks" / f"{name}.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench

@@ -426,6 +426,41 @@ def ensemble_answer(answers: list[tuple[np.ndarray, dict[str, float]]]
     return np.mean(units, axis=0), heads
 
 
+class CaseMismatchError(ValueError):
+    """Runs to be combined were not scored on the same measured cases."""
+
+
+def combine_runs(runs: list[list[CaseResult]]) -> list[CaseResult]:
+    """The cases that the members' mean (``ensemble_answer``) would have scored, from runs already scored
+    one by one (their cases.jsonl).
+
+    Why: whether several branches beat one is a question over many seed combinations (RESULTS, issue 15,
+    session 19), and training and scoring each combination again would cost hours; each run's answers
+    per case are all the mean needs. Refuses runs whose cases differ (another bank or clip set)."""
+    if len(runs) < 2:
+        raise ValueError("combining needs at least two runs")
+    keys = [[(c.key, c.room_id) for c in run] for run in runs]
+    if any(k != keys[0] for k in keys[1:]):
+        raise CaseMismatchError("the runs were not scored on the same cases in the same order")
+    combined = []
+    for members in zip(*runs, strict=True):
+        first = members[0]
+        dirs = directions_from_angles(np.array([c.model_azimuth_deg for c in members]),
+                                      np.array([c.model_elevation_deg for c in members]))
+        answers = [(d, {"t30": c.t30_pred_s, "drr": c.drr_pred_db})
+                   for d, c in zip(dirs, members, strict=True)]
+        unit, heads = ensemble_answer(answers)
+        az, el = vector_to_angles(unit)
+        truth = directions_from_angles(np.array([first.azimuth_deg]), np.array([first.elevation_deg]))
+        combined.append(first.model_copy(update={
+            "model_azimuth_deg": float(az), "model_elevation_deg": float(el),
+            "model_doa_error_deg": float(angular_errors_deg(unit[None, :], truth)[0]),
+            "t30_pred_s": heads["t30"], "drr_pred_db": heads["drr"],
+            "member_doa_errors_deg": tuple(c.model_doa_error_deg for c in members),
+        }))
+    return combined
+
+
 def score_cases(models: list, feat: FeatureConfig, roots: tuple[str, ...], max_samples: int | None = None,
                 field_mats: np.ndarray | None = None, splits: tuple[str, ...] = SPLITS, every: int = 1
                 ) -> list[CaseResult]:
@@ -529,7 +564,7 @@ def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float
         raise ValueError(f"the test builds {list(cfg.test_roots)} hold no spatial single-source sample")
     sims = score_cases(models, tcfg.features, (cfg.train_root,), None, mats, ("train",),
                        cfg.sim_control_every) if cfg.sim_control_every else []
-    rooms, pooled = _by_room(cases), summarise(cases)
+    rooms, pooled = summarise_by_room(cases), summarise(cases)
     like = {room: sim_like_cases(sims, s) for room, s in rooms.items()}
     report = Sim2RealReport(
         train_root=cfg.train_root,
@@ -543,7 +578,7 @@ def evaluate_trained(cfg: Sim2RealConfig, train_cpu_s: float
         test_turns=cfg.test_turns,
         rooms=rooms,
         pooled=pooled,
-        twin_rooms=_by_room(twins),
+        twin_rooms=summarise_by_room(twins),
         twin_pooled=summarise(twins) if twins else None,
         sim_like={room: summarise(cs) for room, cs in like.items() if cs},
         sim_pooled=summarise(sims) if sims else None,
@@ -560,7 +595,7 @@ def cached_samples(run_dir: str) -> int | None:
     return counts[-1] if counts else None
 
 
-def _by_room(cases: list[CaseResult]) -> dict[str, ErrorSummary]:
+def summarise_by_room(cases: list[CaseResult]) -> dict[str, ErrorSummary]:
     rooms: dict[str, list[CaseResult]] = defaultdict(list)
     for c in cases:
         rooms[c.room_id].append(c)
