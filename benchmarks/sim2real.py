@@ -146,12 +146,16 @@ def run_name(variant: str, args: argparse.Namespace, weights: dict[str, float]) 
     """The run's directory under runs/. Every training option is in it (the numeric ones only when
     they differ from the benchmark's defaults), so runs of one --out never overwrite each other, and
     --reuse never rescores a run trained under other settings. The data paths (--clips, --bank) are
-    not: a different clip set or bank wants its own --out."""
+    not: a different clip set or bank wants its own --out. The level weighting is named whenever it is
+    on, default or not: its default changed (session 21), and a run trained before under the old one
+    must not be taken for one trained under the new."""
     defaults = parser()
     numeric = "".join(f"-{key}{getattr(args, key):g}"
                       for key in ("rooms", "aug", "steps", "batch", "clip_s", "fmin", "fmax", "decay_below",
-                                  "members", "tail_turn", "iv_level_exponent")
+                                  "members", "tail_turn")
                       if getattr(args, key) != defaults.get_default(key))
+    if level_exponent(args):
+        numeric += f"-iv_level_exponent{level_exponent(args):g}"
     return variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
         f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
         "-edir" if args.direction_by_energy else "") + (
@@ -210,8 +214,9 @@ def parser() -> argparse.ArgumentParser:
                     "density, keeping its directness; runs go to runs/<variant>-...-ivunit")
     ap.add_argument("--iv-level-exponent", type=float, default=default("spatial").iv_level_exponent,
                     metavar="G", help="the branch weighs each IV by (W's power / its band's loudest) ** G "
-                    "(SpatialBranchConfig.iv_level_exponent; needs --level-input); runs go to "
-                    "runs/<variant>-...-iv_level_exponent<G>")
+                    "(SpatialBranchConfig.iv_level_exponent; 0: off; needs --level-input, and "
+                    "--no-level-input turns the default off); runs go to "
+                    "runs/<variant>-...-iv_level_exponent<G> whenever G is not 0")
     ap.add_argument("--direction-prior", action="store_true",
                     help="the direction head corrects the clip's power-weighted intensity direction "
                     "(ModelConfig.direction_prior); runs go to runs/<variant>-...-prior")
@@ -233,6 +238,15 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def level_exponent(args: argparse.Namespace) -> float:
+    """--iv-level-exponent; 0 with --no-level-input when left at its default: the weighting reads the level
+    input, so turning that off turns the default weighting off too (one asked for is refused by
+    SpatialBranchConfig)."""
+    if not args.level_input and args.iv_level_exponent == default("spatial").iv_level_exponent:
+        return 0.0
+    return args.iv_level_exponent
+
+
 def sim2real_config(args: argparse.Namespace, weights: dict[str, float], train_root: str,
                     test_roots: tuple[str, ...], twin_roots: tuple[str, ...], run_dir: str) -> Sim2RealConfig:
     """The run the options ask for; with none given, Sim2RealConfig's defaults (on 2 torch threads)."""
@@ -244,7 +258,7 @@ def sim2real_config(args: argparse.Namespace, weights: dict[str, float], train_r
         direction_prior=args.direction_prior, steps=args.steps, batch_size=args.batch, clip_s=args.clip_s,
         fmin_hz=args.fmin, fmax_hz=args.fmax,
         spatial=SpatialBranchConfig.model_validate(branch.model_dump() | {
-            "level_input": args.level_input, "iv_level_exponent": args.iv_level_exponent}),
+            "level_input": args.level_input, "iv_level_exponent": level_exponent(args)}),
         loss=LossConfig.model_validate(default("loss").model_dump() | weights | {
             "direction_by_energy": args.direction_by_energy}),
         test_turns=args.test_turns, sim_control_every=args.sim_control_every, torch_threads=2)
@@ -296,7 +310,7 @@ def main() -> None:
         "clip_s": args.clip_s, "fmin_hz": args.fmin, "fmax_hz": args.fmax, "tiny": args.tiny,
         "seed": args.seed, "members": args.members,
         "level_input": args.level_input, "direction_by_energy": args.direction_by_energy,
-        "iv_scale": args.iv_scale, "iv_level_exponent": args.iv_level_exponent,
+        "iv_scale": args.iv_scale, "iv_level_exponent": level_exponent(args),
         "direction_prior": args.direction_prior,
         "room_balance": args.room_balance, "loss_weights": weights,
         "test_turns": args.test_turns, "sim_control_every": args.sim_control_every,

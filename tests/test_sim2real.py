@@ -290,8 +290,10 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
                                         bank=str(bank), shard_size=16), str(tmp_path / "twin"))
     cfg = Sim2RealConfig(train_root=sim, test_roots=(real,), twin_roots=(twin,),
                          run_dir=str(tmp_path / "run"), steps=3, batch_size=4, clip_s=1.0,
-                         spatial=TINY_SPATIAL.model_copy(update={"level_input": True}), num_workers=0,
-                         iv_scale="energy", sim_control_every=2, direction_prior=True, members=2)
+                         spatial=TINY_SPATIAL.model_copy(update={"level_input": True,
+                                                                  "iv_level_exponent": 0.25}),
+                         num_workers=0, iv_scale="energy", sim_control_every=2, direction_prior=True,
+                         members=2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "OMP_NUM_THREADS": "1"}
@@ -400,7 +402,12 @@ def test_runs_under_other_training_options_get_their_own_directories():
              ["--iv-level-exponent", "0.5"]]
     names = [bench.run_name("realism", bench.parser().parse_args(f), {}) for f in flags]
     assert len(set(names)) == len(flags), names
-    assert names[0] == "realism-rotate_mirror-level"  # the default run keeps its name
+    # The level weighting is named even at its default: runs trained before it became the default
+    # (session 21) were named without it, and --reuse must not take them for runs trained with it.
+    assert names[0] == "realism-rotate_mirror-level-iv_level_exponent0.25"
+    assert names[flags.index(["--no-level-input"])] == "realism-rotate_mirror"
+    unweighed = bench.run_name("realism", bench.parser().parse_args(["--iv-level-exponent", "0"]), {})
+    assert unweighed == "realism-rotate_mirror-level" and unweighed not in names
     assert bench.run_name("realism", bench.parser().parse_args([]), {"t30": 2.0}) != names[0]
 
 
@@ -445,7 +452,7 @@ def test_the_benchmark_trains_the_flows_recipe_unless_told_otherwise():
                               {}, "sim", ("real",), (), "run")
     assert told.loss.distance == Sim2RealConfig.model_fields["loss"].default.distance  # the rest kept
     tiny = bench.sim2real_config(bench.parser().parse_args(["--tiny"]), {}, "sim", ("real",), (), "run")
-    assert tiny.spatial == TINY_SPATIAL.model_copy(update={"level_input": True})
+    assert tiny.spatial == TINY_SPATIAL.model_copy(update={"level_input": True, "iv_level_exponent": 0.25})
 
 
 def _labelled_version(root: Path, **rir) -> str:

@@ -110,8 +110,10 @@ class Sim2RealConfig(BaseModel):
         "energy", description="FeatureConfig.iv_scale of the branch's IVs: unit (ELSA) or energy (each "
         "band's directness kept)")
     spatial: SpatialBranchConfig = Field(
-        SpatialBranchConfig(level_input=True), description="the branch; the default is ELSA's size (~486k "
-        "parameters) reading W's level per band too (level_input: RESULTS, session 10)"
+        SpatialBranchConfig(level_input=True, iv_level_exponent=0.25), description="the branch; the default "
+        "is ELSA's size (~486k parameters) reading W's level per band too (level_input: RESULTS, session 10) "
+        "and weighing each IV by its frame's level ** 0.25 (iv_level_exponent: RESULTS, session 21: over six "
+        "seeds, paired, pooled S3A direction 8.22 deg mean against 8.77 without, 5 seeds of 6 better)"
     )
     direction_prior: bool = Field(
         False, description="ModelConfig.direction_prior: the direction head corrects the clip's "
