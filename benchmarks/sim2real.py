@@ -154,8 +154,8 @@ def run_name(variant: str, args: argparse.Namespace, weights: dict[str, float]) 
                       for key in ("rooms", "aug", "steps", "batch", "clip_s", "fmin", "fmax", "decay_below",
                                   "members", "tail_turn")
                       if getattr(args, key) != defaults.get_default(key))
-    if level_exponent(args):
-        numeric += f"-iv_level_exponent{level_exponent(args):g}"
+    if g := level_exponent(args):
+        numeric += f"-iv_level_exponent{g:g}"
     return variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
         f"-seed{args.seed}" if args.seed else "") + ("-level" if args.level_input else "") + (
         "-edir" if args.direction_by_energy else "") + (

@@ -598,6 +598,7 @@ def cached_samples(run_dir: str) -> int | None:
 
 
 def summarise_by_room(cases: list[CaseResult]) -> dict[str, ErrorSummary]:
+    """``summarise`` per room, in room order: what check_targets judges besides the pooled summary."""
     rooms: dict[str, list[CaseResult]] = defaultdict(list)
     for c in cases:
         rooms[c.room_id].append(c)
