@@ -72,8 +72,32 @@ def test_summary_medians_side_agreement_and_missing_labels():
     assert s.drr_abs_error_median_db == pytest.approx(3.0)
     assert s.lateral_agreement == pytest.approx(2 / 3)
     assert s.elevation_bias_model_deg == pytest.approx(15.0)  # labels at 0: median of 10, 20, -5, 30
+    # azimuth offsets wrapped to +-180: -10, 190 -> -170, -10, +10; no case carries a classical answer
+    assert s.azimuth_bias_model_deg == pytest.approx(-10.0)
+    assert s.azimuth_bias_classical_deg is None and s.elevation_bias_classical_deg is None
     with pytest.raises(ValueError):
         summarise([])
+
+
+def test_an_offset_the_classical_estimator_shares_is_reported_beside_the_models():
+    """A room measured with its mic turned 6 deg and tilted 5 deg down against its labels: both answers
+    carry the offset, and the summary shows it in both, so it is read as the recording's, not the
+    branch's. Offsets wrap at +-180 (a label at 178 answered at -176 is 6 deg off, not -354)."""
+    cases = [CaseResult(key=f"k{az}", room_id="r", azimuth_deg=az, elevation_deg=el,
+                        model_azimuth_deg=az + 6.0 - (360.0 if az + 6.0 >= 180.0 else 0.0),
+                        model_elevation_deg=el - 5.0, model_doa_error_deg=7.8, classical_doa_error_deg=7.8,
+                        classical_azimuth_deg=az + 6.5 - (360.0 if az + 6.5 >= 180.0 else 0.0),
+                        classical_elevation_deg=el - 4.0, t30_s=None, t30_pred_s=1.0, drr_db=0.0,
+                        drr_pred_db=0.0)
+             for az, el in ((178.0, 10.0), (-90.0, 0.0), (0.0, -20.0), (45.0, 30.0), (176.0, 0.0))]
+    s = summarise(cases)
+    assert s.azimuth_bias_model_deg == pytest.approx(6.0)
+    assert s.elevation_bias_model_deg == pytest.approx(-5.0)
+    assert s.azimuth_bias_classical_deg == pytest.approx(6.5)
+    assert s.elevation_bias_classical_deg == pytest.approx(-4.0)
+    unanswered = cases[0].model_copy(update={"classical_azimuth_deg": None, "classical_elevation_deg": None,
+                                              "classical_doa_error_deg": None, "key": "silent"})
+    assert summarise([*cases, unanswered]).azimuth_bias_classical_deg == pytest.approx(6.5)  # not counted
 
 
 def test_simulated_cases_like_a_room_are_those_within_the_targets_tolerances():

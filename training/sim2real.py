@@ -207,6 +207,10 @@ class CaseResult(BaseModel):
     model_elevation_deg: float
     model_doa_error_deg: float
     classical_doa_error_deg: float | None = Field(description="None: the clip has no directional energy")
+    classical_azimuth_deg: float | None = Field(
+        None, description="the classical estimator's answer; None: no directional energy, or a case scored "
+        "before session 22")
+    classical_elevation_deg: float | None = None
     t30_s: float | None
     t30_pred_s: float
     drr_db: float
@@ -227,6 +231,15 @@ class ErrorSummary(BaseModel):
     elevation_bias_model_deg: float = Field(
         description="median of the model's elevation minus the label's: a room whose direction errors are "
         "mostly a tilt shows here, not in the azimuths")
+    azimuth_bias_model_deg: float = Field(
+        description="median of the model's azimuth minus the label's, wrapped to +-180: a room turned about "
+        "the vertical shows here")
+    elevation_bias_classical_deg: float | None = Field(
+        description="the classical estimator's elevation bias. Why: an offset that both answers share (a "
+        "measured room whose mic sat turned or tilted against its labels, or the array's own direction "
+        "response) is in the recordings, and no branch can learn it away; one the branch has alone is "
+        "its own. None: no case carries the classical answer")
+    azimuth_bias_classical_deg: float | None
     classical_unestimated: int
     t30_cases: int
     t30_label_median_s: float | None
@@ -486,8 +499,9 @@ def score_cases(models: list, feat: FeatureConfig, roots: tuple[str, ...], max_s
                 est = intensity_doa(audio, feat.sample_rate)
                 guess = directions_from_angles(np.array([est.azimuth_deg]), np.array([est.elevation_deg]))
                 classical: float | None = float(angular_errors_deg(guess, truth)[0])
+                classical_az, classical_el = float(est.azimuth_deg), float(est.elevation_deg)
             except DoaError:
-                classical = None
+                classical = classical_az = classical_el = None
             iv, mel = window_features(audio, feat)  # once per clip, whatever the number of members
             answers = [heads_on_windows(model, iv, mel, field_mats) for model in models]
             unit, out = ensemble_answer(answers)
@@ -498,7 +512,8 @@ def score_cases(models: list, feat: FeatureConfig, roots: tuple[str, ...], max_s
                 azimuth_deg=lab.azimuth_deg, elevation_deg=lab.elevation_deg,
                 model_azimuth_deg=float(az), model_elevation_deg=float(el),
                 model_doa_error_deg=float(angular_errors_deg(unit[None, :], truth)[0]),
-                classical_doa_error_deg=classical, t30_s=lab.t30_s, t30_pred_s=out["t30"],
+                classical_doa_error_deg=classical, classical_azimuth_deg=classical_az,
+                classical_elevation_deg=classical_el, t30_s=lab.t30_s, t30_pred_s=out["t30"],
                 drr_db=lab.drr_db, drr_pred_db=out["drr"] * drr_scale,
                 member_doa_errors_deg=tuple(float(e) for e in members),
             ))
@@ -509,11 +524,18 @@ def _median(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
+def _azimuth_offset_deg(answer_deg: float, label_deg: float) -> float:
+    """answer - label, wrapped to [-180, 180): 359 deg against 1 deg is 2 deg off, not 358."""
+    return (answer_deg - label_deg + 180.0) % 360.0 - 180.0
+
+
 def summarise(cases: list[CaseResult]) -> ErrorSummary:
     """Medians of one set of cases."""
     if not cases:
         raise ValueError("no cases to summarise")
     classical = [c.classical_doa_error_deg for c in cases if c.classical_doa_error_deg is not None]
+    answered = [c for c in cases
+                if c.classical_azimuth_deg is not None and c.classical_elevation_deg is not None]
     with_t30 = [c for c in cases if c.t30_s is not None]
     lateral = [c for c in cases if abs(math.sin(math.radians(c.azimuth_deg))) > 0.5]
     agree = [math.copysign(1.0, c.azimuth_deg) == math.copysign(1.0, c.model_azimuth_deg) for c in lateral]
@@ -522,6 +544,11 @@ def summarise(cases: list[CaseResult]) -> ErrorSummary:
         doa_model_median_deg=float(np.median([c.model_doa_error_deg for c in cases])),
         doa_classical_median_deg=_median(classical),
         elevation_bias_model_deg=float(np.median([c.model_elevation_deg - c.elevation_deg for c in cases])),
+        azimuth_bias_model_deg=float(np.median([_azimuth_offset_deg(c.model_azimuth_deg, c.azimuth_deg)
+                                                for c in cases])),
+        elevation_bias_classical_deg=_median([c.classical_elevation_deg - c.elevation_deg for c in answered]),
+        azimuth_bias_classical_deg=_median([_azimuth_offset_deg(c.classical_azimuth_deg, c.azimuth_deg)
+                                            for c in answered]),
         classical_unestimated=len(cases) - len(classical),
         t30_cases=len(with_t30),
         t30_label_median_s=_median([c.t30_s for c in with_t30]),
