@@ -20,8 +20,9 @@ What runs, all through the project's own flows:
 4. Each branch is scored on every test build (training.sim2real) beside the intensity estimator on
    the same inputs, and on every ``--sim-control-every``-th sample it trained on: per real room, the
    simulated samples whose T30 and DRR labels are the room's (``sim_like``) show whether a room's
-   error is one the branch makes on simulated rooms too. With ``--members N`` each variant trains N
-   branches on consecutive seeds and answers with their mean, each member's error reported beside.
+   error is one the branch makes on simulated rooms too. Each variant trains ``--members`` branches
+   (2 by default) on consecutive seeds and answers with their mean, each member's error reported
+   beside; ``--members 1`` is one branch, as before session 22.
 
 Prints one JSON line, in which each variant's report says which of issue 15's targets it meets
 (``targets``); skips (``{"skipped": ...}``) when no bank is given and ../shared/realdata is absent.
@@ -147,13 +148,15 @@ def run_name(variant: str, args: argparse.Namespace, weights: dict[str, float]) 
     they differ from the benchmark's defaults), so runs of one --out never overwrite each other, and
     --reuse never rescores a run trained under other settings. The data paths (--clips, --bank) are
     not: a different clip set or bank wants its own --out. The level weighting is named whenever it is
-    on, default or not: its default changed (session 21), and a run trained before under the old one
-    must not be taken for one trained under the new."""
+    on, and the members whenever there are several, default or not: their defaults changed (sessions
+    21 and 22), and a run trained before under the old ones must not be taken for one trained under
+    the new."""
     defaults = parser()
+    baseline = {"members": 1}
     numeric = "".join(f"-{key}{getattr(args, key):g}"
                       for key in ("rooms", "aug", "steps", "batch", "clip_s", "fmin", "fmax", "decay_below",
                                   "members", "tail_turn")
-                      if getattr(args, key) != defaults.get_default(key))
+                      if getattr(args, key) != baseline.get(key, defaults.get_default(key)))
     if g := level_exponent(args):
         numeric += f"-iv_level_exponent{g:g}"
     return variant + (f"-{args.field_augment}" if args.field_augment != "none" else "") + (
@@ -200,7 +203,8 @@ def parser() -> argparse.ArgumentParser:
                     "change); runs of seed k > 0 go to runs/<variant>-seed<k>")
     ap.add_argument("--members", type=int, default=default("members"), help="train this many branches, "
                     "on seeds --seed, --seed + 1, ..., and answer with their mean (Sim2RealConfig.members; "
-                    "every member's own error is reported too); runs go to runs/<variant>-...-members<N>")
+                    "every member's own error is reported too); runs of N > 1 go to "
+                    "runs/<variant>-...-members<N>")
     ap.add_argument("--tiny", action="store_true", help="the test-sized branch instead of ELSA's")
     ap.add_argument("--level-input", action=argparse.BooleanOptionalAction,
                     default=default("spatial").level_input,

@@ -423,14 +423,17 @@ def test_runs_under_other_training_options_get_their_own_directories():
              ["--iv-scale", "unit"], ["--no-level-input"], ["--field-augment", "none"], ["--room-balance"],
              ["--direction-by-energy"], ["--fmax", "4000", "--steps", "3000"], ["--direction-prior"],
              ["--decay-below", "0"], ["--fmin", "50"], ["--tail-turn", "0.05"],
-             ["--iv-level-exponent", "0.5"]]
+             ["--iv-level-exponent", "0.5"], ["--members", "1"], ["--members", "3"]]
     names = [bench.run_name("realism", bench.parser().parse_args(f), {}) for f in flags]
     assert len(set(names)) == len(flags), names
-    # The level weighting is named even at its default: runs trained before it became the default
-    # (session 21) were named without it, and --reuse must not take them for runs trained with it.
-    assert names[0] == "realism-rotate_mirror-level-iv_level_exponent0.25"
-    assert names[flags.index(["--no-level-input"])] == "realism-rotate_mirror"
-    unweighed = bench.run_name("realism", bench.parser().parse_args(["--iv-level-exponent", "0"]), {})
+    # The level weighting and the members are named even at their defaults: runs trained before these
+    # became the defaults (sessions 21 and 22) were named without them, and --reuse must not take them
+    # for runs trained with them.
+    assert names[0] == "realism-rotate_mirror-level-members2-iv_level_exponent0.25"
+    assert names[flags.index(["--members", "1"])] == "realism-rotate_mirror-level-iv_level_exponent0.25"
+    assert names[flags.index(["--no-level-input"])] == "realism-rotate_mirror-members2"
+    unweighed = bench.run_name("realism", bench.parser().parse_args(["--iv-level-exponent", "0", "--members",
+                                                                      "1"]), {})
     assert unweighed == "realism-rotate_mirror-level" and unweighed not in names
     assert bench.run_name("realism", bench.parser().parse_args([]), {"t30": 2.0}) != names[0]
 
