@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.rooms import RirSettings
 from schemas.shards import RejectRow
-from tasks.ambisonics import vector_to_angles
+from tasks.ambisonics import vector_to_angles, wrap_azimuth
 from tasks.dataset_card import BUILD_JSON
 from tasks.doa import DoaError, intensity_doa
 from tasks.storage import ObjectMissing, join_uri, open_storage
@@ -525,11 +525,6 @@ def _median(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
-def _azimuth_offset_deg(answer_deg: float, label_deg: float) -> float:
-    """answer - label, wrapped to [-180, 180): 359 deg against 1 deg is 2 deg off, not 358."""
-    return (answer_deg - label_deg + 180.0) % 360.0 - 180.0
-
-
 def summarise(cases: list[CaseResult]) -> ErrorSummary:
     """Medians of one set of cases."""
     if not cases:
@@ -545,11 +540,11 @@ def summarise(cases: list[CaseResult]) -> ErrorSummary:
         doa_model_median_deg=float(np.median([c.model_doa_error_deg for c in cases])),
         doa_classical_median_deg=_median(classical),
         elevation_bias_model_deg=float(np.median([c.model_elevation_deg - c.elevation_deg for c in cases])),
-        azimuth_bias_model_deg=float(np.median([_azimuth_offset_deg(c.model_azimuth_deg, c.azimuth_deg)
-                                                for c in cases])),
+        azimuth_bias_model_deg=float(np.median(wrap_azimuth([c.model_azimuth_deg - c.azimuth_deg
+                                                             for c in cases]))),
         elevation_bias_classical_deg=_median([c.classical_elevation_deg - c.elevation_deg for c in answered]),
-        azimuth_bias_classical_deg=_median([_azimuth_offset_deg(c.classical_azimuth_deg, c.azimuth_deg)
-                                            for c in answered]),
+        azimuth_bias_classical_deg=_median(list(wrap_azimuth([c.classical_azimuth_deg - c.azimuth_deg
+                                                              for c in answered]))),
         classical_unestimated=len(cases) - len(classical),
         t30_cases=len(with_t30),
         t30_label_median_s=_median([c.t30_s for c in with_t30]),
