@@ -72,7 +72,7 @@ def test_summary_medians_side_agreement_and_missing_labels():
     assert s.drr_abs_error_median_db == pytest.approx(3.0)
     assert s.lateral_agreement == pytest.approx(2 / 3)
     assert s.elevation_bias_model_deg == pytest.approx(15.0)  # labels at 0: median of 10, 20, -5, 30
-    # azimuth offsets wrapped to +-180: -10, 190 -> -170, -10, +10; no case carries a classical answer
+    # azimuth offsets, wrapped to +-180: -10, -170 (190 wrapped), -10, +10; no case has a classical answer
     assert s.azimuth_bias_model_deg == pytest.approx(-10.0)
     assert s.azimuth_bias_classical_deg is None and s.elevation_bias_classical_deg is None
     with pytest.raises(ValueError):
@@ -349,6 +349,14 @@ def test_the_flow_trains_on_a_simulated_build_and_scores_a_measured_one(tmp_path
     truth = directions_from_angles(np.array([c.azimuth_deg for c in cases]),
                                    np.array([c.elevation_deg for c in cases]))
     assert np.allclose(angular_errors_deg(pred, truth), [c.model_doa_error_deg for c in cases], atol=1e-3)
+    # and so is the classical one, which every estimated case keeps for the offsets beside the model's
+    estimated = [i for i, c in enumerate(cases) if c.classical_doa_error_deg is not None]
+    assert estimated and all(cases[i].classical_azimuth_deg is not None for i in estimated)
+    guess = directions_from_angles(np.array([cases[i].classical_azimuth_deg for i in estimated]),
+                                   np.array([cases[i].classical_elevation_deg for i in estimated]))
+    assert np.allclose(angular_errors_deg(guess, truth[estimated]),
+                       [cases[i].classical_doa_error_deg for i in estimated], atol=1e-3)
+    assert report.pooled.azimuth_bias_classical_deg is not None
     assert report.train_steps == 3 and report.members == 2 and report.train_examples_seen == 24
     assert report.train_cpu_s > 0
     members = [tmp_path / "run" / f"member-{k}" for k in range(2)]
